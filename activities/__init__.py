@@ -1,0 +1,1 @@
+"""Activities: everything Phasegate does to the outside world, grouped by the system it touches."""

@@ -1,0 +1,28 @@
+"""The error types activities raise, and which of them are worth retrying.
+
+    PhasegateError
+    ├── ConfigurationError   non-retryable: the plan points at something that cannot work
+    │                        (a secret that does not exist, a flag file in a missing folder)
+    └── RouterError          non-retryable: the routing target refuses the change
+                             (a flag file that is not flagd JSON)
+
+Anything else (connection errors, timeouts, 5xx answers) is retried by the activity's
+retry policy, declared next to the activity.
+"""
+
+from __future__ import annotations
+
+
+class PhasegateError(Exception):
+    """Base class for Phasegate's own failures."""
+
+
+class ConfigurationError(PhasegateError):
+    pass
+
+
+class RouterError(PhasegateError):
+    pass
+
+
+NON_RETRYABLE = [ConfigurationError.__name__, RouterError.__name__]

@@ -1,0 +1,149 @@
+"""The flagd router: exposure as an OpenFeature flag definition in a file the service watches.
+
+The definition uses flagd's `fractional` operation in its shorthand form, which buckets users
+by flag key and targeting key, so a user stays on the same variant as the share grows.
+Writes are atomic (temp file + rename under a lock) so the service never reads half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from phasegate.activities.errors import ConfigurationError, RouterError
+from phasegate.workflows.messages import RouterSnapshot
+from phasegate.workflows.plan import FlagdRouter
+
+FLAGD_SCHEMA = "https://flagd.dev/schema/v0/flags.json"
+# flagd weights are integers; thousandths of a percent give 0.001% resolution.
+WEIGHT_SCALE = 1000
+TOTAL_WEIGHT = 100 * WEIGHT_SCALE
+
+
+def flag_definition(spec: FlagdRouter, weight: float, launch_id: str = "") -> dict[str, Any]:
+    canary = round(weight * WEIGHT_SCALE)
+    metadata: dict[str, Any] = {"managedBy": "phasegate", "canaryWeight": weight}
+    if launch_id:
+        metadata["launchId"] = launch_id
+    return {
+        "state": "ENABLED",
+        "variants": {spec.stable_variant: spec.stable_variant, spec.canary_variant: spec.canary_variant},
+        "defaultVariant": spec.stable_variant,
+        "targeting": {
+            "fractional": [[spec.canary_variant, canary], [spec.stable_variant, TOTAL_WEIGHT - canary]]
+        },
+        "metadata": metadata,
+    }
+
+
+def promoted_definition(spec: FlagdRouter, launch_id: str = "") -> dict[str, Any]:
+    """Everyone on the new version, with no targeting left to evaluate."""
+    metadata: dict[str, Any] = {"managedBy": "phasegate", "canaryWeight": 100.0, "promoted": True}
+    if launch_id:
+        metadata["launchId"] = launch_id
+    return {
+        "state": "ENABLED",
+        "variants": {spec.stable_variant: spec.stable_variant, spec.canary_variant: spec.canary_variant},
+        "defaultVariant": spec.canary_variant,
+        "metadata": metadata,
+    }
+
+
+def canary_weight(definition: dict[str, Any] | None, spec: FlagdRouter) -> float:
+    """The share of users a definition sends to the canary variant, in percent."""
+    if not definition or definition.get("state") != "ENABLED":
+        return 0.0
+    fractions = (definition.get("targeting") or {}).get("fractional")
+    if not fractions:
+        return 100.0 if definition.get("defaultVariant") == spec.canary_variant else 0.0
+    weights = {str(item[0]): int(item[1]) if len(item) > 1 else 1 for item in fractions}
+    total = sum(weights.values())
+    return 100.0 * weights.get(spec.canary_variant, 0) / total if total else 0.0
+
+
+class FlagdFileRouter:
+    """Reads and writes one flag inside a flagd flag file, leaving any other flags alone."""
+
+    def snapshot(self, spec: FlagdRouter) -> RouterSnapshot:
+        with self._locked(spec):
+            document = self._read(spec)
+        flag = (document or {}).get("flags", {}).get(spec.flag_key)
+        return RouterSnapshot(kind=spec.kind, existed=flag is not None, definition=flag)
+
+    def set_weight(self, spec: FlagdRouter, weight: float, launch_id: str) -> bool:
+        return self._write_flag(spec, flag_definition(spec, weight, launch_id))
+
+    def promote(self, spec: FlagdRouter, launch_id: str) -> bool:
+        return self._write_flag(spec, promoted_definition(spec, launch_id))
+
+    def restore(self, spec: FlagdRouter, snapshot: RouterSnapshot) -> bool:
+        # A flag that did not exist goes back to 0%, not away: a flagd file watcher keeps
+        # serving its last good state when a flag vanishes, which could leave users exposed.
+        previous = snapshot.definition if snapshot.existed else flag_definition(spec, 0.0)
+        assert previous is not None
+        return self._write_flag(spec, previous)
+
+    def _write_flag(self, spec: FlagdRouter, definition: dict[str, Any]) -> bool:
+        with self._locked(spec):
+            document = self._read(spec) or {"$schema": FLAGD_SCHEMA, "flags": {}}
+            flags = document.setdefault("flags", {})
+            if flags.get(spec.flag_key) == definition:
+                return False
+            flags[spec.flag_key] = definition
+            self._replace(Path(spec.flag_file), document)
+            return True
+
+    @staticmethod
+    def _read(spec: FlagdRouter) -> dict[str, Any] | None:
+        path = Path(spec.flag_file)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RouterError(
+                f"flag file {path} is not JSON (line {err.lineno}): fix or remove it"
+            ) from None
+        if not isinstance(document, dict) or not isinstance(document.get("flags", {}), dict):
+            raise RouterError(f"flag file {path} is not a flagd flag file: no `flags` object")
+        return document
+
+    @staticmethod
+    def _replace(path: Path, document: dict[str, Any]) -> None:
+        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as temp:
+                json.dump(document, temp, indent=2, sort_keys=True)
+                temp.write("\n")
+                temp.flush()
+                os.fsync(temp.fileno())
+            os.chmod(temp_name, 0o644)
+            os.replace(temp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(spec: FlagdRouter) -> Iterator[None]:
+        path = Path(spec.flag_file)
+        if not path.parent.is_dir():
+            raise ConfigurationError(
+                f"flag file folder {path.parent} does not exist: create it or fix "
+                "targets.router.flag_file in the plan"
+            )
+        with open(path.parent / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)

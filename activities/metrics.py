@@ -1,0 +1,88 @@
+"""PromQL measurements against Prometheus, classified by the workflow's analysis loop.
+
+`query_metric` never raises for an unreachable Prometheus or an empty answer: it reports the
+error or the missing data in the reading, because an analysis counts those as inconclusive
+measurements (pausing for a person) rather than failing or retrying forever.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from datetime import timedelta
+
+from prometheus_api_client import PrometheusConnect
+from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
+from urllib3.util.retry import Retry
+
+from phasegate.activities.secrets import resolve_secret
+from phasegate.workflows.messages import MetricQuery, MetricReading
+from phasegate.workflows.plan import VARIANT_PLACEHOLDER, PrometheusTarget
+
+METRICS_OPTIONS = workflow.ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=20),
+    retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=200)),
+)
+
+
+def render_query(template: str, variant: str) -> str:
+    return template.replace(VARIANT_PLACEHOLDER, variant)
+
+
+class MetricsActivities:
+    """Prometheus queries; one `PrometheusConnect` per server and token is kept and reused."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str | None], PrometheusConnect] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, target: PrometheusTarget) -> PrometheusConnect:
+        token = (
+            resolve_secret(target.bearer_token, where="targets.prometheus.bearer_token")
+            if target.bearer_token
+            else None
+        )
+        key = (target.url, token)
+        with self._lock:
+            if key not in self._clients:
+                headers = {"Authorization": f"Bearer {token}"} if token else None
+                self._clients[key] = PrometheusConnect(
+                    url=target.url,
+                    headers=headers,
+                    # One quick retry at most: the analysis loop counts errors itself.
+                    retry=Retry(total=1, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
+                    timeout=max(1, int(target.timeout.total_seconds())),
+                )
+            return self._clients[key]
+
+    def _scalar(self, client: PrometheusConnect, query: str) -> float | None:
+        result = client.custom_query(query)
+        if not result:
+            return None
+        if len(result) > 1:
+            labels = ", ".join(str(series.get("metric", {})) for series in result[:3])
+            raise ValueError(
+                f"query returned {len(result)} series ({labels}); aggregate it to one, "
+                "e.g. with sum(...)"
+            )
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) else value
+
+    @activity.defn
+    def query_metric(self, request: MetricQuery) -> MetricReading:
+        client = self._client(request.prometheus)
+        canary_query = render_query(request.spec.query, request.canary_variant)
+        try:
+            value = self._scalar(client, canary_query)
+            baseline = (
+                self._scalar(client, render_query(request.spec.query, request.stable_variant))
+                if request.spec.baseline is not None
+                else None
+            )
+        except Exception as err:
+            activity.logger.warning("metric %s: %s", request.metric, err)
+            return MetricReading(
+                error=f"{type(err).__name__}: {err}"[:500], query=canary_query
+            )
+        return MetricReading(value=value, baseline=baseline, query=canary_query)

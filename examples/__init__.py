@@ -1,0 +1,1 @@
+"""Runnable examples Phasegate launches against: a demo service and its load generator."""

@@ -1,0 +1,105 @@
+"""Command line for the checkout demo: options (or PHASEGATE_DEMO_* variables) to a uvicorn server.
+
+uvicorn turns SIGTERM and SIGINT into a graceful shutdown, which also stops the flag watcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import uvicorn
+from phasegate.examples.demo_service.app import (
+    DEFAULT_POLL_MS,
+    MAX_LATENCY_MS,
+    Faults,
+    FaultsError,
+    create_app,
+)
+
+# Long enough for in-flight requests with injected latency, short enough for test teardown.
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"PHASEGATE_DEMO_{name}", default)
+
+
+def _in_range(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m phasegate.examples.demo_service",
+        description="Checkout demo: routes each user to the stable or canary path by a flagd "
+        "flag file, with injectable canary faults and Prometheus metrics on /metrics.",
+    )
+    parser.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=_env("PORT", "8080"), help="default 8080")
+    parser.add_argument(
+        "--flag-file",
+        type=Path,
+        default=_env("FLAG_FILE"),
+        required=_env("FLAG_FILE") is None,
+        help="flagd JSON flag file; may not exist yet (everyone is on stable until it does)",
+    )
+    parser.add_argument("--flag-key", default=_env("FLAG_KEY", "checkout-v2"))
+    parser.add_argument(
+        "--error-rate",
+        type=_in_range(float, 0.0, 1.0),
+        default=_env("ERROR_RATE", "0"),
+        help="share of canary requests that answer 500, 0..1",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=_in_range(float, 0, MAX_LATENCY_MS),
+        default=_env("LATENCY_MS", "0"),
+        help=f"latency added to canary requests, 0..{MAX_LATENCY_MS} ms",
+    )
+    parser.add_argument(
+        "--poll-ms",
+        type=_in_range(int, 10, 60_000),
+        default=_env("POLL_MS", str(DEFAULT_POLL_MS)),
+        help="how often the flag file's mtime is checked",
+    )
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        faults = Faults(error_rate=args.error_rate, latency_ms=args.latency_ms)
+    except FaultsError as err:
+        raise SystemExit(f"invalid fault settings: {err}") from err
+    app = create_app(
+        flag_file=args.flag_file, flag_key=args.flag_key, faults=faults, poll_ms=int(args.poll_ms)
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The `phasegate` command line and the client-side functions behind it."""

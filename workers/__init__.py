@@ -1,0 +1,1 @@
+"""The worker process that runs every Phasegate workflow and activity, and the shared client."""

@@ -1,0 +1,101 @@
+"""`phasegate-worker`: one worker for every workflow and activity, with graceful shutdown.
+
+The SDK's own metrics (task latencies, slots, failures) are served for Prometheus at
+`PHASEGATE_METRICS_ADDRESS` (default 127.0.0.1:9464).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from phasegate.activities.flags import FlagdFileRouter
+from phasegate.activities.metrics import MetricsActivities
+from phasegate.activities.notify import NotifyActivities
+from phasegate.activities.routing import RouterActivities
+from phasegate.workers.client import connect
+from phasegate.workers.settings import Settings
+from phasegate.workflows.full_launch import FullLaunchWorkflow
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.soft_launch import SoftLaunchWorkflow
+
+WORKFLOWS: Sequence[type] = (LaunchWorkflow, SoftLaunchWorkflow, FullLaunchWorkflow)
+
+
+def activities(http: httpx.AsyncClient) -> list[Any]:
+    """Every activity, bound to the clients it needs."""
+    router = RouterActivities({"flagd": FlagdFileRouter()})
+    metrics = MetricsActivities()
+    notify = NotifyActivities(http)
+    return [
+        router.snapshot_exposure,
+        router.set_exposure,
+        router.restore_exposure,
+        router.promote_exposure,
+        metrics.query_metric,
+        notify.send_notification,
+    ]
+
+
+def build_worker(
+    client: Client,
+    http: httpx.AsyncClient,
+    executor: concurrent.futures.ThreadPoolExecutor,
+    settings: Settings | None = None,
+    *,
+    task_queue: str | None = None,
+) -> Worker:
+    settings = settings or Settings()
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activities(http),
+        activity_executor=executor,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+    )
+
+
+async def serve(settings: Settings) -> None:
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_address)))
+    client = await connect(settings, runtime=runtime)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+        async with httpx.AsyncClient() as http:
+            worker = build_worker(client, http, executor, settings)
+            logging.info(
+                "phasegate worker on %s, task queue %s, metrics on %s",
+                settings.temporal_address,
+                settings.task_queue,
+                settings.metrics_address,
+            )
+            async with worker:
+                await stop.wait()
+                logging.info("shutting down: finishing running activities")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        asyncio.run(serve(settings))
+    except RuntimeError as err:
+        raise SystemExit(f"phasegate-worker: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

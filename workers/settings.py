@@ -1,0 +1,31 @@
+"""Phasegate's settings: the plan file says what to launch, the environment says where."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from phasegate.workflows.messages import TASK_QUEUE
+
+
+class Settings(BaseSettings):
+    """Read from `PHASEGATE_*` (and `TEMPORAL_ADDRESS` / `TEMPORAL_NAMESPACE`) on demand."""
+
+    model_config = SettingsConfigDict(env_prefix="PHASEGATE_", extra="ignore")
+
+    temporal_address: str = Field(
+        default="127.0.0.1:7233",
+        validation_alias=AliasChoices("TEMPORAL_ADDRESS", "PHASEGATE_TEMPORAL_ADDRESS"),
+    )
+    temporal_namespace: str = Field(
+        default="default",
+        validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "PHASEGATE_TEMPORAL_NAMESPACE"),
+    )
+    ui_url: str = Field(
+        default="http://127.0.0.1:8233",
+        validation_alias=AliasChoices("PHASEGATE_UI_URL", "TEMPORAL_UI_URL"),
+    )
+    task_queue: str = TASK_QUEUE
+    metrics_address: str = "127.0.0.1:9464"
+    max_concurrent_activities: int = 50
+    graceful_shutdown_seconds: float = 30.0

@@ -1,0 +1,94 @@
+"""The exposure loop soft and full launch share: set weight, bake, analyse, ask, next step.
+
+The undo is registered before the first change: a snapshot of the routing state as the
+phase found it, restored exactly on rollback (exposure back to 0 for a first launch).
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from phasegate.activities.routing import ROUTING_OPTIONS, RouterActivities
+    from phasegate.workflows.analysis import run_analysis, summarize
+    from phasegate.workflows.messages import (
+        ExposureRequest,
+        PhaseInput,
+        PromoteRequest,
+        RestoreRequest,
+        SnapshotRequest,
+    )
+    from phasegate.workflows.phase import PhaseWorkflow
+    from phasegate.workflows.plan import GateSpec
+
+
+async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: bool) -> None:
+    plan, spec, state = inp.plan, inp.phase, phase.state
+    router = plan.targets.router
+
+    state.activity = "reading the current routing state"
+    snapshot = await workflow.execute_activity_method(
+        RouterActivities.snapshot_exposure, SnapshotRequest(router=router), **ROUTING_OPTIONS
+    )
+    await phase.compensations.register(
+        RouterActivities.restore_exposure,
+        RestoreRequest(router=router, snapshot=snapshot),
+        f"put {router.kind} flag {router.flag_key} back as it was before {spec.name}",
+    )
+
+    for number, step in enumerate(spec.steps, start=1):
+        state.step = number
+        state.activity = f"setting exposure to {step.weight:g}%"
+        await workflow.execute_activity_method(
+            RouterActivities.set_exposure,
+            ExposureRequest(router=router, weight=step.weight, launch_id=inp.launch_id),
+            **ROUTING_OPTIONS,
+        )
+        state.exposure = step.weight
+        await phase.report()
+
+        if step.pause is not None:
+            state.activity = f"baking at {step.weight:g}% for {step.pause}"
+            await phase.report()
+            await workflow.sleep(step.pause, summary=f"{spec.name} step {number} bakes")
+
+        if step.analysis:
+            state.activity = f"analysing {', '.join(step.analysis)} at {step.weight:g}%"
+            await phase.report()
+            verdict, results = await run_analysis(plan, state, number, step.analysis, phase.report)
+            if verdict == "failed":
+                raise ApplicationError(
+                    f"analysis failed at {spec.name} step {number} ({step.weight:g}%): {summarize(results)}",
+                    type="AnalysisFailed",
+                    non_retryable=True,
+                )
+            if verdict == "inconclusive":
+                state.activity = "analysis inconclusive: waiting for a person"
+                await phase.require(
+                    f"{spec.name}.step-{number}.analysis",
+                    GateSpec(),
+                    f"Analysis at {step.weight:g}% was inconclusive ({summarize(results)}). "
+                    "Approve to go on at this exposure, reject to roll back.",
+                    inp,
+                )
+
+        if step.approval is not None:
+            state.activity = f"waiting for approval at {step.weight:g}%"
+            await phase.require(
+                f"{spec.name}.step-{number}",
+                step.approval,
+                f"{plan.service} {plan.version} serves {step.weight:g}% of users. Go on?",
+                inp,
+            )
+
+    if promote:
+        state.activity = f"promoting {plan.version} to stable"
+        await workflow.execute_activity_method(
+            RouterActivities.promote_exposure,
+            PromoteRequest(router=router, launch_id=inp.launch_id),
+            **ROUTING_OPTIONS,
+        )
+        state.exposure = 100.0
+        await phase.report()
+

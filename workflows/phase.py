@@ -1,0 +1,127 @@
+"""What every phase workflow shares: its state, progress reports to the launch, gates, undo log.
+
+A phase reports its whole state to the parent launch after every change, so the launch's
+`status` query, the UI and the rollback always see the latest exposure, open gate and
+registered compensations, even if the phase dies mid-step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from phasegate.workflows.compensation import CompensationLog
+    from phasegate.workflows.gates import GateKeeper
+    from phasegate.workflows.messages import (
+        Decision,
+        PhaseInput,
+        PhaseState,
+        PhaseStatusValue,
+        RelayedDecision,
+    )
+    from phasegate.workflows.plan import GateSpec
+    from phasegate.workflows.visibility import describe_gate, percent
+
+PROGRESS_SIGNAL = "phase_progress"
+RELAY_SIGNAL = "relay_decision"
+
+
+class GateRejected(ApplicationError):
+    def __init__(self, decision: Decision) -> None:
+        by = "the gate's timeout" if decision.source == "timeout" else decision.by
+        comment = f": {decision.comment}" if decision.comment else ""
+        super().__init__(
+            f"gate {decision.gate} rejected by {by}{comment}", type="GateRejected", non_retryable=True
+        )
+
+
+class PhaseWorkflow:
+    """Base class of the phase workflows; subclasses implement `body`."""
+
+    def __init__(self) -> None:
+        self.state = PhaseState(name="", kind="")
+        self.gates = GateKeeper(self.state, self.report)
+        self.compensations = CompensationLog(self.state, self.report)
+        self._launch_id = ""
+
+    @workflow.signal(
+        name=RELAY_SIGNAL,
+        description="Internal: a validated gate decision relayed by the launch workflow. "
+        "People send `approve` / `reject` to the launch workflow instead.",
+    )
+    def relay_decision(self, decision: RelayedDecision) -> None:
+        self.gates.receive(decision)
+
+    @workflow.query(name="status", description="This phase's state: step, exposure, open gate, analysis.")
+    def status(self) -> PhaseState:
+        return self.state
+
+    async def report(self) -> None:
+        workflow.set_current_details(self._details())
+        parent = workflow.info().parent
+        if parent is not None:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                PROGRESS_SIGNAL, self.state
+            )
+
+    def _details(self) -> str:
+        if self.state.open_gate is not None:
+            return describe_gate(self.state.open_gate, self._launch_id)
+        step = f"step {self.state.step}/{self.state.steps}, " if self.state.step else ""
+        return f"{self.state.name}: {self.state.status.value}, {step}{percent(self.state.exposure)}. {self.state.activity}"
+
+    async def require(self, gate_id: str, spec: GateSpec, question: str, inp: PhaseInput) -> Decision:
+        """Open a gate and raise `GateRejected` unless a person (or the plan's timeout) says go."""
+        decision = await self.gates.decide(gate_id, inp.plan.gate(spec), question)
+        if decision.outcome != "approved":
+            raise GateRejected(decision)
+        return decision
+
+    async def run_phase(self, inp: PhaseInput, body: Callable[[], Awaitable[None]]) -> PhaseState:
+        phase = inp.phase
+        self._launch_id = inp.launch_id
+        self.state.name, self.state.kind = phase.name, phase.kind
+        self.state.steps = len(getattr(phase, "steps", []))
+        self.state.status = PhaseStatusValue.RUNNING
+        await self.report()
+        try:
+            if phase.gates.before is not None:
+                await self.require(
+                    f"{phase.name}.before", phase.gates.before, f"Start {phase.name} of {inp.plan.service} {inp.plan.version}?", inp
+                )
+            await body()
+            if phase.gates.after is not None:
+                await self.require(
+                    f"{phase.name}.after", phase.gates.after, f"{phase.name} is done; go on to the next phase?", inp
+                )
+        except asyncio.CancelledError:
+            self.state.status = PhaseStatusValue.CANCELLED
+            self.state.reason = "cancelled by the launch (abort)"
+            self.state.open_gate = None
+            await asyncio.shield(asyncio.ensure_future(self.report()))
+            raise
+        except (ApplicationError, ActivityError) as err:
+            self.state.status = PhaseStatusValue.FAILED
+            self.state.reason = failure_reason(err)
+            self.state.open_gate = None
+            await self.report()
+            raise ApplicationError(
+                self.state.reason, self.state, type="PhaseFailed", non_retryable=True
+            ) from err
+        self.state.status = PhaseStatusValue.COMPLETED
+        self.state.activity = "done"
+        await self.report()
+        return self.state
+
+
+def failure_reason(err: BaseException) -> str:
+    if isinstance(err, ActivityError):
+        cause = err.cause
+        return f"activity {err.activity_type} failed: {cause.message if isinstance(cause, ApplicationError) else cause}"
+    if isinstance(err, ApplicationError):
+        return err.message
+    return str(err)

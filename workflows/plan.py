@@ -1,0 +1,401 @@
+"""The launch plan: what a release engineer writes in YAML, validated before anything starts.
+
+Every model here is strict (unknown fields are errors) so a typo in a plan is caught by
+`phasegate validate` instead of being silently ignored on launch day.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept `30s`, `1h30m`, `500ms` or a number of seconds; leave ISO 8601 to pydantic."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if text and _DURATION_PART.sub("", text) == "":
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit]
+                for number, unit in _DURATION_PART.findall(text)
+            )
+            return timedelta(seconds=seconds)
+        if not text.upper().startswith("P"):
+            raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 5m, 1h30m or 500ms")
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_positive)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=63)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(StrictModel):
+    """Where a secret lives. Only the reference enters workflow history; activities resolve it."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of `env` or `file`")
+        return self
+
+
+class PrometheusTarget(StrictModel):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    bearer_token: SecretRef | None = None
+    timeout: PositiveDuration = timedelta(seconds=5)
+
+
+class FlagdRouter(StrictModel):
+    """Exposure through an OpenFeature flag in flagd's JSON format, in a file the service watches."""
+
+    kind: Literal["flagd"] = "flagd"
+    flag_file: str
+    flag_key: Annotated[str, Field(min_length=1)]
+    stable_variant: Name = "stable"
+    canary_variant: Name = "canary"
+
+    @model_validator(mode="after")
+    def _distinct_variants(self) -> FlagdRouter:
+        if self.stable_variant == self.canary_variant:
+            raise ValueError("stable_variant and canary_variant must differ")
+        return self
+
+
+TrafficRouter = FlagdRouter
+
+
+class Targets(StrictModel):
+    prometheus: PrometheusTarget | None = None
+    router: TrafficRouter
+
+
+class GateSpec(StrictModel):
+    """A go/no-go decision. Fields left out take the plan's `approvals` defaults."""
+
+    approvers: list[Annotated[str, Field(min_length=1)]] | None = None
+    timeout: PositiveDuration | None = None
+    on_timeout: Literal["reject", "approve"] | None = None
+    description: str | None = None
+
+
+def _gate_shorthand(value: Any) -> Any:
+    """`approval: true` means a gate with the plan's defaults; `false` means none."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+Gate = Annotated[GateSpec | None, BeforeValidator(_gate_shorthand)]
+
+
+class ApprovalDefaults(StrictModel):
+    approvers: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    timeout: PositiveDuration = timedelta(hours=24)
+    on_timeout: Literal["reject", "approve"] = "reject"
+
+
+class BaselineComparison(StrictModel):
+    """Canary passes when canary <= baseline * max_ratio + tolerance (or >= for min_ratio)."""
+
+    max_ratio: Annotated[float, Field(gt=0)] | None = None
+    min_ratio: Annotated[float, Field(gt=0)] | None = None
+    tolerance: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> BaselineComparison:
+        if (self.max_ratio is None) == (self.min_ratio is None):
+            raise ValueError("give exactly one of `max_ratio` or `min_ratio`")
+        return self
+
+
+VARIANT_PLACEHOLDER = "{{variant}}"
+
+
+class MetricSpec(StrictModel):
+    """One PromQL measurement, in the manner of an Argo Rollouts analysis metric."""
+
+    query: Annotated[str, Field(min_length=1)]
+    max: float | None = None
+    min: float | None = None
+    baseline: BaselineComparison | None = None
+    interval: PositiveDuration = timedelta(seconds=10)
+    count: Annotated[int, Field(ge=1, le=1000)] = 3
+    initial_delay: Duration = timedelta(0)
+    failure_limit: Annotated[int, Field(ge=0)] = 0
+    inconclusive_limit: Annotated[int, Field(ge=0)] = 0
+    consecutive_error_limit: Annotated[int, Field(ge=0)] = 4
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> MetricSpec:
+        if self.max is None and self.min is None and self.baseline is None:
+            raise ValueError("give a success condition: `max`, `min` or `baseline`")
+        if VARIANT_PLACEHOLDER not in self.query and self.baseline is not None:
+            raise ValueError(
+                f"`baseline` compares variants, so the query must contain {VARIANT_PLACEHOLDER}"
+            )
+        return self
+
+
+class PhaseGates(StrictModel):
+    before: Gate = None
+    after: Gate = None
+
+
+class ExposureStep(StrictModel):
+    """Set the share of users on the new version, let it bake, analyse, optionally ask a person."""
+
+    weight: Annotated[float, Field(ge=0, le=100)]
+    pause: Duration | None = None
+    analysis: list[str] = Field(default_factory=list)
+    approval: Gate = None
+
+
+class _ExposurePhase(StrictModel):
+    name: Name
+    gates: PhaseGates = PhaseGates()
+    steps: list[ExposureStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _weights_never_decrease(self) -> _ExposurePhase:
+        weights = [step.weight for step in self.steps]
+        for index in range(1, len(weights)):
+            if weights[index] < weights[index - 1]:
+                raise ValueError(
+                    f"step weights must not decrease: steps[{index}].weight is "
+                    f"{weights[index]:g} after {weights[index - 1]:g}"
+                )
+        return self
+
+    def gate_ids(self) -> list[str]:
+        """Every gate this phase can open, so decisions can be checked before they arrive."""
+        ids = [f"{self.name}.before"] if self.gates.before is not None else []
+        for number, step in enumerate(self.steps, start=1):
+            if step.analysis:
+                ids.append(f"{self.name}.step-{number}.analysis")
+            if step.approval is not None:
+                ids.append(f"{self.name}.step-{number}")
+        if self.gates.after is not None:
+            ids.append(f"{self.name}.after")
+        return ids
+
+
+class SoftLaunchPhase(_ExposurePhase):
+    """Expose the new version to part of the users; never to all of them."""
+
+    kind: Literal["soft_launch"]
+
+    @model_validator(mode="after")
+    def _partial_only(self) -> SoftLaunchPhase:
+        if self.steps[-1].weight >= 100:
+            raise ValueError("a soft launch stays below 100%; reach 100% in a full_launch phase")
+        return self
+
+
+class FullLaunchPhase(_ExposurePhase):
+    """Take the new version to every user and make it the stable one."""
+
+    kind: Literal["full_launch"]
+
+    @model_validator(mode="after")
+    def _reaches_everyone(self) -> FullLaunchPhase:
+        if self.steps[-1].weight != 100:
+            raise ValueError("a full launch must end with a step of weight 100")
+        return self
+
+
+Phase = Annotated[SoftLaunchPhase | FullLaunchPhase, Field(discriminator="kind")]
+PHASE_KINDS = ("soft_launch", "full_launch")
+
+NotificationEvent = Literal[
+    "launch_started", "gate_opened", "completed", "rolled_back", "compensation_failed"
+]
+
+
+class Webhook(StrictModel):
+    name: Name
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    headers: dict[str, SecretRef] = Field(default_factory=dict)
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: [
+            "launch_started",
+            "gate_opened",
+            "completed",
+            "rolled_back",
+            "compensation_failed",
+        ]
+    )
+
+
+class LaunchPlan(StrictModel):
+    service: Name
+    version: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str = ""
+    targets: Targets
+    approvals: ApprovalDefaults
+    analysis: dict[Name, MetricSpec] = Field(default_factory=dict)
+    notifications: list[Webhook] = Field(default_factory=list)
+    phases: list[Phase] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> LaunchPlan:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, phase in enumerate(self.phases):
+            if phase.name in seen:
+                problems.append(f"phases[{index}].name: {phase.name!r} is used by an earlier phase")
+            seen.add(phase.name)
+            for step_index, step in enumerate(phase.steps):
+                for name in step.analysis:
+                    if name not in self.analysis:
+                        problems.append(
+                            f"phases[{index}].steps[{step_index}].analysis: no analysis named "
+                            f"{name!r} (defined: {', '.join(sorted(self.analysis)) or 'none'})"
+                        )
+                if step.analysis and self.targets.prometheus is None:
+                    problems.append(
+                        f"phases[{index}].steps[{step_index}].analysis: needs "
+                        "targets.prometheus to query"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def gate(self, spec: GateSpec) -> ResolvedGate:
+        """Fill a gate's missing fields from the plan's approval defaults."""
+        defaults = self.approvals
+        return ResolvedGate(
+            approvers=spec.approvers or defaults.approvers,
+            timeout=spec.timeout or defaults.timeout,
+            on_timeout=spec.on_timeout or defaults.on_timeout,
+            description=spec.description,
+        )
+
+
+class ResolvedGate(StrictModel):
+    approvers: list[str]
+    timeout: timedelta
+    on_timeout: Literal["reject", "approve"]
+    description: str | None = None
+
+
+class PlanError(ValueError):
+    """A plan that cannot start; `problems` holds one `path: message` line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
+
+
+_MESSAGES = {
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "too_short": "must have at least {min_length} item(s)",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "must match {pattern}",
+    "union_tag_invalid": "must be one of: {expected_tags}",
+}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in PHASE_KINDS and isinstance(previous, int):
+            pass  # the discriminator's branch name is not part of the user's path
+        else:
+            path += f".{part}" if path else str(part)
+        previous = part
+    return path or "(plan)"
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One `path: message` line per problem, in the plan's own terms."""
+    lines: list[str] = []
+    for item in error.errors():
+        template = _MESSAGES.get(item["type"])
+        context = item.get("ctx") or {}
+        if template is not None:
+            message = template.format(**context)
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+        path = _path(tuple(item["loc"]))
+        if item["type"] == "value_error" and message.startswith("phases["):
+            lines.extend(message.split("; "))
+            continue
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def parse_plan(text: str, *, source: str = "<plan>", base_dir: Path | None = None) -> LaunchPlan:
+    """Parse and validate a plan; relative file paths are made absolute against `base_dir`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise PlanError(source, [f"(yaml) {where}: {getattr(err, 'problem', err)}"]) from None
+    if not isinstance(data, dict):
+        raise PlanError(source, ["(plan): must be a mapping with service, version, phases, ..."])
+    try:
+        plan = LaunchPlan.model_validate(data)
+    except ValidationError as err:
+        raise PlanError(source, describe_errors(err)) from None
+    if base_dir is not None:
+        flag_file = Path(plan.targets.router.flag_file)
+        if not flag_file.is_absolute():
+            router = plan.targets.router.model_copy(
+                update={"flag_file": str((base_dir / flag_file).resolve())}
+            )
+            plan = plan.model_copy(
+                update={"targets": plan.targets.model_copy(update={"router": router})}
+            )
+    return plan
+
+
+def load_plan(path: Path) -> LaunchPlan:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise PlanError(str(path), [f"(file): cannot read: {err.strerror}"]) from None
+    return parse_plan(text, source=str(path), base_dir=path.parent)

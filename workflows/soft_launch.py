@@ -1,0 +1,17 @@
+"""Soft launch: expose the new version to a growing part of the users, analysing each step."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from phasegate.workflows.exposure import run_exposure_steps
+    from phasegate.workflows.messages import PhaseInput, PhaseState
+    from phasegate.workflows.phase import PhaseWorkflow
+
+
+@workflow.defn(name="SoftLaunch")
+class SoftLaunchWorkflow(PhaseWorkflow):
+    @workflow.run
+    async def run(self, inp: PhaseInput) -> PhaseState:
+        return await self.run_phase(inp, lambda: run_exposure_steps(self, inp, promote=False))

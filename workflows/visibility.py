@@ -1,0 +1,38 @@
+"""What a launch shows in the Temporal UI: search attributes and plain-words descriptions."""
+
+from __future__ import annotations
+
+import json
+
+from temporalio.common import SearchAttributeKey
+
+from phasegate.workflows.messages import OpenGate
+
+SERVICE = SearchAttributeKey.for_keyword("PhasegateService")
+PHASE = SearchAttributeKey.for_keyword("PhasegatePhase")
+STATUS = SearchAttributeKey.for_keyword("PhasegateStatus")
+
+# Registered by `phasegate dev` and the test fixtures so launches can be listed and filtered.
+SEARCH_ATTRIBUTES = {key.name: "Keyword" for key in (SERVICE, PHASE, STATUS)}
+
+
+def percent(weight: float | None) -> str:
+    return "no exposure yet" if weight is None else f"{weight:g}% exposure"
+
+
+def signal_input(gate: OpenGate) -> str:
+    approver = gate.approvers[0] if gate.approvers and gate.approvers[0] != "*" else "<your name>"
+    return json.dumps({"gate": gate.gate, "approver": approver, "comment": ""})
+
+
+def describe_gate(gate: OpenGate, launch_id: str) -> str:
+    """Tell a person exactly what the launch waits for and which signal moves it on."""
+    payload = signal_input(gate)
+    return (
+        f"Waiting for a go/no-go decision on gate `{gate.gate}`: {gate.question}\n"
+        f"Approvers: {', '.join(gate.approvers)}. If nobody decides by "
+        f"{gate.deadline:%Y-%m-%d %H:%M:%S} UTC the gate will {gate.on_timeout}.\n"
+        f"Go: send the signal `approve` with input {payload}\n"
+        f"No-go: send the signal `reject` with the same input.\n"
+        f"CLI: phasegate approve {launch_id} {gate.gate} --as <name>"
+    )
