@@ -14,7 +14,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from phasegate.activities.notify import NOTIFY_OPTIONS, NotifyActivities
@@ -130,7 +135,9 @@ class LaunchWorkflow:
     def _failure(self, err: BaseException) -> str:
         if self._abort is not None:
             return f"aborted by {self._abort.by}: {self._abort.reason}"
-        if isinstance(err, asyncio.CancelledError):
+        if isinstance(err, asyncio.CancelledError) or (
+            isinstance(err, ChildWorkflowError) and isinstance(err.cause, CancelledError)
+        ):
             return "the launch workflow was cancelled"
         if isinstance(err, ChildWorkflowError) and err.cause is not None:
             return failure_reason(err.cause)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import timedelta
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,6 +12,7 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from phasegate.workers.main import WORKFLOWS
@@ -29,6 +32,9 @@ from phasegate.workflows.messages import (
     SnapshotRequest,
 )
 from phasegate.workflows.plan import LaunchPlan
+
+# Workflow time skipped per poll: far below any gate timeout a test relies on.
+POLL_SKIP = timedelta(milliseconds=500)
 
 
 @dataclass
@@ -105,3 +111,30 @@ async def running_launch(
 
 async def status(handle: WorkflowHandle[LaunchWorkflow, Any]) -> LaunchStatus:
     return await handle.query(LaunchWorkflow.status)
+
+
+async def wait_for(
+    env: WorkflowEnvironment,
+    handle: WorkflowHandle[LaunchWorkflow, Any],
+    predicate: Callable[[LaunchStatus], bool],
+    *,
+    timeout: float = 20.0,
+) -> LaunchStatus:
+    """Poll the `status` query until `predicate` holds, letting workflow time move on meanwhile."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        current = await status(handle)
+        if predicate(current):
+            return current
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting; last status: {current.model_dump_json(indent=1)}")
+        if env.supports_time_skipping:
+            await env.sleep(POLL_SKIP)
+        else:
+            await asyncio.sleep(0.05)
+
+
+async def gate_open(
+    env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any], gate: str
+) -> LaunchStatus:
+    return await wait_for(env, handle, lambda s: s.open_gate is not None and s.open_gate.gate == gate)
