@@ -21,6 +21,8 @@ from typing import IO, Self
 import httpx
 import yaml
 
+from phasegate.workers.settings import WORKER_READY_LINE
+
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
 # The dev server migrates its SQLite schema and starts the UI before it answers.
@@ -394,6 +396,45 @@ def start_temporal_dev_server(
     return server
 
 
+def start_worker(
+    *,
+    address: str,
+    workdir: Path,
+    namespace: str = "default",
+    task_queue: str | None = None,
+    metrics_port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> ManagedProcess:
+    """`phasegate-worker` as its own process (so a test can SIGKILL it), ready when it polls."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    metrics_port = metrics_port or free_port()
+    env = {
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": namespace,
+        "PHASEGATE_METRICS_ADDRESS": f"{LOOPBACK}:{metrics_port}",
+        **({"PHASEGATE_TASK_QUEUE": task_queue} if task_queue else {}),
+        **(extra_env or {}),
+    }
+    process, log_path, log_file = _launch(
+        "worker", [sys.executable, "-m", "phasegate.workers.main"], workdir, env=env
+    )
+    managed = ManagedProcess(
+        name="worker",
+        process=process,
+        log_path=log_path,
+        port=metrics_port,
+        url=f"http://{LOOPBACK}:{metrics_port}/metrics",
+        log_file=log_file,
+    )
+    start = log_path.stat().st_size if log_path.exists() else 0
+    _wait_until_ready(
+        managed,
+        lambda: WORKER_READY_LINE in log_path.read_bytes()[start:].decode(errors="replace"),
+        READY_TIMEOUT_S,
+    )
+    return managed
+
+
 def _find_binary(
     explicit: str | None, env_var: str, candidates: Sequence[str], not_found: str
 ) -> str:
@@ -415,7 +456,7 @@ def _spawn(name: str, argv: Sequence[str], *, workdir: Path, port: int, url: str
 
 
 def _launch(
-    name: str, argv: Sequence[str], workdir: Path
+    name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path, IO[bytes]]:
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115  (closed by the ManagedProcess's stop)
@@ -426,7 +467,7 @@ def _launch(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
     except OSError as err:

@@ -14,6 +14,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from phasegate.starters.local import free_port
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -46,7 +47,15 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @pytest.fixture(scope="session")
-async def dev_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkflowEnvironment]:
+def dev_ui_port() -> int:
+    """The dev server's Web UI port; the SDK's default (server port + 1000) may be taken."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+async def dev_env(
+    tmp_path_factory: pytest.TempPathFactory, dev_ui_port: int
+) -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (what `phasegate dev` runs), with its SQLite file."""
     db = tmp_path_factory.mktemp("temporal") / "temporal.db"
     env = await WorkflowEnvironment.start_local(
@@ -55,6 +64,7 @@ async def dev_env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wor
         search_attributes=[SERVICE, PHASE, STATUS],
         dev_server_extra_args=["--db-filename", str(db)],
         ui=True,
+        ui_port=dev_ui_port,
     )
     yield env
     await env.shutdown()

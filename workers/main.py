@@ -24,7 +24,7 @@ from phasegate.activities.metrics import MetricsActivities
 from phasegate.activities.notify import NotifyActivities
 from phasegate.activities.routing import RouterActivities
 from phasegate.workers.client import connect
-from phasegate.workers.settings import Settings
+from phasegate.workers.settings import WORKER_READY_LINE, Settings
 from phasegate.workflows.full_launch import FullLaunchWorkflow
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.soft_launch import SoftLaunchWorkflow
@@ -84,6 +84,7 @@ async def serve(settings: Settings) -> None:
                 settings.metrics_address,
             )
             async with worker:
+                logging.info("%s on task queue %s", WORKER_READY_LINE, settings.task_queue)
                 await stop.wait()
                 logging.info("shutting down: finishing running activities")
 

@@ -8,6 +8,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from phasegate.workflows.messages import TASK_QUEUE
 
 
+# Logged once the worker polls its task queue; process supervisors wait for it.
+WORKER_READY_LINE = "phasegate worker polling"
+
+
 class Settings(BaseSettings):
     """Read from `PHASEGATE_*` (and `TEMPORAL_ADDRESS` / `TEMPORAL_NAMESPACE`) on demand."""
 

@@ -332,6 +332,7 @@ _MESSAGES = {
     "string_too_short": "must not be empty",
     "string_pattern_mismatch": "must match {pattern}",
     "union_tag_invalid": "must be one of: {expected_tags}",
+    "union_tag_not_found": "is required",
 }
 
 
@@ -354,12 +355,17 @@ def describe_errors(error: ValidationError) -> list[str]:
     lines: list[str] = []
     for item in error.errors():
         template = _MESSAGES.get(item["type"])
-        context = item.get("ctx") or {}
+        context = {
+            key: f"{value:g}" if isinstance(value, float) else value
+            for key, value in (item.get("ctx") or {}).items()
+        }
         if template is not None:
             message = template.format(**context)
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
         path = _path(tuple(item["loc"]))
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path += "." + str(context.get("discriminator", "kind")).strip("'")
         if item["type"] == "value_error" and message.startswith("phases["):
             lines.extend(message.split("; "))
             continue

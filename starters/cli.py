@@ -1,0 +1,455 @@
+"""`phasegate`: validate a plan, start a launch, watch it, decide its gates, run a local stack.
+
+Each command parses its arguments, calls one function of `starters/launches.py` and prints.
+Anything that goes wrong talking to Temporal ends as one red line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from phasegate.starters import launches
+from phasegate.starters.local import LocalProcessError, start_temporal_dev_server
+from phasegate.starters.render import render_listing, render_status
+from phasegate.workers.client import TemporalUnreachable, connect
+from phasegate.workers.main import serve
+from phasegate.workers.settings import Settings
+from phasegate.workflows.messages import LaunchStatus, LaunchStatusValue
+from phasegate.workflows.plan import LaunchPlan, PlanError
+from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_INVALID_PLAN = 2
+
+app = typer.Typer(
+    name="phasegate",
+    help="Run a software launch as one durable Temporal pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+compensation_app = typer.Typer(
+    help="Act on a rollback step (undo) that keeps failing.", no_args_is_help=True
+)
+app.add_typer(compensation_app, name="compensation")
+
+LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
+Approver = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        metavar="NAME",
+        envvar="PHASEGATE_APPROVER",
+        help="Who you are, as the plan's approvers name you. Default: $PHASEGATE_APPROVER, "
+        "then $USER.",
+        show_default=False,
+    ),
+]
+Comment = Annotated[str, typer.Option("--comment", "-m", help="Why; kept in the audit trail.")]
+PlanPath = Annotated[
+    Path, typer.Argument(help="The launch plan (YAML).", dir_okay=False, show_default=False)
+]
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TEMPORAL_ADDRESS", help="Temporal frontend host:port.", show_default=False
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(envvar="TEMPORAL_NAMESPACE", help="Temporal namespace.", show_default=False),
+    ] = None,
+    task_queue: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PHASEGATE_TASK_QUEUE",
+            help="Task queue the launch workflows and the worker use.",
+            show_default=False,
+        ),
+    ] = None,
+    ui_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PHASEGATE_UI_URL",
+            help="Temporal Web UI base URL, for links.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run a software launch as one durable Temporal pipeline."""
+    overrides = {
+        "temporal_address": address,
+        "temporal_namespace": namespace,
+        "task_queue": task_queue,
+        "ui_url": ui_url,
+    }
+    ctx.obj = Settings().model_copy(
+        update={field: value for field, value in overrides.items() if value is not None}
+    )
+
+
+# --- plans and launches ------------------------------------------------------------------
+
+
+@app.command()
+def validate(plan: PlanPath) -> None:
+    """Check a plan without contacting anything; exit 2 with every problem if it is invalid."""
+    valid = _valid_plan(plan)
+    gates = ", ".join(launches.gate_ids(valid)) or "none"
+    _out().print(
+        Text(
+            f"{plan}: ok ({valid.service} {valid.version}, {_count(len(valid.phases), 'phase')}, "
+            f"gates: {gates})",
+            style="green",
+        ),
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def launch(
+    ctx: typer.Context,
+    plan: PlanPath,
+    launch_id: Annotated[
+        str | None, typer.Option("--id", help="Launch id. Default: SERVICE-VERSION-RANDOM.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the launch like `watch`.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --wait.")] = 1.0,
+) -> None:
+    """Validate a plan and start its launch; the plan is checked before Temporal is contacted."""
+    valid = _valid_plan(plan)
+    settings = _settings(ctx)
+
+    async def start(client: Client) -> LaunchStatus | None:
+        handle = await launches.start_launch(client, valid, settings=settings, launch_id=launch_id)
+        out = _out()
+        out.print(Text.assemble("started ", (handle.id, "bold")), soft_wrap=True)
+        out.print(launches.ui_link(settings, handle.id), soft_wrap=True, highlight=False)
+        if not wait:
+            return None
+        return await _follow(client, handle.id, interval)
+
+    final = _run(settings, start)
+    if final is not None:
+        _finish(final)
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show a launch: phase, exposure, open gate, analysis, decisions, refusals, undos."""
+    current = _run(_settings(ctx), lambda client: launches.get_status(client, launch_id))
+    if as_json:
+        typer.echo(current.model_dump_json(indent=2))
+    else:
+        _out().print(render_status(current))
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """Follow a launch live until it finishes: exit 0 if completed, 1 if rolled back."""
+    _finish(_run(_settings(ctx), lambda client: _follow(client, launch_id, interval)))
+
+
+@app.command(name="list")
+def list_(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only this status, e.g. waiting, completed, rolled_back.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+) -> None:
+    """List launches, filtered on their search attributes."""
+    found = _run(
+        _settings(ctx),
+        lambda client: launches.list_launches(client, service=service, status=status, limit=limit),
+    )
+    _out().print(render_listing(found))
+
+
+# --- people acting on a launch ---------------------------------------------------------
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    gate: Annotated[str, typer.Argument(help="The gate id, e.g. soft-launch.before.")],
+    approver: Approver = None,
+    comment: Comment = "",
+) -> None:
+    """Go: approve an open gate (refused unless it is open and you are one of its approvers)."""
+    _decide(ctx, launch_id, gate, "approve", approver, comment)
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    gate: Annotated[str, typer.Argument(help="The gate id, e.g. soft-launch.before.")],
+    approver: Approver = None,
+    comment: Comment = "",
+) -> None:
+    """No-go: reject an open gate; the launch rolls back."""
+    _decide(ctx, launch_id, gate, "reject", approver, comment)
+
+
+@app.command()
+def abort(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    reason: Annotated[str, typer.Option(help="Why; shown as the rollback reason.")],
+    approver: Approver = None,
+) -> None:
+    """Stop a launch now and roll back everything it changed."""
+    by = _who(approver)
+    _run(_settings(ctx), lambda client: launches.abort(client, launch_id, reason, by))
+    _out().print(
+        Text(f"asked {launch_id} to abort; follow the rollback with `phasegate watch {launch_id}`"),
+        soft_wrap=True,
+    )
+
+
+@compensation_app.command("retry")
+def compensation_retry(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    compensation: Annotated[str, typer.Argument(help="The undo's id, e.g. soft-launch.1.")],
+    approver: Approver = None,
+    comment: Comment = "",
+) -> None:
+    """Try a failing undo again, once its cause is fixed."""
+    by = _who(approver)
+    _run(
+        _settings(ctx),
+        lambda client: launches.retry_compensation(client, launch_id, compensation, by, comment),
+    )
+    _sent(launch_id, f"retry of {compensation}")
+
+
+@compensation_app.command("skip")
+def compensation_skip(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    compensation: Annotated[str, typer.Argument(help="The undo's id, e.g. soft-launch.1.")],
+    approver: Approver = None,
+    comment: Comment = "",
+) -> None:
+    """Give up on a failing undo, on record (a comment saying why is required)."""
+    by = _who(approver)
+    _run(
+        _settings(ctx),
+        lambda client: launches.skip_compensation(client, launch_id, compensation, by, comment),
+    )
+    _sent(launch_id, f"skip of {compensation}")
+
+
+# --- running things ----------------------------------------------------------------------
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run the worker for every Phasegate workflow and activity until Ctrl-C or SIGTERM."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings(ctx)
+    try:
+        asyncio.run(serve(settings))
+    except TemporalUnreachable as err:
+        _fail(str(err))
+
+
+@app.command()
+def dev(
+    ctx: typer.Context,
+    db_file: Annotated[
+        Path, typer.Option(help="SQLite file, so launches survive a restart.")
+    ] = Path(".phasegate/temporal.db"),
+    port: Annotated[int, typer.Option(help="Frontend port for clients and workers.")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
+) -> None:
+    """Run the Temporal dev server with Phasegate's search attributes, until Ctrl-C."""
+    settings = _settings(ctx)
+    db_file = db_file.resolve()
+    try:
+        server = start_temporal_dev_server(
+            workdir=db_file.parent,
+            db_filename=db_file,
+            port=port,
+            ui_port=ui_port,
+            search_attributes=SEARCH_ATTRIBUTES,
+            namespace=settings.temporal_namespace,
+        )
+    except LocalProcessError as err:
+        _fail(str(err))
+    out = _out()
+    out.print(Text.assemble("Temporal  ", (server.address, "bold")), soft_wrap=True)
+    out.print(Text.assemble("Web UI    ", (server.url, "bold")), soft_wrap=True)
+    out.print(Text(f"Database  {db_file}\nLog       {server.log_path}"), soft_wrap=True)
+    out.print(
+        Text(
+            f"Run `TEMPORAL_ADDRESS={server.address} phasegate worker` next to it. Ctrl-C stops.",
+            style="dim",
+        ),
+        soft_wrap=True,
+    )
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+        out.print("stopped")
+        return
+    _fail(f"the Temporal dev server exited with code {code}; see {server.log_path}")
+
+
+def main() -> None:
+    app()
+
+
+# --- glue --------------------------------------------------------------------------------
+
+
+def _decide(
+    ctx: typer.Context,
+    launch_id: str,
+    gate: str,
+    decision: Literal["approve", "reject"],
+    approver: str | None,
+    comment: str,
+) -> None:
+    by = _who(approver)
+    taken = _run(
+        _settings(ctx),
+        lambda client: launches.decide(client, launch_id, gate, by, decision, comment),
+    )
+    _out().print(
+        Text.assemble(
+            (taken.outcome, "green" if taken.outcome == "approved" else "red"),
+            f" {taken.gate} of {launch_id} as {taken.by}",
+            f": {taken.comment}" if taken.comment else "",
+        ),
+        soft_wrap=True,
+    )
+
+
+async def _follow(client: Client, launch_id: str, interval: float) -> LaunchStatus:
+    """Redraw the status until the launch finishes; returns the last status seen."""
+    last: LaunchStatus | None = None
+    with Live(Text(f"waiting for {launch_id}…"), console=_out(), auto_refresh=False) as live:
+        async for current in launches.follow_launch(client, launch_id, interval=interval):
+            last = current
+            live.update(render_status(current), refresh=True)
+    assert last is not None
+    return last
+
+
+def _finish(final: LaunchStatus) -> None:
+    if final.status == LaunchStatusValue.COMPLETED:
+        _out().print(Text(f"{final.launch_id} completed", style="bold green"), soft_wrap=True)
+        return
+    reason = f": {final.reason}" if final.reason else ""
+    _fail(f"{final.launch_id} {final.status.value.replace('_', ' ')}{reason}")
+
+
+def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Connect, do one thing, and turn every failure to reach or use Temporal into one line."""
+
+    async def connected() -> T:
+        return await work(await connect(settings))
+
+    try:
+        return asyncio.run(connected())
+    except launches.DecisionError as err:
+        _fail(f"refused: {err}")
+    except (TemporalUnreachable, launches.LaunchError) as err:
+        _fail(str(err))
+    except RPCError as err:
+        _fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
+    except KeyboardInterrupt:
+        _fail("interrupted; the launch itself goes on")
+
+
+def _valid_plan(path: Path) -> LaunchPlan:
+    try:
+        return launches.validate_plan(path)
+    except PlanError as err:
+        err_console = _err()
+        err_console.print(
+            Text(f"{path}: {_count(len(err.problems), 'problem')}", style="bold red"),
+            soft_wrap=True,
+        )
+        for problem in err.problems:
+            err_console.print(Text(f"  {problem}", style="red"), soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID_PLAN) from None
+
+
+def _who(approver: str | None) -> str:
+    name = approver or os.environ.get("USER")
+    if not name:
+        _fail("who are you? give --as NAME or set PHASEGATE_APPROVER")
+    return name
+
+
+def _sent(launch_id: str, what: str) -> None:
+    _out().print(
+        Text(
+            f"asked {launch_id} for a {what}; the refusal, if any, shows in "
+            f"`phasegate status {launch_id}`"
+        ),
+        soft_wrap=True,
+    )
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _fail(message: str) -> NoReturn:
+    _err().print(Text(message, style="red"), soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+if __name__ == "__main__":
+    main()

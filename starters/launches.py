@@ -1,0 +1,376 @@
+"""Client-side launch operations: start, inspect, decide, abort, list. No printing here.
+
+Errors, all one clear line for the CLI to print:
+
+    LaunchError            the server answered, but the operation cannot be done
+    ├── LaunchNotFound     no launch with that id in this namespace
+    └── DecisionError      the `decide` update refused: unknown gate, not open, not an approver
+    TemporalUnreachable    (phasegate.workers.client) no server at the configured address
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import FailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from phasegate.workers.settings import Settings
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import (
+    AbortRequest,
+    CompensationAction,
+    DecideRequest,
+    Decision,
+    LaunchInput,
+    LaunchStatus,
+    LaunchStatusValue,
+)
+from phasegate.workflows.plan import GateSpec, LaunchPlan, load_plan
+from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
+
+FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
+LAUNCH_WORKFLOW_TYPE = "Launch"
+# A query waits for a worker to answer; without one it would hang until the RPC deadline.
+QUERY_TIMEOUT = timedelta(seconds=15)
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class LaunchError(RuntimeError):
+    """The server answered, but the launch operation cannot be done; the message says why."""
+
+
+class LaunchNotFound(LaunchError):
+    """No launch with this id exists in the namespace."""
+
+
+class DecisionError(LaunchError):
+    """The launch refused a decision; the message is the workflow validator's own."""
+
+
+@dataclass(frozen=True)
+class LaunchListing:
+    """One launch as the visibility store sees it (search attributes, not a query)."""
+
+    launch_id: str
+    service: str
+    status: str
+    phase: str
+    started_at: datetime | None
+    closed_at: datetime | None
+    execution: str
+
+
+# --- plans and starting ------------------------------------------------------------------
+
+
+def validate_plan(path: Path | str) -> LaunchPlan:
+    """Load and validate a plan file; raises PlanError with one `path: message` per problem."""
+    return load_plan(Path(path))
+
+
+def new_launch_id(plan: LaunchPlan) -> str:
+    """`{service}-{version}-{8 hex}`, with anything unsafe in a URL replaced by `-`."""
+    raw = f"{plan.service}-{plan.version}-{uuid.uuid4().hex[:8]}"
+    return _UNSAFE_ID_CHARS.sub("-", raw)
+
+
+async def start_launch(
+    client: Client,
+    plan: LaunchPlan,
+    *,
+    settings: Settings,
+    launch_id: str | None = None,
+) -> WorkflowHandle[LaunchWorkflow, Any]:
+    """Start the launch workflow on `settings.task_queue`; the workflow id is the launch id."""
+    launch_id = launch_id or new_launch_id(plan)
+    with _translated(launch_id):
+        return await client.start_workflow(
+            LaunchWorkflow.run,
+            LaunchInput(launch_id=launch_id, plan=plan),
+            id=launch_id,
+            task_queue=settings.task_queue,
+            static_summary=summarize_plan(plan),
+            static_details=describe_plan(plan),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SERVICE, plan.service),
+                    SearchAttributePair(STATUS, LaunchStatusValue.RUNNING.value),
+                    SearchAttributePair(PHASE, "starting"),
+                ]
+            ),
+        )
+
+
+def summarize_plan(plan: LaunchPlan) -> str:
+    """One line: `Launch checkout 2.0.0: soft-launch 1% → 10%, then full-launch 50% → 100%`."""
+    phases = ", then ".join(
+        f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
+        for phase in plan.phases
+    )
+    return f"Launch {plan.service} {plan.version}: {phases}"
+
+
+def describe_plan(plan: LaunchPlan) -> str:
+    """The plan in plain words, one line per phase, for the Temporal UI's details."""
+    router = plan.targets.router
+    approvals = plan.approvals
+    lines = [f"Launch {plan.service} {plan.version}."]
+    if plan.description:
+        lines.append(plan.description.strip())
+    lines.append(f"Exposure through flag `{router.flag_key}` in {router.flag_file}.")
+    lines.append(
+        f"Approvers: {', '.join(approvals.approvers)}; an undecided gate will "
+        f"{approvals.on_timeout} after {_duration(approvals.timeout)}."
+    )
+    for number, phase in enumerate(plan.phases, start=1):
+        kind = phase.kind.replace("_", " ")
+        steps = []
+        for step in phase.steps:
+            words = _weight(step.weight)
+            if step.pause:
+                words += f" for {_duration(step.pause)}"
+            if step.analysis:
+                words += f", analysed by {', '.join(step.analysis)}"
+            if step.approval is not None:
+                words += f", then {_gate_words(plan, step.approval)}"
+            steps.append(words)
+        line = f"{number}. {phase.name} ({kind}): "
+        if phase.gates.before is not None:
+            line += f"{_gate_words(plan, phase.gates.before)}; "
+        line += "; ".join(steps)
+        if phase.gates.after is not None:
+            line += f"; finally {_gate_words(plan, phase.gates.after)}"
+        lines.append(line + ".")
+    return "\n".join(lines)
+
+
+def gate_ids(plan: LaunchPlan) -> list[str]:
+    """Every gate the plan can open, in the order they open."""
+    return [gate for phase in plan.phases for gate in phase.gate_ids()]
+
+
+# --- looking at a launch -----------------------------------------------------------------
+
+
+async def get_status(client: Client, launch_id: str) -> LaunchStatus:
+    """The launch's whole state; a completed launch answers from its result, without a worker."""
+    status, _ = await _read_status(client, launch_id)
+    return status
+
+
+async def follow_launch(
+    client: Client, launch_id: str, *, interval: float = 1.0
+) -> AsyncIterator[LaunchStatus]:
+    """Yield the status every `interval` seconds until the launch finishes (last one included)."""
+    while True:
+        status, closed = await _read_status(client, launch_id)
+        yield status
+        # A launch terminated from outside is closed without finishing: it will not move again.
+        if status.status in FINISHED or closed:
+            return
+        await asyncio.sleep(interval)
+
+
+def ui_link(settings: Settings, launch_id: str) -> str:
+    base = settings.ui_url.rstrip("/")
+    namespace = quote(settings.temporal_namespace, safe="")
+    return f"{base}/namespaces/{namespace}/workflows/{quote(launch_id, safe='')}"
+
+
+async def list_launches(
+    client: Client,
+    *,
+    service: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[LaunchListing]:
+    """Launches newest first, filtered on the Phasegate search attributes."""
+    listings: list[LaunchListing] = []
+    with _translated(None):
+        async for execution in client.list_workflows(
+            launch_query(service=service, status=status), limit=limit
+        ):
+            attributes = execution.typed_search_attributes
+            listings.append(
+                LaunchListing(
+                    launch_id=execution.id,
+                    service=attributes.get(SERVICE) or "",
+                    status=attributes.get(STATUS) or "",
+                    phase=attributes.get(PHASE) or "",
+                    started_at=execution.start_time,
+                    closed_at=execution.close_time,
+                    execution=execution.status.name.lower() if execution.status else "",
+                )
+            )
+    return listings
+
+
+def launch_query(*, service: str | None = None, status: str | None = None) -> str:
+    """A visibility query: `WorkflowType = 'Launch' AND PhasegateService = 'checkout' ...`."""
+    clauses = [f"WorkflowType = {_quoted(LAUNCH_WORKFLOW_TYPE)}"]
+    if service:
+        clauses.append(f"{SERVICE.name} = {_quoted(service)}")
+    if status:
+        clauses.append(f"{STATUS.name} = {_quoted(status)}")
+    return " AND ".join(clauses)
+
+
+# --- acting on a launch ------------------------------------------------------------------
+
+
+async def decide(
+    client: Client,
+    launch_id: str,
+    gate: str,
+    approver: str,
+    decision: Literal["approve", "reject"],
+    comment: str = "",
+) -> Decision:
+    """Approve or reject a gate through the `decide` update and return what was recorded."""
+    request = DecideRequest(
+        gate=gate,
+        approver=approver,
+        decision=decision,
+        comment=comment,
+        id=str(uuid.uuid4()),
+    )
+    handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
+    with _translated(launch_id):
+        try:
+            # By name: the SDK's stubs type an `async def` update's result as a coroutine.
+            taken: Decision = await handle.execute_update("decide", request, result_type=Decision)
+            return taken
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, FailureError) else str(cause)
+            raise DecisionError(message) from None
+
+
+async def abort(client: Client, launch_id: str, reason: str, by: str) -> None:
+    """Ask the launch to stop and roll back; a fresh id makes a resent signal harmless."""
+    request = AbortRequest(reason=reason, by=by, id=str(uuid.uuid4()))
+    handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
+    with _translated(launch_id):
+        await handle.signal(LaunchWorkflow.abort, request)
+
+
+async def retry_compensation(
+    client: Client, launch_id: str, compensation: str, by: str, comment: str = ""
+) -> None:
+    """Try a failing undo again, once its cause is fixed."""
+    await _compensation_signal(client, launch_id, "retry", compensation, by, comment)
+
+
+async def skip_compensation(
+    client: Client, launch_id: str, compensation: str, by: str, comment: str = ""
+) -> None:
+    """Give up on a failing undo, on record; the launch refuses a skip without a comment."""
+    await _compensation_signal(client, launch_id, "skip", compensation, by, comment)
+
+
+async def _compensation_signal(
+    client: Client, launch_id: str, action: str, compensation: str, by: str, comment: str
+) -> None:
+    request = CompensationAction(
+        compensation=compensation, by=by, comment=comment, id=str(uuid.uuid4())
+    )
+    signal = (
+        LaunchWorkflow.retry_compensation if action == "retry" else LaunchWorkflow.skip_compensation
+    )
+    handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
+    with _translated(launch_id):
+        await handle.signal(signal, request)
+
+
+# --- small private helpers ---------------------------------------------------------------
+
+
+async def _read_status(client: Client, launch_id: str) -> tuple[LaunchStatus, bool]:
+    """The status, and whether the workflow execution is closed."""
+    handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
+    with _translated(launch_id):
+        execution = (await handle.describe()).status
+        if execution == WorkflowExecutionStatus.COMPLETED:
+            return (await handle.result()).final, True
+        try:
+            status = await handle.query(LaunchWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+        except WorkflowQueryFailedError as err:
+            raise LaunchError(f"launch {launch_id} could not answer its status: {err}") from None
+    return status, execution != WorkflowExecutionStatus.RUNNING
+
+
+@contextmanager
+def _translated(launch_id: str | None) -> Iterator[None]:
+    """Turn the server's RPC errors into one line that says what to do."""
+    try:
+        yield
+    except RPCError as err:
+        raise _launch_error(err, launch_id) from None
+
+
+def _launch_error(err: RPCError, launch_id: str | None) -> LaunchError:
+    message = err.message
+    subject = f"launch {launch_id}" if launch_id else "listing launches"
+    if err.status == RPCStatusCode.NOT_FOUND:
+        if "already completed" in message:
+            return LaunchError(f"{subject} has already finished; nothing more can be sent to it")
+        return LaunchNotFound(
+            f"no launch {launch_id} in this namespace: check the id with `phasegate list`"
+        )
+    if err.status == RPCStatusCode.ALREADY_EXISTS:
+        return LaunchError(f"{subject} already exists: pick another --id")
+    if "search attribute" in message.lower():
+        return LaunchError(
+            f"{subject}: the Phasegate search attributes are not registered on this server "
+            f"({message}); `phasegate dev` registers them"
+        )
+    if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.FAILED_PRECONDITION):
+        return LaunchError(
+            f"{subject} did not answer ({message}): is a worker running? start one with "
+            "`phasegate worker`"
+        )
+    return LaunchError(f"{subject}: Temporal said {err.status.name}: {message}")
+
+
+def _quoted(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _weight(weight: float) -> str:
+    return f"{weight:g}%"
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return f"{value.total_seconds() * 1000:g}ms"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
+
+
+def _gate_words(plan: LaunchPlan, spec: GateSpec) -> str:
+    gate = plan.gate(spec)
+    return f"wait for {' or '.join(gate.approvers)} to approve"

@@ -1,0 +1,228 @@
+"""How a launch looks in a terminal: pure functions from LaunchStatus to rich renderables.
+
+Every value that came from a person or a plan is wrapped in `Text`, so a comment such as
+`[bold]` is shown as written instead of being read as rich markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from phasegate.starters.launches import LaunchListing
+from phasegate.workflows.messages import (
+    AuditEntry,
+    CompensationRecord,
+    Decision,
+    LaunchStatus,
+    MetricResult,
+    PhaseState,
+)
+
+STATUS_STYLES = {
+    "running": "cyan",
+    "waiting": "yellow",
+    "rolling_back": "magenta",
+    "needs_attention": "bold red",
+    "completed": "bold green",
+    "rolled_back": "bold red",
+    "pending": "dim",
+    "failed": "red",
+    "cancelled": "red",
+    "done": "green",
+    "skipped": "yellow",
+    "successful": "green",
+    "inconclusive": "yellow",
+    "approved": "green",
+    "rejected": "red",
+}
+BAR_WIDTH = 40
+
+
+def render_status(status: LaunchStatus) -> RenderableType:
+    """The whole launch: headline panel, then phases, analysis, decisions, refusals, undos."""
+    parts: list[RenderableType] = [render_headline(status), render_phases(status.phases)]
+    analysis = [result for phase in status.phases for result in phase.analysis]
+    if analysis:
+        parts.append(render_analysis(analysis))
+    if status.decisions:
+        parts.append(render_decisions(status.decisions))
+    refused = [entry for entry in status.audit if not entry.accepted]
+    if refused:
+        parts.append(render_refused(refused))
+    if status.compensations:
+        parts.append(render_compensations(status.compensations))
+    return Group(*parts)
+
+
+def render_headline(status: LaunchStatus) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("Status", styled(status.status.value))
+    if status.reason:
+        grid.add_row("Reason", Text(status.reason))
+    if status.phase:
+        grid.add_row("Phase", Text(f"{status.phase} (step {status.step})"))
+    grid.add_row("Exposure", exposure_bar(status.exposure))
+    if status.open_gate is not None:
+        gate = status.open_gate
+        grid.add_row(
+            "Open gate",
+            Text.assemble(
+                (gate.gate, "bold yellow"),
+                f": {gate.question}\napprovers {', '.join(gate.approvers)}; ",
+                f"{gate.on_timeout} at {_when(gate.deadline)} if undecided",
+            ),
+        )
+    if status.waiting_for:
+        grid.add_row("Waiting for", Text(status.waiting_for))
+    if status.started_at is not None:
+        finished = f", finished {_when(status.finished_at)}" if status.finished_at else ""
+        grid.add_row("Started", Text(f"{_when(status.started_at)}{finished}"))
+    title = Text.assemble((f"{status.service} {status.version}", "bold"), f"  {status.launch_id}")
+    return Panel(grid, title=title, title_align="left", border_style=_style(status.status.value))
+
+
+def exposure_bar(exposure: float | None) -> RenderableType:
+    if exposure is None:
+        return Text("no exposure yet", style="dim")
+    row = Table.grid(padding=(0, 1))
+    row.add_row(
+        ProgressBar(total=100, completed=exposure, width=BAR_WIDTH),
+        Text(f"{exposure:g}% of users"),
+    )
+    return row
+
+
+def render_phases(phases: Sequence[PhaseState]) -> Table:
+    table = Table(title="Phases", title_justify="left", expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("phase")
+    table.add_column("kind")
+    table.add_column("status")
+    table.add_column("step", justify="right")
+    table.add_column("exposure", justify="right")
+    table.add_column("now")
+    for number, phase in enumerate(phases, start=1):
+        table.add_row(
+            str(number),
+            Text(phase.name),
+            Text(phase.kind.replace("_", " ")),
+            styled(phase.status.value),
+            f"{phase.step}/{phase.steps}",
+            "-" if phase.exposure is None else f"{phase.exposure:g}%",
+            Text(phase.reason or phase.activity),
+        )
+    return table
+
+
+def render_analysis(results: Sequence[MetricResult]) -> Table:
+    table = Table(title="Analysis", title_justify="left")
+    table.add_column("phase / step")
+    table.add_column("metric")
+    table.add_column("verdict")
+    table.add_column("last", justify="right")
+    table.add_column("baseline", justify="right")
+    table.add_column("ok/fail/inconcl./err", justify="right")
+    for result in results:
+        last = result.last
+        table.add_row(
+            Text(f"{result.phase} / {result.step}"),
+            Text(result.metric),
+            styled(result.verdict),
+            _number(last.value if last else None),
+            _number(last.baseline if last else None),
+            f"{result.successes}/{result.failures}/{result.inconclusive}/{result.errors}",
+        )
+    return table
+
+
+def render_decisions(decisions: Sequence[Decision]) -> Table:
+    table = Table(title="Decisions", title_justify="left")
+    table.add_column("gate")
+    table.add_column("outcome")
+    table.add_column("by")
+    table.add_column("when")
+    table.add_column("comment")
+    for decision in decisions:
+        table.add_row(
+            Text(decision.gate),
+            styled(decision.outcome),
+            Text(f"{decision.by} ({decision.source})"),
+            _when(decision.at),
+            Text(decision.comment),
+        )
+    return table
+
+
+def render_refused(entries: Sequence[AuditEntry]) -> Table:
+    table = Table(title="Refused signals and updates", title_justify="left")
+    table.add_column("when")
+    table.add_column("handler")
+    table.add_column("why")
+    for entry in entries:
+        table.add_row(_when(entry.at), Text(entry.handler), Text(entry.note, style="red"))
+    return table
+
+
+def render_compensations(records: Sequence[CompensationRecord]) -> Table:
+    table = Table(title="Compensations (undo, newest runs first)", title_justify="left")
+    table.add_column("id")
+    table.add_column("description")
+    table.add_column("status")
+    table.add_column("attempts", justify="right")
+    table.add_column("note")
+    for record in records:
+        table.add_row(
+            Text(record.id),
+            Text(record.description),
+            styled(record.status),
+            str(record.attempts),
+            Text(record.error or record.resolved_by),
+        )
+    return table
+
+
+def render_listing(listings: Sequence[LaunchListing]) -> RenderableType:
+    if not listings:
+        return Text("no launches found", style="dim")
+    table = Table(title="Launches", title_justify="left")
+    table.add_column("launch id")
+    table.add_column("service")
+    table.add_column("status")
+    table.add_column("phase")
+    table.add_column("started")
+    table.add_column("closed")
+    for listing in listings:
+        table.add_row(
+            Text(listing.launch_id),
+            Text(listing.service),
+            styled(listing.status or listing.execution),
+            Text(listing.phase),
+            _when(listing.started_at),
+            _when(listing.closed_at),
+        )
+    return table
+
+
+def styled(value: str) -> Text:
+    return Text(value, style=_style(value))
+
+
+def _style(value: str) -> str:
+    return STATUS_STYLES.get(value, "")
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -1,0 +1,155 @@
+"""Launches end to end: real dev server, real worker, the demo service under load, Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.starters.demo import DemoStack, example_plan
+from phasegate.starters.local import start_worker
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import DecideRequest, LaunchInput, LaunchResult, LaunchStatus
+from phasegate.workflows.plan import LaunchPlan, load_plan
+from tests.e2e.conftest import canary_share
+
+pytestmark = pytest.mark.integration
+
+
+def demo_plan(stack: DemoStack, **changes: Any) -> LaunchPlan:
+    plan = stack.plan_for(load_plan(example_plan()))
+    data = plan.model_dump(mode="json")
+    data.update(changes)
+    return LaunchPlan.model_validate(data)
+
+
+def quick_plan(stack: DemoStack, *, gate: bool = False) -> LaunchPlan:
+    """The demo plan without its approval gates and with short analyses."""
+    data = demo_plan(stack).model_dump(mode="json")
+    for phase in data["phases"]:
+        phase["gates"] = {"before": {"approvers": ["alice"]}} if gate and phase["name"] == "soft-launch" else {}
+        for step in phase["steps"]:
+            step["approval"] = None
+            step["pause"] = None
+    for metric in data["analysis"].values():
+        metric.update(initial_delay="2s", interval="1s", count=3)
+    return LaunchPlan.model_validate(data)
+
+
+async def start(client: Client, plan: LaunchPlan, task_queue: str) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
+    launch_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    return await client.start_workflow(
+        LaunchWorkflow.run, LaunchInput(launch_id=launch_id, plan=plan), id=launch_id, task_queue=task_queue
+    )
+
+
+async def status_until(handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60) -> LaunchStatus:
+    async with asyncio.timeout(timeout):
+        while True:
+            current = await handle.query(LaunchWorkflow.status)
+            if predicate(current):
+                return current
+            await asyncio.sleep(0.2)
+
+
+async def test_healthy_launch_reaches_everyone(dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack) -> None:
+    handle = await start(dev_env.client, quick_plan(clean_stack), worker)
+    result = await handle.result()
+
+    assert result.status == "completed", result.reason
+    assert canary_share(clean_stack.flag_file, "checkout-v2") == 100.0
+    steps = [(p.name, p.step, p.exposure, p.status) for p in result.final.phases]
+    assert steps == [("soft-launch", 3, 50.0, "completed"), ("full-launch", 2, 100.0, "completed")]
+    measured = [m for p in result.final.phases for r in p.analysis for m in r.measurements]
+    assert measured and all(m.value is not None for m in measured if m.outcome == "success")
+    error_rates = [r for p in result.final.phases for r in p.analysis if r.metric == "error-rate"]
+    assert all(r.verdict == "successful" for r in error_rates)
+    # The canary really served users while it was analysed.
+    assert any(m.value == 0.0 and m.baseline == 0.0 for r in error_rates for m in r.measurements)
+
+
+async def test_faulty_version_rolls_back_on_its_own(dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack) -> None:
+    before = json.loads(clean_stack.flag_file.read_text())
+    clean_stack.set_faults(error_rate=0.5)
+    handle = await start(dev_env.client, quick_plan(clean_stack), worker)
+    result = await handle.result()
+
+    assert result.status == "rolled_back"
+    assert "analysis failed at soft-launch step 1 (5%)" in result.reason
+    assert "error-rate failed" in result.reason
+    assert canary_share(clean_stack.flag_file, "checkout-v2") == 0.0
+    assert json.loads(clean_stack.flag_file.read_text()) == before  # the earlier definition, exactly
+    assert [c.status for c in result.final.compensations] == ["done"]
+    assert result.final.phases[1].status == "pending"
+
+
+async def test_decide_update_answers_at_once(dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack) -> None:
+    handle = await start(dev_env.client, quick_plan(clean_stack, gate=True), worker)
+    await status_until(handle, lambda s: s.open_gate is not None)
+
+    async def refusal(**fields: str) -> str:
+        request = DecideRequest.model_validate({"decision": "approve", "approver": "alice", **fields})
+        with pytest.raises(WorkflowUpdateFailedError) as caught:
+            await handle.execute_update(LaunchWorkflow.decide, request)
+        return str(caught.value.cause)
+
+    assert "unknown gate 'launch'" in await refusal(gate="launch")
+    assert "gate 'full-launch.step-1.analysis' is not open; the open gate is 'soft-launch.before'" in await refusal(
+        gate="full-launch.step-1.analysis"
+    )
+    assert "'mallory' may not decide gate 'soft-launch.before'; approvers: alice" in await refusal(
+        gate="soft-launch.before", approver="mallory"
+    )
+    decision = await handle.execute_update(
+        LaunchWorkflow.decide,
+        DecideRequest(gate="soft-launch.before", approver="alice", decision="approve", comment="ship it"),
+    )
+    assert (decision.outcome, decision.by, decision.source) == ("approved", "alice", "update")
+    result = await handle.result()
+    assert result.status == "completed", result.reason
+    assert result.final.decisions[0].comment == "ship it"
+
+
+def final_state(result: LaunchResult, flag_file: Path) -> tuple[object, ...]:
+    """What must be the same whether or not a worker died on the way."""
+    flag = json.loads(flag_file.read_text())["flags"]["checkout-v2"]
+    flag["metadata"].pop("launchId", None)
+    phases = [(p.name, p.status, p.step, p.exposure, [c.status for c in p.compensations]) for p in result.final.phases]
+    return result.status, phases, [(d.gate, d.outcome, d.by) for d in result.final.decisions], flag
+
+
+async def test_worker_killed_mid_soft_launch_converges(
+    dev_env: WorkflowEnvironment, clean_stack: DemoStack, tmp_path: Path
+) -> None:
+    address = dev_env.client.service_client.config.target_host
+    plan = quick_plan(clean_stack)
+    task_queue = f"kill-{uuid.uuid4().hex[:8]}"
+
+    first = start_worker(address=address, workdir=tmp_path / "w1", task_queue=task_queue)
+    try:
+        undisturbed = await (await start(dev_env.client, plan, task_queue)).result()
+        expected = final_state(undisturbed, clean_stack.flag_file)
+        clean_stack.reset_exposure()
+
+        handle = await start(dev_env.client, plan, task_queue)
+        await status_until(handle, lambda s: s.phase == "soft-launch" and s.step == 2 and s.exposure == 20)
+        first.kill()
+        killed_at = canary_share(clean_stack.flag_file, "checkout-v2")
+    finally:
+        first.stop()
+    assert killed_at == 20.0
+
+    second = start_worker(address=address, workdir=tmp_path / "w2", task_queue=task_queue)
+    try:
+        disturbed = await asyncio.wait_for(handle.result(), timeout=180)
+    finally:
+        second.stop()
+
+    assert undisturbed.status == "completed"
+    assert final_state(disturbed, clean_stack.flag_file) == expected

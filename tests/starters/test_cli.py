@@ -1,0 +1,355 @@
+"""The `phasegate` command line: plans checked offline, failures as one line, a real launch.
+
+These tests are plain `def`s: each command runs its own `asyncio.run`, which cannot happen
+inside pytest-asyncio's running loop. The real worker gets a thread and a loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from click.testing import Result
+from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
+
+from phasegate.starters.cli import app
+from phasegate.starters.local import free_port
+from phasegate.workers.client import connect
+from phasegate.workers.main import build_worker
+from phasegate.workers.settings import Settings
+from tests.plans import plan_dict
+
+runner = CliRunner()
+
+
+def write_plan(path: Path, plan: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def unused_address() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def phasegate(*args: str) -> Result:
+    return runner.invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+# --- offline: plans ----------------------------------------------------------------------
+
+
+def test_validate_accepts_a_good_plan_and_names_its_gates(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", plan_dict())
+
+    result = phasegate("validate", str(plan))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        f"{plan}: ok (checkout 2.0.0, 2 phases, gates: soft-launch.before, "
+        "soft-launch.step-1.analysis, soft-launch.step-2)"
+    )
+
+
+def set_weight_150(plan: dict[str, Any]) -> None:
+    plan["phases"][1]["steps"][1]["weight"] = 150
+
+
+def use_unknown_analysis(plan: dict[str, Any]) -> None:
+    plan["phases"][0]["steps"][0]["analysis"] = ["latency"]
+
+
+def add_unknown_field(plan: dict[str, Any]) -> None:
+    plan["phases"][0]["colour"] = "blue"
+
+
+@pytest.mark.parametrize(
+    ("break_plan", "problem"),
+    [
+        (set_weight_150, "phases[1].steps[1].weight: must be <= 100"),
+        (
+            use_unknown_analysis,
+            "phases[0].steps[0].analysis: no analysis named 'latency' (defined: error-rate)",
+        ),
+        (add_unknown_field, "phases[0].colour: is not a known field"),
+    ],
+)
+def test_validate_prints_each_problem_with_its_path(
+    tmp_path: Path, break_plan: Callable[[dict[str, Any]], None], problem: str
+) -> None:
+    broken = plan_dict()
+    break_plan(broken)
+    plan = write_plan(tmp_path / "plan.yaml", broken)
+
+    result = phasegate("validate", str(plan))
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"{plan}: 1 problem", f"  {problem}"]
+
+
+def test_validate_prints_every_problem_at_once(tmp_path: Path) -> None:
+    broken = plan_dict()
+    set_weight_150(broken)
+    add_unknown_field(broken)
+    plan = write_plan(tmp_path / "plan.yaml", broken)
+
+    result = phasegate("validate", str(plan))
+
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"{plan}: 2 problems"
+    assert sorted(lines[1:]) == [
+        "  phases[0].colour: is not a known field",
+        "  phases[1].steps[1].weight: must be <= 100",
+    ]
+
+
+def test_validate_names_a_missing_file(tmp_path: Path) -> None:
+    result = phasegate("validate", str(tmp_path / "nowhere.yaml"))
+
+    assert result.exit_code == 2
+    assert "(file): cannot read: No such file or directory" in result.stderr
+
+
+def test_launch_of_an_invalid_plan_starts_nothing(tmp_path: Path) -> None:
+    broken = plan_dict()
+    set_weight_150(broken)
+    plan = write_plan(tmp_path / "plan.yaml", broken)
+
+    # Nothing listens on this address: reaching it would fail with exit code 1, not 2.
+    result = phasegate("--address", unused_address(), "launch", str(plan))
+
+    assert result.exit_code == 2
+    assert "phases[1].steps[1].weight: must be <= 100" in result.stderr
+    assert "cannot reach Temporal" not in result.output
+    assert "started" not in result.stdout
+
+
+# --- offline: failures are one line ------------------------------------------------------
+
+
+def test_status_without_a_server_is_one_red_line(tmp_path: Path) -> None:
+    address = unused_address()
+
+    result = phasegate("--address", address, "status", "checkout-2.0.0-abcdef12")
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cannot reach Temporal at {address}")
+    assert result.stdout == ""
+
+
+def test_approve_without_a_name_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PHASEGATE_APPROVER", raising=False)
+    monkeypatch.delenv("USER", raising=False)
+
+    result = phasegate("--address", unused_address(), "approve", "some-launch", "x.before")
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "who are you? give --as NAME or set PHASEGATE_APPROVER"
+
+
+# --- against the real dev server with a real worker ---------------------------------------
+
+
+class WorkerThread:
+    """The real worker, on its own thread and event loop, polling its own task queue."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="phasegate-worker", daemon=True)
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise TimeoutError("the worker did not start within 30s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as err:
+            self._error = err
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        client = await connect(self.settings)
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.settings.max_concurrent_activities
+        ) as executor:
+            async with httpx.AsyncClient() as http:
+                worker = build_worker(client, http, executor, self.settings)
+                async with worker:
+                    self._ready.set()
+                    await self._stop.wait()
+
+
+@pytest.fixture
+def dev_settings(dev_env: WorkflowEnvironment) -> Settings:
+    """Where the session's dev server is, with a task queue for this test alone."""
+    return Settings().model_copy(
+        update={
+            "temporal_address": dev_env.client.service_client.config.target_host,
+            "temporal_namespace": dev_env.client.namespace,
+            "task_queue": f"cli-test-{uuid.uuid4()}",
+            "ui_url": "http://ui.example",
+            "graceful_shutdown_seconds": 5.0,
+        }
+    )
+
+
+@pytest.fixture
+def worker(dev_settings: Settings) -> Iterator[WorkerThread]:
+    with WorkerThread(dev_settings) as running:
+        yield running
+
+
+def against(settings: Settings, *args: str) -> Result:
+    return phasegate(
+        "--address",
+        settings.temporal_address,
+        "--namespace",
+        settings.temporal_namespace,
+        "--task-queue",
+        settings.task_queue,
+        "--ui-url",
+        settings.ui_url,
+        *args,
+    )
+
+
+def status_until(
+    settings: Settings, launch_id: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        result = against(settings, "status", launch_id, "--json")
+        assert result.exit_code == 0, result.output
+        current: dict[str, Any] = json.loads(result.stdout)
+        if done(current):
+            return current
+        assert time.monotonic() < deadline, f"timed out; last status:\n{result.stdout}"
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_a_launch_is_started_decided_and_completed_through_the_cli(
+    tmp_path: Path, dev_settings: Settings, worker: WorkerThread
+) -> None:
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    service = f"cli-{uuid.uuid4().hex[:8]}"
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        plan_dict(
+            flag_file=flags / "flags.json",
+            service=service,
+            phases=[
+                {
+                    "name": "full-launch",
+                    "kind": "full_launch",
+                    "gates": {"before": {"approvers": ["alice"]}},
+                    "steps": [{"weight": 100}],
+                }
+            ],
+        ),
+    )
+    launch_id = f"{service}-launch"
+
+    started = against(dev_settings, "launch", str(plan), "--id", launch_id)
+    assert started.exit_code == 0, started.output
+    assert started.stdout.splitlines() == [
+        f"started {launch_id}",
+        f"http://ui.example/namespaces/{dev_settings.temporal_namespace}/workflows/{launch_id}",
+    ]
+
+    waiting = status_until(
+        dev_settings,
+        launch_id,
+        lambda s: (s["open_gate"] or {}).get("gate") == "full-launch.before",
+    )
+    assert waiting["status"] == "waiting"
+
+    refused = against(dev_settings, "approve", launch_id, "full-launch.before", "--as", "mallory")
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == (
+        "refused: 'mallory' may not decide gate 'full-launch.before'; approvers: alice"
+    )
+
+    approved = against(
+        dev_settings, "approve", launch_id, "full-launch.before", "--as", "alice", "-m", "go"
+    )
+    assert approved.exit_code == 0, approved.output
+    assert approved.stdout.strip() == f"approved full-launch.before of {launch_id} as alice: go"
+
+    final = status_until(dev_settings, launch_id, lambda s: s["finished_at"] is not None)
+    assert final["status"] == "completed"
+    assert final["exposure"] == 100
+    assert [(d["gate"], d["outcome"], d["by"]) for d in final["decisions"]] == [
+        ("full-launch.before", "approved", "alice")
+    ]
+    assert [(a["handler"], a["accepted"]) for a in final["audit"]][-1] == ("decide:approve", True)
+    flag = json.loads((flags / "flags.json").read_text())["flags"]["checkout-v2"]
+    assert flag["defaultVariant"] == "canary"
+
+    watched = against(dev_settings, "watch", launch_id, "--interval", "0.1")
+    assert watched.exit_code == 0, watched.output
+    assert watched.stdout.strip().endswith(f"{launch_id} completed")
+
+    rendered = against(dev_settings, "status", launch_id)
+    assert rendered.exit_code == 0, rendered.output
+    assert "completed" in rendered.stdout
+    assert "full-launch.before" in rendered.stdout and "alice" in rendered.stdout
+
+    listed = list_until_found(dev_settings, launch_id, service)
+    assert f"{launch_id}" in listed and "completed" in listed
+
+
+def list_until_found(settings: Settings, launch_id: str, service: str) -> str:
+    """Visibility is eventually consistent: the search attributes land shortly after the run."""
+    deadline = time.monotonic() + 15
+    while True:
+        result = against(settings, "list", "--service", service, "--status", "completed")
+        assert result.exit_code == 0, result.output
+        if launch_id in result.stdout:
+            return result.stdout
+        assert time.monotonic() < deadline, f"{launch_id} never listed:\n{result.stdout}"
+        time.sleep(0.3)
+
+
+@pytest.mark.integration
+def test_status_of_an_unknown_launch_is_one_line(dev_settings: Settings) -> None:
+    result = against(dev_settings, "status", "no-such-launch")
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "no launch no-such-launch in this namespace: check the id with `phasegate list`"
+    )

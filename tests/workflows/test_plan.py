@@ -1,0 +1,105 @@
+"""The plan schema: every problem is reported with its path, and nothing invalid gets through."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from phasegate.workflows.plan import PlanError, load_plan, parse_plan
+from tests.plans import plan_dict
+
+
+def problems(data: dict[str, object]) -> list[str]:
+    with pytest.raises(PlanError) as caught:
+        parse_plan(yaml.safe_dump(data))
+    return caught.value.problems
+
+
+def test_a_valid_plan_parses_with_defaults_filled() -> None:
+    plan = parse_plan(yaml.safe_dump(plan_dict()))
+    assert plan.phases[1].steps[0].pause == timedelta(seconds=30)
+    assert plan.phases[0].gate_ids() == ["soft-launch.before", "soft-launch.step-1.analysis", "soft-launch.step-2"]
+    gate = plan.gate(plan.phases[0].steps[1].approval)  # type: ignore[arg-type]
+    assert (gate.approvers, gate.timeout, gate.on_timeout) == (["alice", "bob"], timedelta(hours=1), "reject")
+
+
+def test_every_problem_is_listed_with_its_path() -> None:
+    data = plan_dict()
+    data["phases"][1]["steps"][1]["weight"] = 150  # type: ignore[index]
+    data["phases"][0]["steps"][0]["pause"] = "soon"  # type: ignore[index]
+    data["phases"][0]["colour"] = "blue"  # type: ignore[index]
+    data["approvals"]["approvers"] = []  # type: ignore[index]
+    assert problems(data) == [
+        "approvals.approvers: must have at least 1 item(s)",
+        "phases[0].steps[0].pause: 'soon' is not a duration; write e.g. 30s, 5m, 1h30m or 500ms",
+        "phases[0].colour: is not a known field",
+        "phases[1].steps[1].weight: must be <= 100",
+    ]
+
+
+def test_references_and_phase_rules_are_checked() -> None:
+    data = plan_dict()
+    data["phases"][0]["steps"][0]["analysis"] = ["latency"]  # type: ignore[index]
+    data["phases"][1]["name"] = "soft-launch"  # type: ignore[index]
+    assert problems(data) == [
+        "phases[0].steps[0].analysis: no analysis named 'latency' (defined: error-rate)",
+        "phases[1].name: 'soft-launch' is used by an earlier phase",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"steps": [{"weight": 20}, {"weight": 10}]}, "step weights must not decrease: steps[1].weight is 10 after 20"),
+        ({"steps": [{"weight": 100}]}, "a soft launch stays below 100%"),
+        ({"kind": "migration"}, "phases[0].kind: must be one of: 'soft_launch', 'full_launch'"),
+    ],
+)
+def test_phase_rules(change: dict[str, object], expected: str) -> None:
+    data = plan_dict()
+    data["phases"][0].update(change)  # type: ignore[index]
+    assert any(expected in line for line in problems(data)), problems(data)
+
+
+def test_full_launch_must_reach_everyone() -> None:
+    data = plan_dict()
+    data["phases"][1]["steps"] = [{"weight": 50}]  # type: ignore[index]
+    assert problems(data) == ["phases[1]: a full launch must end with a step of weight 100"]
+
+
+def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
+    data = plan_dict(analysis={"m": {"query": "up"}, "b": {"query": "up", "baseline": {"max_ratio": 2}}})
+    data["phases"][0]["steps"][0]["analysis"] = []  # type: ignore[index]
+    assert problems(data) == [
+        "analysis.b: `baseline` compares variants, so the query must contain {{variant}}",
+        "analysis.m: give a success condition: `max`, `min` or `baseline`",
+    ]
+
+
+def test_secrets_are_references_never_values() -> None:
+    data = plan_dict(notifications=[{"name": "ops", "url": "http://x", "headers": {"Authorization": "Bearer abc"}}])
+    assert problems(data)[0].startswith("notifications[0].headers.Authorization:")
+    data = plan_dict(notifications=[{"name": "ops", "url": "http://x", "headers": {"Authorization": {"env": "T", "file": "f"}}}])
+    assert problems(data) == ["notifications[0].headers.Authorization: give exactly one of `env` or `file`"]
+
+
+def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("service: checkout\nphases: [\n")
+    with pytest.raises(PlanError) as caught:
+        load_plan(path)
+    assert caught.value.problems[0].startswith("(yaml) line 3")
+
+
+def test_relative_flag_files_resolve_against_the_plan(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan_dict(flag_file="flags/checkout.json")))
+    assert load_plan(path).targets.router.flag_file == str(tmp_path / "flags" / "checkout.json")
+
+
+def test_missing_file_is_a_plan_error(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="cannot read"):
+        load_plan(tmp_path / "absent.yaml")
