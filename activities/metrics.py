@@ -60,6 +60,9 @@ class MetricsActivities:
         result = client.custom_query(query)
         if not result:
             return None
+        if len(result) == 2 and not isinstance(result[0], dict):  # a scalar: [time, "value"]
+            value = float(result[1])
+            return None if math.isnan(value) else value
         if len(result) > 1:
             labels = ", ".join(str(series.get("metric", {})) for series in result[:3])
             raise ValueError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,13 +19,19 @@ from phasegate.activities.flags import FlagdFileRouter
 from phasegate.starters import launches
 from phasegate.starters.local import (
     ManagedProcess,
+    free_port,
     start_demo_service,
     start_load,
     start_prometheus,
+    start_temporal_dev_server,
+    start_worker,
     wait_for_first_scrape,
 )
+from phasegate.workers.client import connect
+from phasegate.workers.settings import Settings
 from phasegate.workflows.messages import LaunchStatus
 from phasegate.workflows.plan import FlagdRouter, LaunchPlan, PrometheusTarget
+from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
 
 FLAG_KEY = "checkout-v2"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plans"
@@ -153,3 +160,94 @@ async def auto_approve(
             with contextlib.suppress(launches.DecisionError):
                 await launches.decide(client, launch_id, gate.gate, approver, "approve", "auto-approved by the demo")
         await asyncio.sleep(interval)
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path
+    plan: Path
+    auto_approve: bool = False
+    faulty: bool = False
+    keep_running: bool = False
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    prometheus_port: int = 9090
+    service_port: int = 8080
+
+
+def _port_or_free(preferred: int) -> int:
+    """The well-known port when it is free (so the README's links work), any free one if not."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+async def run_demo(
+    options: DemoOptions,
+    say: Callable[[str], None],
+    on_status: Callable[[LaunchStatus], None],
+) -> LaunchStatus:
+    """Start the dev server, the demo stack and a worker; launch the plan; follow it to the end."""
+    server = start_temporal_dev_server(
+        workdir=options.workdir,
+        db_filename=options.workdir / "temporal.db",
+        port=_port_or_free(options.temporal_port),
+        ui_port=_port_or_free(options.ui_port),
+        search_attributes=SEARCH_ATTRIBUTES,
+    )
+    settings = Settings(TEMPORAL_ADDRESS=server.address, PHASEGATE_UI_URL=server.url)
+    say(f"Temporal dev server on {server.address}, UI at {server.url} (state in {options.workdir / 'temporal.db'})")
+    metrics_port = free_port()
+    try:
+        with demo_stack(
+            options.workdir / "stack",
+            error_rate=0.5 if options.faulty else 0.0,
+            extra_scrape_targets={"phasegate-worker": [f"127.0.0.1:{metrics_port}"]},
+            prometheus_port=_port_or_free(options.prometheus_port),
+            service_port=_port_or_free(options.service_port),
+        ) as stack:
+            fault = " with the new path failing half its requests" if options.faulty else ""
+            say(f"demo service at {stack.service.url} under load{fault}; Prometheus at {stack.prometheus.url}")
+            worker = start_worker(address=server.address, workdir=options.workdir, metrics_port=metrics_port)
+            stack.extra.append(worker)
+            try:
+                return await _launch_and_follow(options, settings, stack, say, on_status)
+            finally:
+                if options.keep_running:
+                    say("everything keeps running: press Ctrl-C to stop")
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.Event().wait()
+                worker.stop()
+    finally:
+        server.stop()
+
+
+async def _launch_and_follow(
+    options: DemoOptions,
+    settings: Settings,
+    stack: DemoStack,
+    say: Callable[[str], None],
+    on_status: Callable[[LaunchStatus], None],
+) -> LaunchStatus:
+    plan = stack.plan_for(launches.validate_plan(options.plan))
+    client = await connect(settings)
+    handle = await launches.start_launch(client, plan, settings=settings)
+    launch_id = handle.id
+    say(f"launch {launch_id} started: {launches.ui_link(settings, launch_id)}")
+    if options.auto_approve:
+        say("--auto-approve: every gate is approved by demo-bot as it opens")
+        return await auto_approve(client, launch_id, "demo-bot", on_status)
+    say(
+        "Approve each gate in the Temporal UI (workflow page → ⋯ → Send a Signal → `approve`, input "
+        '{"gate": "<gate>", "approver": "release-manager"}) or from another terminal with '
+        f"`TEMPORAL_ADDRESS={settings.temporal_address} .venv/bin/phasegate approve {launch_id} <gate> --as release-manager`"
+    )
+    final = None
+    async for status in launches.follow_launch(client, launch_id, interval=0.5):
+        on_status(status)
+        final = status
+    assert final is not None
+    return final

@@ -17,7 +17,7 @@ from phasegate.starters.local import start_worker
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.messages import DecideRequest, LaunchInput, LaunchResult, LaunchStatus
 from phasegate.workflows.plan import LaunchPlan, load_plan
-from tests.e2e.conftest import canary_share
+from tests.conftest import canary_share
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,70 @@
+"""PromQL measurements against a real Prometheus scraping the demo service."""
+
+from __future__ import annotations
+
+import pytest
+
+from phasegate.activities.errors import ConfigurationError
+from phasegate.activities.metrics import MetricsActivities
+from phasegate.starters.demo import DemoStack
+from phasegate.starters.local import free_port
+from phasegate.workflows.messages import MetricQuery
+from phasegate.workflows.plan import MetricSpec, PrometheusTarget, SecretRef
+
+pytestmark = pytest.mark.integration
+
+
+def query(url: str, promql: str, **spec: object) -> MetricQuery:
+    return MetricQuery(
+        prometheus=PrometheusTarget(url=url),
+        metric="m",
+        spec=MetricSpec.model_validate({"query": promql, "max": 1.0, **spec}),
+        canary_variant="canary",
+        stable_variant="stable",
+    )
+
+
+def test_a_value_and_its_baseline_are_read_per_variant(stack: DemoStack) -> None:
+    promql = 'sum(demo_requests_total{variant="{{variant}}"})'
+    reading = MetricsActivities().query_metric(query(stack.prometheus.url, promql, baseline={"max_ratio": 2}))
+    assert reading.error == ""
+    assert reading.query == 'sum(demo_requests_total{variant="canary"})'
+    assert reading.value is not None and reading.value >= 0
+    assert reading.baseline is not None and reading.baseline > 0  # the stable path serves the load
+
+
+def test_no_data_is_none_not_zero(stack: DemoStack) -> None:
+    activities = MetricsActivities()
+    missing = activities.query_metric(query(stack.prometheus.url, 'sum(demo_requests_total{variant="nobody"})'))
+    assert (missing.value, missing.error) == (None, "")
+    nan = activities.query_metric(query(stack.prometheus.url, "0/0"))
+    assert (nan.value, nan.error) == (None, "")
+
+
+def test_several_series_is_an_error_that_says_how_to_fix_it(stack: DemoStack) -> None:
+    reading = MetricsActivities().query_metric(query(stack.prometheus.url, "demo_requests_total"))
+    assert reading.value is None
+    assert "aggregate it to one" in reading.error
+
+
+def test_bad_promql_is_an_error_reading(stack: DemoStack) -> None:
+    reading = MetricsActivities().query_metric(query(stack.prometheus.url, "sum(("))
+    assert reading.value is None
+    assert "parse error" in reading.error
+
+
+def test_unreachable_prometheus_is_an_error_reading() -> None:
+    reading = MetricsActivities().query_metric(query(f"http://127.0.0.1:{free_port()}", "up"))
+    assert reading.value is None
+    assert "Connection" in reading.error
+
+
+def test_bearer_token_comes_from_the_environment(stack: DemoStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    request = query(stack.prometheus.url, "sum(up)")
+    target = PrometheusTarget(url=stack.prometheus.url, bearer_token=SecretRef(env="PROM_TOKEN"))
+    request = request.model_copy(update={"prometheus": target})
+    monkeypatch.setenv("PROM_TOKEN", "s3cret")
+    assert MetricsActivities().query_metric(request).value is not None
+    monkeypatch.delenv("PROM_TOKEN")
+    with pytest.raises(ConfigurationError, match="PROM_TOKEN is not set"):
+        MetricsActivities().query_metric(request)

@@ -1,0 +1,100 @@
+"""Replay: histories of every workflow replay cleanly against the current code.
+
+Fresh histories come from running the main scenarios; committed ones in tests/histories/
+catch a code change that would break launches already running. Re-record them on purpose
+with `PHASEGATE_RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from phasegate.workers.main import WORKFLOWS
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import MetricReading
+from tests.plans import exposure_only, make_plan
+from tests.workflows.fakes import FakeWorld, gate_open, running_launch, wait_for
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+Scenario = Callable[[WorkflowEnvironment, WorkflowHandle[LaunchWorkflow, Any]], Awaitable[None]]
+
+
+async def approve_everything(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+    for gate in ("soft-launch.before", "soft-launch.step-2"):
+        await gate_open(env, handle, gate)
+        await handle.signal(LaunchWorkflow.approve, {"gate": gate, "approver": "alice"})
+
+
+async def reject_at_step_two(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+    await gate_open(env, handle, "soft-launch.before")
+    await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "alice"})
+    await gate_open(env, handle, "soft-launch.step-2")
+    await handle.signal(LaunchWorkflow.approve, "malformed")
+    await handle.signal(LaunchWorkflow.reject, {"gate": "soft-launch.step-2", "approver": "bob"})
+
+
+async def abort_in_soft_launch(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+    await gate_open(env, handle, "soft-launch.before")
+    await handle.signal(LaunchWorkflow.abort, {"reason": "incident", "by": "carol"})
+
+
+async def let_it_run(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+    """No one intervenes: the analysis fails and the launch rolls itself back."""
+
+
+SCENARIOS: dict[str, tuple[Scenario, FakeWorld]] = {
+    "completed": (approve_everything, FakeWorld()),
+    "rejected": (reject_at_step_two, FakeWorld()),
+    "aborted": (abort_in_soft_launch, FakeWorld()),
+    "analysis_failed": (let_it_run, FakeWorld(readings=lambda q: MetricReading(value=0.9))),
+}
+
+
+async def record(env: WorkflowEnvironment, name: str) -> list[tuple[str, str]]:
+    """Run a scenario; return (workflow id, history JSON) for the launch and each phase."""
+    scenario, world = SCENARIOS[name]
+    plan = make_plan() if name != "analysis_failed" else exposure_only([{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}])
+    async with running_launch(env.client, plan, world) as handle:
+        await scenario(env, handle)
+        await handle.result()
+        final = await wait_for(env, handle, lambda s: s.finished_at is not None)
+    ids = [handle.id] + [f"{handle.id}.{phase.name}" for phase in final.phases if phase.status != "pending"]
+    histories = []
+    for workflow_id in ids:
+        history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+        histories.append((workflow_id, history.to_json()))
+    return histories
+
+
+async def replay(histories: list[tuple[str, str]]) -> None:
+    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    for workflow_id, text in histories:
+        result = await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, text), raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_fresh_histories_replay(time_skipping_env: WorkflowEnvironment, name: str) -> None:
+    histories = await record(time_skipping_env, name)
+    assert len(histories) >= 2  # the launch and at least one phase
+    await replay(histories)
+    if os.environ.get("PHASEGATE_RECORD_HISTORIES"):
+        HISTORIES.mkdir(exist_ok=True)
+        for index, (workflow_id, text) in enumerate(histories):
+            kind = "launch" if index == 0 else workflow_id.rsplit(".", 1)[1]
+            (HISTORIES / f"{name}.{kind}.json").write_text(text)
+
+
+async def test_committed_histories_replay() -> None:
+    files = sorted(HISTORIES.glob("*.json"))
+    assert len(files) >= len(SCENARIOS) * 2, "record: PHASEGATE_RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py"
+    await replay([(path.stem, path.read_text()) for path in files])
