@@ -18,9 +18,9 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.starters.local import free_port
 from phasegate.activities.flags import canary_weight
 from phasegate.starters.demo import DemoStack, demo_stack
+from phasegate.starters.local import free_port
 from phasegate.workers.main import build_worker
 from phasegate.workflows.plan import FlagdRouter
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS

@@ -104,6 +104,8 @@ class LaunchWorkflow:
                 finally:
                     self._phase_task = None
         except BaseException as err:
+            if not isinstance(err, Exception | asyncio.CancelledError):
+                raise  # the worker evicting this workflow from its cache: nothing to undo
             reason = self._failure(err)
             await asyncio.shield(asyncio.ensure_future(self._roll_back(reason)))
             return await self._finish()
@@ -382,8 +384,8 @@ class LaunchWorkflow:
             return (
                 f"Rollback blocked: undo {record.id} ({record.description}) keeps failing: {record.error}\n"
                 f"Fix the cause, then send the signal `retry_compensation` with input "
-                f'{{"compensation": "{record.id}", "by": "<name>"}}, or give it up on record with '
-                f'`skip_compensation` and {{"compensation": "{record.id}", "by": "<name>", "comment": "why"}}.'
+                f'`{{"compensation": "{record.id}", "by": "NAME"}}`, or give it up on record with '
+                f'`skip_compensation` and `{{"compensation": "{record.id}", "by": "NAME", "comment": "why"}}`.'
             )
         gate = self._open_gate()
         if gate is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -13,10 +14,10 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.flags import promoted_definition
+from phasegate.activities.flags import FlagdFileRouter, promoted_definition
 from phasegate.starters.launches import start_launch, ui_link
 from phasegate.workers.settings import Settings
 from phasegate.workflows.launch import LaunchWorkflow
@@ -70,7 +71,7 @@ def gated_plan(flag_file: Path) -> LaunchPlan:
 @pytest.fixture
 async def waiting_launch(
     dev_env: WorkflowEnvironment, dev_ui_port: int, worker: str, tmp_path: Path
-) -> WaitingLaunch:
+) -> AsyncIterator[WaitingLaunch]:
     """A launch started as the CLI starts it, on the real worker, waiting at its first gate."""
     settings = Settings().model_copy(
         update={
@@ -82,7 +83,9 @@ async def waiting_launch(
     plan = gated_plan(tmp_path / "flags.json")
     handle = await start_launch(dev_env.client, plan, settings=settings)
     await gate_open(dev_env, handle, GATE)
-    return WaitingLaunch(env=dev_env, handle=handle, plan=plan, url=ui_link(settings, handle.id))
+    yield WaitingLaunch(env=dev_env, handle=handle, plan=plan, url=ui_link(settings, handle.id))
+    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        await handle.terminate("test over")
 
 
 @pytest.fixture
@@ -118,7 +121,9 @@ async def workflow_page(browser: Browser, url: str, screenshot: Path) -> AsyncIt
 async def test_gate_approved_from_send_a_signal_dialog(
     waiting_launch: WaitingLaunch, browser: Browser, tmp_path: Path
 ) -> None:
-    payload = json.dumps(DECISION)
+    # Already in the editor's own format: it re-indents JSON on blur, and the dialog growing
+    # under the pointer on the way to Submit would swallow the click.
+    payload = json.dumps(DECISION, indent=2)
     async with workflow_page(browser, waiting_launch.url, tmp_path / "signal.png") as page:
         await page.get_by_role("button", name="More Actions").click()
         await page.get_by_role("menuitem", name="Send a Signal").click()
@@ -131,7 +136,8 @@ async def test_gate_approved_from_send_a_signal_dialog(
         # CodeMirror closes braces and quotes as they are typed; inserting the text bypasses that.
         await page.keyboard.press("ControlOrMeta+A")
         await page.keyboard.insert_text(payload)
-        await expect(editor).to_have_text(payload)
+        await editor.blur()
+        await expect(editor).to_have_text(payload, use_inner_text=True)
         await dialog.get_by_role("button", name="Submit").click()
         await expect(dialog).to_be_hidden()
 
@@ -147,8 +153,8 @@ async def test_gate_approved_from_send_a_signal_dialog(
     )
     assert finished.exposure == 100
     router = waiting_launch.plan.targets.router
-    flags = json.loads(Path(router.flag_file).read_text())["flags"]
-    assert flags[router.flag_key] == promoted_definition(router, waiting_launch.handle.id)
+    flag = await asyncio.to_thread(FlagdFileRouter().snapshot, router)
+    assert flag.definition == promoted_definition(router, waiting_launch.handle.id)
 
 
 async def test_current_details_name_the_gate_and_signal(
@@ -158,6 +164,7 @@ async def test_current_details_name_the_gate_and_signal(
         await page.get_by_role("tab", name="User Metadata").click()
         # The UI renders current details as Markdown in a sandboxed frame of their own.
         details = page.frame_locator("iframe#user-metadata-current-details")
-        await expect(details.get_by_text("Waiting for a go/no-go decision on gate")).to_be_visible()
+        waiting = details.get_by_text("Waiting for a go/no-go decision on gate")
+        await expect(waiting).to_be_visible(timeout=UI_TIMEOUT_MS)
         await expect(details.get_by_text(GATE, exact=True)).to_be_visible()
         await expect(details.get_by_text("approve", exact=True)).to_be_visible()
