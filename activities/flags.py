@@ -33,10 +33,16 @@ def flag_definition(spec: FlagdRouter, weight: float, launch_id: str = "") -> di
         metadata["launchId"] = launch_id
     return {
         "state": "ENABLED",
-        "variants": {spec.stable_variant: spec.stable_variant, spec.canary_variant: spec.canary_variant},
+        "variants": {
+            spec.stable_variant: spec.stable_variant,
+            spec.canary_variant: spec.canary_variant,
+        },
         "defaultVariant": spec.stable_variant,
         "targeting": {
-            "fractional": [[spec.canary_variant, canary], [spec.stable_variant, TOTAL_WEIGHT - canary]]
+            "fractional": [
+                [spec.canary_variant, canary],
+                [spec.stable_variant, TOTAL_WEIGHT - canary],
+            ]
         },
         "metadata": metadata,
     }
@@ -49,7 +55,10 @@ def promoted_definition(spec: FlagdRouter, launch_id: str = "") -> dict[str, Any
         metadata["launchId"] = launch_id
     return {
         "state": "ENABLED",
-        "variants": {spec.stable_variant: spec.stable_variant, spec.canary_variant: spec.canary_variant},
+        "variants": {
+            spec.stable_variant: spec.stable_variant,
+            spec.canary_variant: spec.canary_variant,
+        },
         "defaultVariant": spec.canary_variant,
         "metadata": metadata,
     }
@@ -118,7 +127,9 @@ class FlagdFileRouter:
 
     @staticmethod
     def _replace(path: Path, document: dict[str, Any]) -> None:
-        handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
         try:
             with os.fdopen(handle, "w") as temp:
                 json.dump(document, temp, indent=2, sort_keys=True)

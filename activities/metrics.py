@@ -85,7 +85,5 @@ class MetricsActivities:
             )
         except Exception as err:
             activity.logger.warning("metric %s: %s", request.metric, err)
-            return MetricReading(
-                error=f"{type(err).__name__}: {err}"[:500], query=canary_query
-            )
+            return MetricReading(error=f"{type(err).__name__}: {err}"[:500], query=canary_query)
         return MetricReading(value=value, baseline=baseline, query=canary_query)

@@ -19,4 +19,6 @@ def resolve_secret(ref: SecretRef, *, where: str) -> str:
     try:
         return Path(ref.file).read_text().strip()
     except OSError as err:
-        raise ConfigurationError(f"{where}: cannot read secret file {ref.file}: {err.strerror}") from None
+        raise ConfigurationError(
+            f"{where}: cannot read secret file {ref.file}: {err.strerror}"
+        ) from None

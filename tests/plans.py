@@ -8,7 +8,9 @@ from typing import Any
 from phasegate.workflows.plan import LaunchPlan
 
 
-def plan_dict(flag_file: Path | str = "/tmp/phasegate-test/flags.json", **overrides: Any) -> dict[str, Any]:
+def plan_dict(
+    flag_file: Path | str = "/tmp/phasegate-test/flags.json", **overrides: Any
+) -> dict[str, Any]:
     plan: dict[str, Any] = {
         "service": "checkout",
         "version": "2.0.0",
@@ -52,4 +54,6 @@ def make_plan(**overrides: Any) -> LaunchPlan:
 
 def exposure_only(steps: list[dict[str, Any]], **overrides: Any) -> LaunchPlan:
     """A plan with one full-launch phase of the given steps and no gates."""
-    return make_plan(phases=[{"name": "full-launch", "kind": "full_launch", "steps": steps}], **overrides)
+    return make_plan(
+        phases=[{"name": "full-launch", "kind": "full_launch", "steps": steps}], **overrides
+    )

@@ -68,13 +68,17 @@ def build_worker(
 
 
 async def serve(settings: Settings) -> None:
-    runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_address)))
+    runtime = Runtime(
+        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_address))
+    )
     client = await connect(settings, runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=settings.max_concurrent_activities) as executor:
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=settings.max_concurrent_activities
+    ) as executor:
         async with httpx.AsyncClient() as http:
             worker = build_worker(client, http, executor, settings)
             logging.info(
@@ -90,7 +94,9 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings()
     try:
         asyncio.run(serve(settings))

@@ -7,7 +7,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from phasegate.workflows.messages import TASK_QUEUE
 
-
 # Logged once the worker polls its task queue; process supervisors wait for it.
 WORKER_READY_LINE = "phasegate worker polling"
 

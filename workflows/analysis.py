@@ -51,11 +51,15 @@ def classify(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurem
         if rule.max_ratio is not None:
             limit = baseline * rule.max_ratio + rule.tolerance
             if value > limit:
-                problems.append(f"canary {value:.4g} > baseline {baseline:.4g} × {rule.max_ratio:g} + {rule.tolerance:g}")
+                problems.append(
+                    f"canary {value:.4g} > baseline {baseline:.4g} × {rule.max_ratio:g} + {rule.tolerance:g}"
+                )
         elif rule.min_ratio is not None:
             limit = baseline * rule.min_ratio - rule.tolerance
             if value < limit:
-                problems.append(f"canary {value:.4g} < baseline {baseline:.4g} × {rule.min_ratio:g} - {rule.tolerance:g}")
+                problems.append(
+                    f"canary {value:.4g} < baseline {baseline:.4g} × {rule.min_ratio:g} - {rule.tolerance:g}"
+                )
     return Measurement(
         at=at,
         value=value,
@@ -74,7 +78,9 @@ def record(result: MetricResult, measurement: Measurement) -> None:
         result.inconclusive += 1
     else:
         result.errors += 1
-    result.consecutive_errors = result.consecutive_errors + 1 if measurement.outcome == "error" else 0
+    result.consecutive_errors = (
+        result.consecutive_errors + 1 if measurement.outcome == "error" else 0
+    )
     result.measurements = [*result.measurements, measurement][-KEEP_MEASUREMENTS:]
 
 
@@ -86,7 +92,11 @@ def judge(spec: MetricSpec, result: MetricResult, *, finished: bool) -> Verdict 
         return "inconclusive"
     if not finished:
         return None
-    return "inconclusive" if result.inconclusive + result.errors > spec.inconclusive_limit else "successful"
+    return (
+        "inconclusive"
+        if result.inconclusive + result.errors > spec.inconclusive_limit
+        else "successful"
+    )
 
 
 async def _measure(

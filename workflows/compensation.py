@@ -35,7 +35,9 @@ class CompensationLog:
         self._state = state
         self._report = report
 
-    async def register(self, activity: Callable[..., Any], request: BaseModel, description: str) -> None:
+    async def register(
+        self, activity: Callable[..., Any], request: BaseModel, description: str
+    ) -> None:
         """Record the undo, and make sure the launch knows of it, before the change runs."""
         name = getattr(activity, "__temporal_activity_definition").name
         self._state.compensations.append(

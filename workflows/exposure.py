@@ -91,4 +91,3 @@ async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: 
         )
         state.exposure = 100.0
         await phase.report()
-

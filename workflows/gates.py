@@ -6,7 +6,6 @@ People never signal a phase directly: the launch workflow validates `approve` / 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
@@ -30,7 +29,9 @@ class GateKeeper:
     def receive(self, decision: RelayedDecision) -> None:
         gate = self._state.open_gate
         if gate is None or gate.gate != decision.gate or self._relayed is not None:
-            workflow.logger.info("ignoring a decision for %s: that gate is not waiting", decision.gate)
+            workflow.logger.info(
+                "ignoring a decision for %s: that gate is not waiting", decision.gate
+            )
             return
         self._relayed = decision
 
@@ -57,7 +58,7 @@ class GateKeeper:
             )
             assert self._relayed is not None
             decision = Decision(**self._relayed.model_dump())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             decision = Decision(
                 gate=gate_id,
                 outcome="approved" if gate.on_timeout == "approve" else "rejected",

@@ -90,7 +90,9 @@ class LaunchWorkflow:
     async def run(self, inp: LaunchInput) -> LaunchResult:
         self._input = inp
         self._started_at = workflow.now()
-        self._phases = [PhaseState(name=p.name, kind=p.kind, steps=len(p.steps)) for p in inp.plan.phases]
+        self._phases = [
+            PhaseState(name=p.name, kind=p.kind, steps=len(p.steps)) for p in inp.plan.phases
+        ]
         self._publish()
         await self._notify("launch_started", f"launch of {inp.plan.version} started")
         try:
@@ -223,11 +225,21 @@ class LaunchWorkflow:
         request = self._parse("abort", AbortRequest, payload)
         if request is None:
             return
-        if self._status in FINISHED or self._abort is not None or self._status in (
-            LaunchStatusValue.ROLLING_BACK,
-            LaunchStatusValue.NEEDS_ATTENTION,
+        if (
+            self._status in FINISHED
+            or self._abort is not None
+            or self._status
+            in (
+                LaunchStatusValue.ROLLING_BACK,
+                LaunchStatusValue.NEEDS_ATTENTION,
+            )
         ):
-            self._record("abort", payload, accepted=False, note=f"ignored: the launch is already {self._status.value}")
+            self._record(
+                "abort",
+                payload,
+                accepted=False,
+                note=f"ignored: the launch is already {self._status.value}",
+            )
             return
         self._abort = request
         self._record("abort", payload, accepted=True, note="rolling back")
@@ -264,7 +276,9 @@ class LaunchWorkflow:
         if problem:
             raise DecisionRefused(problem)
 
-    @workflow.signal(name=PROGRESS_SIGNAL, description="Internal: a phase workflow reports its state.")
+    @workflow.signal(
+        name=PROGRESS_SIGNAL, description="Internal: a phase workflow reports its state."
+    )
     async def phase_progress(self, state: PhaseState) -> None:
         for index, known in enumerate(self._phases):
             if known.name == state.name:
@@ -273,9 +287,20 @@ class LaunchWorkflow:
         gate = state.open_gate
         if gate is not None and (gate.gate, gate.opened_at.isoformat()) not in self._announced:
             self._announced.add((gate.gate, gate.opened_at.isoformat()))
-            await self._notify("gate_opened", f"gate {gate.gate} waits for a decision: {gate.question}", {"gate": gate.gate, "approvers": gate.approvers, "deadline": gate.deadline.isoformat()})
+            await self._notify(
+                "gate_opened",
+                f"gate {gate.gate} waits for a decision: {gate.question}",
+                {
+                    "gate": gate.gate,
+                    "approvers": gate.approvers,
+                    "deadline": gate.deadline.isoformat(),
+                },
+            )
 
-    @workflow.query(name="status", description="The whole launch: phase, step, exposure, open gate, decisions, analysis, audit.")
+    @workflow.query(
+        name="status",
+        description="The whole launch: phase, step, exposure, open gate, decisions, analysis, audit.",
+    )
     def status(self) -> LaunchStatus:
         return self._snapshot()
 
@@ -338,13 +363,28 @@ class LaunchWorkflow:
         stuck = self._stuck
         if stuck is None or stuck.id != request.compensation:
             waiting = f"the stuck undo is {stuck.id!r}" if stuck else "no undo is waiting"
-            self._record(handler, payload, accepted=False, note=f"{request.compensation!r} is not waiting; {waiting}")
+            self._record(
+                handler,
+                payload,
+                accepted=False,
+                note=f"{request.compensation!r} is not waiting; {waiting}",
+            )
             return
-        if request.by not in self._input.plan.approvals.approvers and "*" not in self._input.plan.approvals.approvers:
-            self._record(handler, payload, accepted=False, note=f"{request.by!r} is not one of the plan's approvers")
+        if (
+            request.by not in self._input.plan.approvals.approvers
+            and "*" not in self._input.plan.approvals.approvers
+        ):
+            self._record(
+                handler,
+                payload,
+                accepted=False,
+                note=f"{request.by!r} is not one of the plan's approvers",
+            )
             return
         if action == "skip" and not request.comment:
-            self._record(handler, payload, accepted=False, note="skipping an undo needs a comment saying why")
+            self._record(
+                handler, payload, accepted=False, note="skipping an undo needs a comment saying why"
+            )
             return
         self._record(handler, payload, accepted=True)
         self._compensation_action = (action, request)
@@ -364,7 +404,13 @@ class LaunchWorkflow:
             workflow.logger.warning("refused %s: %s", handler, note)
         self._audit = [
             *self._audit,
-            AuditEntry(at=workflow.now(), handler=handler, payload=_printable(payload), accepted=accepted, note=note),
+            AuditEntry(
+                at=workflow.now(),
+                handler=handler,
+                payload=_printable(payload),
+                accepted=accepted,
+                note=note,
+            ),
         ][-KEEP_AUDIT:]
         self._publish()
 
@@ -395,8 +441,12 @@ class LaunchWorkflow:
     def _snapshot(self) -> LaunchStatus:
         assert self._input is not None
         plan = self._input.plan
-        current = self._phases[self._phase_index] if 0 <= self._phase_index < len(self._phases) else None
-        exposure = next((p.exposure for p in reversed(self._phases) if p.exposure is not None), None)
+        current = (
+            self._phases[self._phase_index] if 0 <= self._phase_index < len(self._phases) else None
+        )
+        exposure = next(
+            (p.exposure for p in reversed(self._phases) if p.exposure is not None), None
+        )
         return LaunchStatus(
             launch_id=self._input.launch_id,
             service=plan.service,
@@ -442,10 +492,15 @@ class LaunchWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         snapshot = self._snapshot()
         return LaunchResult(
-            launch_id=snapshot.launch_id, status=snapshot.status, reason=snapshot.reason, final=snapshot
+            launch_id=snapshot.launch_id,
+            status=snapshot.status,
+            reason=snapshot.reason,
+            final=snapshot,
         )
 
-    async def _notify(self, event: NotificationEvent, summary: str, details: dict[str, Any] | None = None) -> None:
+    async def _notify(
+        self, event: NotificationEvent, summary: str, details: dict[str, Any] | None = None
+    ) -> None:
         assert self._input is not None
         plan = self._input.plan
         if not any(event in hook.events for hook in plan.notifications):
@@ -460,17 +515,22 @@ class LaunchWorkflow:
             webhooks=plan.notifications,
         )
         try:
-            await workflow.execute_activity_method(NotifyActivities.send_notification, note, **NOTIFY_OPTIONS)
+            await workflow.execute_activity_method(
+                NotifyActivities.send_notification, note, **NOTIFY_OPTIONS
+            )
         except ActivityError as err:
             workflow.logger.warning("notification %s not sent: %s", event, err)
 
 
 def _printable(payload: Any) -> Any:
     """Keep an audit entry small and JSON-friendly whatever a sender put in it."""
-    text = repr(payload) if not isinstance(payload, dict | list | str | int | float | bool | type(None)) else None
+    text = (
+        repr(payload)
+        if not isinstance(payload, dict | list | str | int | float | bool | type(None))
+        else None
+    )
     if text is not None:
         return text[:500]
     if isinstance(payload, str):
         return payload[:500]
     return payload
-

@@ -35,7 +35,9 @@ class GateRejected(ApplicationError):
         by = "the gate's timeout" if decision.source == "timeout" else decision.by
         comment = f": {decision.comment}" if decision.comment else ""
         super().__init__(
-            f"gate {decision.gate} rejected by {by}{comment}", type="GateRejected", non_retryable=True
+            f"gate {decision.gate} rejected by {by}{comment}",
+            type="GateRejected",
+            non_retryable=True,
         )
 
 
@@ -56,7 +58,9 @@ class PhaseWorkflow:
     def relay_decision(self, decision: RelayedDecision) -> None:
         self.gates.receive(decision)
 
-    @workflow.query(name="status", description="This phase's state: step, exposure, open gate, analysis.")
+    @workflow.query(
+        name="status", description="This phase's state: step, exposure, open gate, analysis."
+    )
     def status(self) -> PhaseState:
         return self.state
 
@@ -74,7 +78,9 @@ class PhaseWorkflow:
         step = f"step {self.state.step}/{self.state.steps}, " if self.state.step else ""
         return f"{self.state.name}: {self.state.status.value}, {step}{percent(self.state.exposure)}. {self.state.activity}"
 
-    async def require(self, gate_id: str, spec: GateSpec, question: str, inp: PhaseInput) -> Decision:
+    async def require(
+        self, gate_id: str, spec: GateSpec, question: str, inp: PhaseInput
+    ) -> Decision:
         """Open a gate and raise `GateRejected` unless a person (or the plan's timeout) says go."""
         decision = await self.gates.decide(gate_id, inp.plan.gate(spec), question)
         if decision.outcome != "approved":
@@ -91,12 +97,18 @@ class PhaseWorkflow:
         try:
             if phase.gates.before is not None:
                 await self.require(
-                    f"{phase.name}.before", phase.gates.before, f"Start {phase.name} of {inp.plan.service} {inp.plan.version}?", inp
+                    f"{phase.name}.before",
+                    phase.gates.before,
+                    f"Start {phase.name} of {inp.plan.service} {inp.plan.version}?",
+                    inp,
                 )
             await body()
             if phase.gates.after is not None:
                 await self.require(
-                    f"{phase.name}.after", phase.gates.after, f"{phase.name} is done; go on to the next phase?", inp
+                    f"{phase.name}.after",
+                    phase.gates.after,
+                    f"{phase.name} is done; go on to the next phase?",
+                    inp,
                 )
         except asyncio.CancelledError:
             self.state.status = PhaseStatusValue.CANCELLED

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
+
 from phasegate.examples.demo_service.app import (
     DEFAULT_POLL_MS,
     MAX_LATENCY_MS,

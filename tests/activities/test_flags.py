@@ -27,7 +27,9 @@ def variants(spec: FlagdRouter) -> dict[str, str]:
     core = FlagdCore()
     core.set_flags(Path(spec.flag_file).read_text())
     return {
-        user: core.resolve_string_value(spec.flag_key, "stable", EvaluationContext(targeting_key=user)).value
+        user: core.resolve_string_value(
+            spec.flag_key, "stable", EvaluationContext(targeting_key=user)
+        ).value
         for user in USERS
     }
 
@@ -64,8 +66,14 @@ def test_setting_the_same_weight_twice_changes_nothing(spec: FlagdRouter) -> Non
 
 def test_restore_puts_back_exactly_what_was_there_and_keeps_other_flags(spec: FlagdRouter) -> None:
     other = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
-    previous = {"state": "ENABLED", "variants": {"stable": "stable", "canary": "canary"}, "defaultVariant": "stable"}
-    Path(spec.flag_file).write_text(json.dumps({"flags": {"dark-mode": other, "checkout-v2": previous}}))
+    previous = {
+        "state": "ENABLED",
+        "variants": {"stable": "stable", "canary": "canary"},
+        "defaultVariant": "stable",
+    }
+    Path(spec.flag_file).write_text(
+        json.dumps({"flags": {"dark-mode": other, "checkout-v2": previous}})
+    )
     router = FlagdFileRouter()
     snapshot = router.snapshot(spec)
     router.set_weight(spec, 50, "launch-1")

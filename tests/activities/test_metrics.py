@@ -26,16 +26,22 @@ def query(url: str, promql: str, **spec: object) -> MetricQuery:
 
 def test_a_value_and_its_baseline_are_read_per_variant(stack: DemoStack) -> None:
     promql = 'sum(demo_requests_total{variant="{{variant}}"})'
-    reading = MetricsActivities().query_metric(query(stack.prometheus.url, promql, baseline={"max_ratio": 2}))
+    reading = MetricsActivities().query_metric(
+        query(stack.prometheus.url, promql, baseline={"max_ratio": 2})
+    )
     assert reading.error == ""
     assert reading.query == 'sum(demo_requests_total{variant="canary"})'
-    assert reading.value is not None and reading.value >= 0
-    assert reading.baseline is not None and reading.baseline > 0  # the stable path serves the load
+    assert reading.value is not None
+    assert reading.value >= 0
+    assert reading.baseline is not None
+    assert reading.baseline > 0
 
 
 def test_no_data_is_none_not_zero(stack: DemoStack) -> None:
     activities = MetricsActivities()
-    missing = activities.query_metric(query(stack.prometheus.url, 'sum(demo_requests_total{variant="nobody"})'))
+    missing = activities.query_metric(
+        query(stack.prometheus.url, 'sum(demo_requests_total{variant="nobody"})')
+    )
     assert (missing.value, missing.error) == (None, "")
     nan = activities.query_metric(query(stack.prometheus.url, "0/0"))
     assert (nan.value, nan.error) == (None, "")
@@ -59,7 +65,9 @@ def test_unreachable_prometheus_is_an_error_reading() -> None:
     assert "Connection" in reading.error
 
 
-def test_bearer_token_comes_from_the_environment(stack: DemoStack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bearer_token_comes_from_the_environment(
+    stack: DemoStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     request = query(stack.prometheus.url, "sum(up)")
     target = PrometheusTarget(url=stack.prometheus.url, bearer_token=SecretRef(env="PROM_TOKEN"))
     request = request.model_copy(update={"prometheus": target})

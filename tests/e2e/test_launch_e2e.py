@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ def quick_plan(stack: DemoStack, *, gate: bool = False) -> LaunchPlan:
     """The demo plan without its approval gates and with short analyses."""
     data = demo_plan(stack).model_dump(mode="json")
     for phase in data["phases"]:
-        phase["gates"] = {"before": {"approvers": ["alice"]}} if gate and phase["name"] == "soft-launch" else {}
+        phase["gates"] = (
+            {"before": {"approvers": ["alice"]}} if gate and phase["name"] == "soft-launch" else {}
+        )
         for step in phase["steps"]:
             step["approval"] = None
             step["pause"] = None
@@ -42,14 +45,21 @@ def quick_plan(stack: DemoStack, *, gate: bool = False) -> LaunchPlan:
     return LaunchPlan.model_validate(data)
 
 
-async def start(client: Client, plan: LaunchPlan, task_queue: str) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
+async def start(
+    client: Client, plan: LaunchPlan, task_queue: str
+) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
     launch_id = f"e2e-{uuid.uuid4().hex[:8]}"
     return await client.start_workflow(
-        LaunchWorkflow.run, LaunchInput(launch_id=launch_id, plan=plan), id=launch_id, task_queue=task_queue
+        LaunchWorkflow.run,
+        LaunchInput(launch_id=launch_id, plan=plan),
+        id=launch_id,
+        task_queue=task_queue,
     )
 
 
-async def status_until(handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60) -> LaunchStatus:
+async def status_until(
+    handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60
+) -> LaunchStatus:
     async with asyncio.timeout(timeout):
         while True:
             current = await handle.query(LaunchWorkflow.status)
@@ -58,7 +68,9 @@ async def status_until(handle: WorkflowHandle[LaunchWorkflow, Any], predicate: A
             await asyncio.sleep(0.2)
 
 
-async def test_healthy_launch_reaches_everyone(dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack) -> None:
+async def test_healthy_launch_reaches_everyone(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack
+) -> None:
     handle = await start(dev_env.client, quick_plan(clean_stack), worker)
     result = await handle.result()
 
@@ -67,48 +79,64 @@ async def test_healthy_launch_reaches_everyone(dev_env: WorkflowEnvironment, wor
     steps = [(p.name, p.step, p.exposure, p.status) for p in result.final.phases]
     assert steps == [("soft-launch", 3, 50.0, "completed"), ("full-launch", 2, 100.0, "completed")]
     measured = [m for p in result.final.phases for r in p.analysis for m in r.measurements]
-    assert measured and all(m.value is not None for m in measured if m.outcome == "success")
+    assert measured
+    assert all(m.value is not None for m in measured if m.outcome == "success")
     error_rates = [r for p in result.final.phases for r in p.analysis if r.metric == "error-rate"]
     assert all(r.verdict == "successful" for r in error_rates)
     # The canary really served users while it was analysed.
     assert any(m.value == 0.0 and m.baseline == 0.0 for r in error_rates for m in r.measurements)
 
 
-async def test_faulty_version_rolls_back_on_its_own(dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack) -> None:
+async def test_faulty_version_rolls_back_on_its_own(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack
+) -> None:
     before = json.loads(clean_stack.flag_file.read_text())
     clean_stack.set_faults(error_rate=0.5)
     handle = await start(dev_env.client, quick_plan(clean_stack), worker)
     result = await handle.result()
 
     assert result.status == "rolled_back"
-    assert "analysis failed at soft-launch step 1 (5%)" in result.reason
+    # Which step sees the breach first depends on how many canary requests failed in the first
+    # window (5% of the load is a few requests a second); the full launch must never start.
+    assert re.search(r"analysis failed at soft-launch step \d \(\d+%\)", result.reason), (
+        result.reason
+    )
     assert "error-rate failed" in result.reason
     assert canary_share(clean_stack.flag_file, "checkout-v2") == 0.0
-    assert json.loads(clean_stack.flag_file.read_text()) == before  # the earlier definition, exactly
+    assert (
+        json.loads(clean_stack.flag_file.read_text()) == before
+    )  # the earlier definition, exactly
     assert [c.status for c in result.final.compensations] == ["done"]
     assert result.final.phases[1].status == "pending"
 
 
-async def test_decide_update_answers_at_once(dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack) -> None:
+async def test_decide_update_answers_at_once(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack
+) -> None:
     handle = await start(dev_env.client, quick_plan(clean_stack, gate=True), worker)
     await status_until(handle, lambda s: s.open_gate is not None)
 
     async def refusal(**fields: str) -> str:
-        request = DecideRequest.model_validate({"decision": "approve", "approver": "alice", **fields})
+        request = DecideRequest.model_validate(
+            {"decision": "approve", "approver": "alice", **fields}
+        )
         with pytest.raises(WorkflowUpdateFailedError) as caught:
             await handle.execute_update(LaunchWorkflow.decide, request)
         return str(caught.value.cause)
 
     assert "unknown gate 'launch'" in await refusal(gate="launch")
-    assert "gate 'full-launch.step-1.analysis' is not open; the open gate is 'soft-launch.before'" in await refusal(
-        gate="full-launch.step-1.analysis"
+    assert (
+        "gate 'full-launch.step-1.analysis' is not open; the open gate is 'soft-launch.before'"
+        in await refusal(gate="full-launch.step-1.analysis")
     )
     assert "'mallory' may not decide gate 'soft-launch.before'; approvers: alice" in await refusal(
         gate="soft-launch.before", approver="mallory"
     )
     decision = await handle.execute_update(
         LaunchWorkflow.decide,
-        DecideRequest(gate="soft-launch.before", approver="alice", decision="approve", comment="ship it"),
+        DecideRequest(
+            gate="soft-launch.before", approver="alice", decision="approve", comment="ship it"
+        ),
     )
     assert (decision.outcome, decision.by, decision.source) == ("approved", "alice", "update")
     result = await handle.result()
@@ -120,7 +148,10 @@ def final_state(result: LaunchResult, flag_file: Path) -> tuple[object, ...]:
     """What must be the same whether or not a worker died on the way."""
     flag = json.loads(flag_file.read_text())["flags"]["checkout-v2"]
     flag["metadata"].pop("launchId", None)
-    phases = [(p.name, p.status, p.step, p.exposure, [c.status for c in p.compensations]) for p in result.final.phases]
+    phases = [
+        (p.name, p.status, p.step, p.exposure, [c.status for c in p.compensations])
+        for p in result.final.phases
+    ]
     return result.status, phases, [(d.gate, d.outcome, d.by) for d in result.final.decisions], flag
 
 
@@ -138,7 +169,9 @@ async def test_worker_killed_mid_soft_launch_converges(
         clean_stack.reset_exposure()
 
         handle = await start(dev_env.client, plan, task_queue)
-        await status_until(handle, lambda s: s.phase == "soft-launch" and s.step == 2 and s.exposure == 20)
+        await status_until(
+            handle, lambda s: s.phase == "soft-launch" and s.step == 2 and s.exposure == 20
+        )
         first.kill()
         killed_at = canary_share(clean_stack.flag_file, "checkout-v2")
     finally:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from phasegate.examples.demo_service.load import run_load
 from phasegate.starters.local import (
     BinaryNotFoundError,
@@ -19,7 +21,6 @@ from phasegate.starters.local import (
     start_prometheus,
     wait_for_first_scrape,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 

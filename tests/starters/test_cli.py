@@ -327,10 +327,12 @@ def test_a_launch_is_started_decided_and_completed_through_the_cli(
     rendered = against(dev_settings, "status", launch_id)
     assert rendered.exit_code == 0, rendered.output
     assert "completed" in rendered.stdout
-    assert "full-launch.before" in rendered.stdout and "alice" in rendered.stdout
+    assert "full-launch.before" in rendered.stdout
+    assert "alice" in rendered.stdout
 
     listed = list_until_found(dev_settings, launch_id, service)
-    assert f"{launch_id}" in listed and "completed" in listed
+    assert f"{launch_id}" in listed
+    assert "completed" in listed
 
 
 def list_until_found(settings: Settings, launch_id: str, service: str) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
@@ -90,7 +90,14 @@ class FakeWorld:
             world.calls.append(("send_notification", note.event))
             return NotificationResult(delivered=[hook.name for hook in note.webhooks])
 
-        return [snapshot_exposure, set_exposure, restore_exposure, promote_exposure, query_metric, send_notification]
+        return [
+            snapshot_exposure,
+            set_exposure,
+            restore_exposure,
+            promote_exposure,
+            query_metric,
+            send_notification,
+        ]
 
 
 @asynccontextmanager
@@ -98,7 +105,9 @@ async def running_launch(
     client: Client, plan: LaunchPlan, world: FakeWorld
 ) -> AsyncIterator[WorkflowHandle[LaunchWorkflow, Any]]:
     task_queue = f"test-{uuid.uuid4()}"
-    async with Worker(client, task_queue=task_queue, workflows=list(WORKFLOWS), activities=world.activities()):
+    async with Worker(
+        client, task_queue=task_queue, workflows=list(WORKFLOWS), activities=world.activities()
+    ):
         launch_id = f"launch-{uuid.uuid4()}"
         handle = await client.start_workflow(
             LaunchWorkflow.run,
@@ -127,7 +136,9 @@ async def wait_for(
         if predicate(current):
             return current
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting; last status: {current.model_dump_json(indent=1)}")
+            raise AssertionError(
+                f"timed out waiting; last status: {current.model_dump_json(indent=1)}"
+            )
         if env.supports_time_skipping:
             await env.sleep(POLL_SKIP)
         else:
@@ -137,4 +148,6 @@ async def wait_for(
 async def gate_open(
     env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any], gate: str
 ) -> LaunchStatus:
-    return await wait_for(env, handle, lambda s: s.open_gate is not None and s.open_gate.gate == gate)
+    return await wait_for(
+        env, handle, lambda s: s.open_gate is not None and s.open_gate.gate == gate
+    )

@@ -21,8 +21,11 @@ async def test_approved_launch_reaches_everyone(time_skipping_env: WorkflowEnvir
         waiting = await gate_open(time_skipping_env, handle, "soft-launch.step-2")
         assert waiting.exposure == 10
         assert waiting.status == "waiting"
-        assert "approve" in waiting.waiting_for and "soft-launch.step-2" in waiting.waiting_for
-        await handle.signal(LaunchWorkflow.approve, {**APPROVE, "gate": "soft-launch.step-2", "approver": "bob"})
+        assert "approve" in waiting.waiting_for
+        assert "soft-launch.step-2" in waiting.waiting_for
+        await handle.signal(
+            LaunchWorkflow.approve, {**APPROVE, "gate": "soft-launch.step-2", "approver": "bob"}
+        )
         result = await handle.result()
 
     assert result.status == "completed"
@@ -39,14 +42,17 @@ async def test_approved_launch_reaches_everyone(time_skipping_env: WorkflowEnvir
     assert (metric.metric, metric.verdict, metric.successes) == ("error-rate", "successful", 3)
 
 
-async def test_rejection_rolls_back_in_reverse_order(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_rejection_rolls_back_in_reverse_order(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld(exposure=0.0)
     async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
         await gate_open(time_skipping_env, handle, "soft-launch.before")
         await handle.signal(LaunchWorkflow.approve, APPROVE)
         await gate_open(time_skipping_env, handle, "soft-launch.step-2")
         await handle.signal(
-            LaunchWorkflow.reject, {"gate": "soft-launch.step-2", "approver": "bob", "comment": "error budget"}
+            LaunchWorkflow.reject,
+            {"gate": "soft-launch.step-2", "approver": "bob", "comment": "error budget"},
         )
         result = await handle.result()
 
@@ -58,18 +64,26 @@ async def test_rejection_rolls_back_in_reverse_order(time_skipping_env: Workflow
     assert result.final.phases[1].status == "pending"
 
 
-async def test_compensations_run_in_reverse_across_phases(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_compensations_run_in_reverse_across_phases(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     """Full launch's undo restores soft launch's exposure, then soft launch's undo restores the original."""
     world = FakeWorld(exposure=0.0)
     plan = make_plan(
         phases=[
             {"name": "soft-launch", "kind": "soft_launch", "steps": [{"weight": 5}]},
-            {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 50, "approval": True}, {"weight": 100}]},
+            {
+                "name": "full-launch",
+                "kind": "full_launch",
+                "steps": [{"weight": 50, "approval": True}, {"weight": 100}],
+            },
         ]
     )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         await gate_open(time_skipping_env, handle, "full-launch.step-1")
-        await handle.signal(LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"})
+        await handle.signal(
+            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
+        )
         result = await handle.result()
 
     restores = [(n, w) for n, w in world.calls if n.startswith("restore")]
@@ -78,7 +92,9 @@ async def test_compensations_run_in_reverse_across_phases(time_skipping_env: Wor
     assert all(c.status == "done" for c in result.final.compensations)
 
 
-async def test_abort_cancels_the_phase_and_rolls_back(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_abort_cancels_the_phase_and_rolls_back(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld()
     plan = exposure_only([{"weight": 20, "pause": "1h"}, {"weight": 100}])
     async with running_launch(time_skipping_env.client, plan, world) as handle:
@@ -107,9 +123,13 @@ async def test_gate_timeout_rejects_by_default(time_skipping_env: WorkflowEnviro
     assert world.exposure == 0.0
 
 
-async def test_gate_timeout_approves_only_when_the_plan_says_so(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_gate_timeout_approves_only_when_the_plan_says_so(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld()
-    plan = exposure_only([{"weight": 30, "approval": {"timeout": "10m", "on_timeout": "approve"}}, {"weight": 100}])
+    plan = exposure_only(
+        [{"weight": 30, "approval": {"timeout": "10m", "on_timeout": "approve"}}, {"weight": 100}]
+    )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         result = await handle.result()
 
@@ -118,7 +138,9 @@ async def test_gate_timeout_approves_only_when_the_plan_says_so(time_skipping_en
     assert result.final.decisions[0].by == "timeout"
 
 
-async def test_failed_analysis_rolls_back_without_asking(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_failed_analysis_rolls_back_without_asking(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld(readings=lambda q: MetricReading(value=0.4))
     plan = exposure_only([{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}])
     async with running_launch(time_skipping_env.client, plan, world) as handle:
@@ -134,18 +156,26 @@ async def test_failed_analysis_rolls_back_without_asking(time_skipping_env: Work
     assert 100 not in [w for n, w in world.calls if n == "set_exposure"]
 
 
-async def test_failure_limit_tolerates_isolated_breaches(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_failure_limit_tolerates_isolated_breaches(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     values = iter([0.4, 0.0, 0.0, 0.0])
     world = FakeWorld(readings=lambda q: MetricReading(value=next(values)))
-    analysis = {"error-rate": {"query": "q", "max": 0.05, "interval": "1s", "count": 4, "failure_limit": 1}}
-    plan = exposure_only([{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}], analysis=analysis)
+    analysis = {
+        "error-rate": {"query": "q", "max": 0.05, "interval": "1s", "count": 4, "failure_limit": 1}
+    }
+    plan = exposure_only(
+        [{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}], analysis=analysis
+    )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         result = await handle.result()
     assert result.status == "completed"
     assert result.final.phases[0].analysis[0].failures == 1
 
 
-async def test_baseline_comparison_fails_a_canary_worse_than_stable(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_baseline_comparison_fails_a_canary_worse_than_stable(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld(readings=lambda q: MetricReading(value=0.30, baseline=0.10))
     analysis = {
         "latency": {
@@ -154,7 +184,9 @@ async def test_baseline_comparison_fails_a_canary_worse_than_stable(time_skippin
             "count": 2,
         }
     }
-    plan = exposure_only([{"weight": 5, "analysis": ["latency"]}, {"weight": 100}], analysis=analysis)
+    plan = exposure_only(
+        [{"weight": 5, "analysis": ["latency"]}, {"weight": 100}], analysis=analysis
+    )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         result = await handle.result()
     assert result.status == "rolled_back"
@@ -180,21 +212,36 @@ async def test_inconclusive_analysis_waits_for_a_person_and_never_promotes(
         assert detail in waiting.phases[0].analysis[0].measurements[-1].detail
         assert 100 not in [w for n, w in world.calls if n == "set_exposure"]
         await handle.signal(
-            LaunchWorkflow.reject, {"gate": "full-launch.step-1.analysis", "approver": "alice", "comment": "no data"}
+            LaunchWorkflow.reject,
+            {"gate": "full-launch.step-1.analysis", "approver": "alice", "comment": "no data"},
         )
         result = await handle.result()
     assert result.status == "rolled_back"
     assert world.exposure == 0.0
 
 
-async def test_consecutive_errors_stop_measuring_early(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_consecutive_errors_stop_measuring_early(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld(readings=lambda q: MetricReading(error="Timeout"))
-    analysis = {"error-rate": {"query": "q", "max": 0.05, "interval": "1s", "count": 10, "consecutive_error_limit": 2}}
-    plan = exposure_only([{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}], analysis=analysis)
+    analysis = {
+        "error-rate": {
+            "query": "q",
+            "max": 0.05,
+            "interval": "1s",
+            "count": 10,
+            "consecutive_error_limit": 2,
+        }
+    }
+    plan = exposure_only(
+        [{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}], analysis=analysis
+    )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         waiting = await gate_open(time_skipping_env, handle, "full-launch.step-1.analysis")
         assert waiting.phases[0].analysis[0].errors == 3
-        await handle.signal(LaunchWorkflow.approve, {"gate": "full-launch.step-1.analysis", "approver": "bob"})
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": "full-launch.step-1.analysis", "approver": "bob"}
+        )
         result = await handle.result()
     assert result.status == "completed"
     assert world.names().count("query_metric") == 3
@@ -209,21 +256,33 @@ async def test_malformed_and_unauthorized_signals_are_recorded_and_ignored(
         await handle.signal(LaunchWorkflow.approve, "yes please")
         await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before"})
         await handle.signal(LaunchWorkflow.approve, {"gate": "nope", "approver": "alice"})
-        await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.step-2", "approver": "alice"})
-        await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "mallory"})
-        await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "alice", "extra": 1})
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": "soft-launch.step-2", "approver": "alice"}
+        )
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "mallory"}
+        )
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "alice", "extra": 1}
+        )
         await handle.signal(LaunchWorkflow.abort, {"by": "carol"})
         await handle.signal(LaunchWorkflow.approve, None)
         current = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 8)
         assert current.status == "waiting"
-        assert current.open_gate is not None and current.open_gate.gate == "soft-launch.before"
+        assert current.open_gate is not None
+        assert current.open_gate.gate == "soft-launch.before"
         notes = [entry.note for entry in current.audit]
         assert not any(entry.accepted for entry in current.audit)
         assert notes[0].startswith("malformed: input:")
         assert "approver: Field required" in notes[1]
         assert notes[2].startswith("unknown gate 'nope'; this plan's gates are: soft-launch.before")
-        assert notes[3] == "gate 'soft-launch.step-2' is not open; the open gate is 'soft-launch.before'"
-        assert notes[4] == "'mallory' may not decide gate 'soft-launch.before'; approvers: alice, bob"
+        assert (
+            notes[3]
+            == "gate 'soft-launch.step-2' is not open; the open gate is 'soft-launch.before'"
+        )
+        assert (
+            notes[4] == "'mallory' may not decide gate 'soft-launch.before'; approvers: alice, bob"
+        )
         assert "extra: Extra inputs are not permitted" in notes[5]
         assert "reason: Field required" in notes[6]
         # The launch still works after all of that.
@@ -248,12 +307,16 @@ async def test_duplicate_approvals_are_taken_once(time_skipping_env: WorkflowEnv
         assert [e.accepted for e in current.audit] == [True, False]
         assert current.audit[1].note.startswith("duplicate")
         assert len(current.decisions) == 1
-        await handle.signal(LaunchWorkflow.approve, {"gate": "full-launch.step-2", "approver": "alice"})
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": "full-launch.step-2", "approver": "alice"}
+        )
         result = await handle.result()
     assert result.status == "completed"
 
 
-async def test_failing_compensation_alerts_and_waits_for_a_person(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_failing_compensation_alerts_and_waits_for_a_person(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld(restore_failures=100)
     plan = exposure_only(
         [{"weight": 10, "approval": True}, {"weight": 100}],
@@ -261,42 +324,68 @@ async def test_failing_compensation_alerts_and_waits_for_a_person(time_skipping_
     )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         await gate_open(time_skipping_env, handle, "full-launch.step-1")
-        await handle.signal(LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"})
-        stuck = await wait_for(time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60)
+        await handle.signal(
+            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
+        )
+        stuck = await wait_for(
+            time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60
+        )
         assert stuck.compensations[0].status == "failed"
         assert "flag file is read-only" in stuck.compensations[0].error
         assert "retry_compensation" in stuck.waiting_for
         assert ("send_notification", "compensation_failed") in world.calls
         # Refused: not an approver, and skipping without saying why.
-        await handle.signal(LaunchWorkflow.skip_compensation, {"compensation": "full-launch.1", "by": "mallory", "comment": "x"})
-        await handle.signal(LaunchWorkflow.skip_compensation, {"compensation": "full-launch.1", "by": "alice"})
+        await handle.signal(
+            LaunchWorkflow.skip_compensation,
+            {"compensation": "full-launch.1", "by": "mallory", "comment": "x"},
+        )
+        await handle.signal(
+            LaunchWorkflow.skip_compensation, {"compensation": "full-launch.1", "by": "alice"}
+        )
         world.restore_failures = 0
-        await handle.signal(LaunchWorkflow.retry_compensation, {"compensation": "full-launch.1", "by": "alice"})
+        await handle.signal(
+            LaunchWorkflow.retry_compensation, {"compensation": "full-launch.1", "by": "alice"}
+        )
         result = await handle.result()
     assert result.status == "rolled_back"
     assert result.final.compensations[0].status == "done"
     assert result.final.compensations[0].resolved_by == "retry requested by alice"
-    assert [e.accepted for e in result.final.audit if "compensation" in e.handler] == [False, False, True]
+    assert [e.accepted for e in result.final.audit if "compensation" in e.handler] == [
+        False,
+        False,
+        True,
+    ]
     assert world.calls[-2:] == [("restore_exposure", 0.0), ("send_notification", "rolled_back")]
 
 
-async def test_skipping_a_stuck_compensation_is_on_record(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_skipping_a_stuck_compensation_is_on_record(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld(restore_failures=100)
     plan = exposure_only([{"weight": 10, "approval": True}, {"weight": 100}])
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         await gate_open(time_skipping_env, handle, "full-launch.step-1")
-        await handle.signal(LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"})
-        await wait_for(time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60)
+        await handle.signal(
+            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
+        )
+        await wait_for(
+            time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60
+        )
         await handle.signal(
             LaunchWorkflow.skip_compensation,
             {"compensation": "full-launch.1", "by": "bob", "comment": "flag removed by hand"},
         )
         result = await handle.result()
     record = result.final.compensations[0]
-    assert (record.status, record.resolved_by) == ("skipped", "skipped by bob: flag removed by hand")
+    assert (record.status, record.resolved_by) == (
+        "skipped",
+        "skipped by bob: flag removed by hand",
+    )
 
 
-async def test_workflow_cancellation_also_rolls_back(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_workflow_cancellation_also_rolls_back(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
     world = FakeWorld()
     plan = exposure_only([{"weight": 20, "approval": True}, {"weight": 100}])
     async with running_launch(time_skipping_env.client, plan, world) as handle:
@@ -318,4 +407,3 @@ async def test_notifications_follow_the_launch(time_skipping_env: WorkflowEnviro
         await handle.result()
     events = [e for n, e in world.calls if n == "send_notification"]
     assert events == ["launch_started", "gate_opened", "completed"]
-

@@ -21,9 +21,17 @@ def problems(data: dict[str, object]) -> list[str]:
 def test_a_valid_plan_parses_with_defaults_filled() -> None:
     plan = parse_plan(yaml.safe_dump(plan_dict()))
     assert plan.phases[1].steps[0].pause == timedelta(seconds=30)
-    assert plan.phases[0].gate_ids() == ["soft-launch.before", "soft-launch.step-1.analysis", "soft-launch.step-2"]
+    assert plan.phases[0].gate_ids() == [
+        "soft-launch.before",
+        "soft-launch.step-1.analysis",
+        "soft-launch.step-2",
+    ]
     gate = plan.gate(plan.phases[0].steps[1].approval)  # type: ignore[arg-type]
-    assert (gate.approvers, gate.timeout, gate.on_timeout) == (["alice", "bob"], timedelta(hours=1), "reject")
+    assert (gate.approvers, gate.timeout, gate.on_timeout) == (
+        ["alice", "bob"],
+        timedelta(hours=1),
+        "reject",
+    )
 
 
 def test_every_problem_is_listed_with_its_path() -> None:
@@ -53,7 +61,10 @@ def test_references_and_phase_rules_are_checked() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"steps": [{"weight": 20}, {"weight": 10}]}, "step weights must not decrease: steps[1].weight is 10 after 20"),
+        (
+            {"steps": [{"weight": 20}, {"weight": 10}]},
+            "step weights must not decrease: steps[1].weight is 10 after 20",
+        ),
         ({"steps": [{"weight": 100}]}, "a soft launch stays below 100%"),
         ({"kind": "migration"}, "phases[0].kind: must be one of: 'soft_launch', 'full_launch'"),
     ],
@@ -71,7 +82,9 @@ def test_full_launch_must_reach_everyone() -> None:
 
 
 def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
-    data = plan_dict(analysis={"m": {"query": "up"}, "b": {"query": "up", "baseline": {"max_ratio": 2}}})
+    data = plan_dict(
+        analysis={"m": {"query": "up"}, "b": {"query": "up", "baseline": {"max_ratio": 2}}}
+    )
     data["phases"][0]["steps"][0]["analysis"] = []  # type: ignore[index]
     assert problems(data) == [
         "analysis.b: `baseline` compares variants, so the query must contain {{variant}}",
@@ -80,10 +93,24 @@ def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
 
 
 def test_secrets_are_references_never_values() -> None:
-    data = plan_dict(notifications=[{"name": "ops", "url": "http://x", "headers": {"Authorization": "Bearer abc"}}])
+    data = plan_dict(
+        notifications=[
+            {"name": "ops", "url": "http://x", "headers": {"Authorization": "Bearer abc"}}
+        ]
+    )
     assert problems(data)[0].startswith("notifications[0].headers.Authorization:")
-    data = plan_dict(notifications=[{"name": "ops", "url": "http://x", "headers": {"Authorization": {"env": "T", "file": "f"}}}])
-    assert problems(data) == ["notifications[0].headers.Authorization: give exactly one of `env` or `file`"]
+    data = plan_dict(
+        notifications=[
+            {
+                "name": "ops",
+                "url": "http://x",
+                "headers": {"Authorization": {"env": "T", "file": "f"}},
+            }
+        ]
+    )
+    assert problems(data) == [
+        "notifications[0].headers.Authorization: give exactly one of `env` or `file`"
+    ]
 
 
 def test_yaml_errors_name_the_line(tmp_path: Path) -> None:

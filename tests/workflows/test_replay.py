@@ -28,13 +28,17 @@ HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 Scenario = Callable[[WorkflowEnvironment, WorkflowHandle[LaunchWorkflow, Any]], Awaitable[None]]
 
 
-async def approve_everything(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+async def approve_everything(
+    env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]
+) -> None:
     for gate in ("soft-launch.before", "soft-launch.step-2"):
         await gate_open(env, handle, gate)
         await handle.signal(LaunchWorkflow.approve, {"gate": gate, "approver": "alice"})
 
 
-async def reject_at_step_two(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+async def reject_at_step_two(
+    env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]
+) -> None:
     await gate_open(env, handle, "soft-launch.before")
     await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "alice"})
     await gate_open(env, handle, "soft-launch.step-2")
@@ -42,7 +46,9 @@ async def reject_at_step_two(env: WorkflowEnvironment, handle: WorkflowHandle[La
     await handle.signal(LaunchWorkflow.reject, {"gate": "soft-launch.step-2", "approver": "bob"})
 
 
-async def abort_in_soft_launch(env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]) -> None:
+async def abort_in_soft_launch(
+    env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]
+) -> None:
     await gate_open(env, handle, "soft-launch.before")
     await handle.signal(LaunchWorkflow.abort, {"reason": "incident", "by": "carol"})
 
@@ -62,12 +68,18 @@ SCENARIOS: dict[str, tuple[Scenario, FakeWorld]] = {
 async def record(env: WorkflowEnvironment, name: str) -> list[tuple[str, str]]:
     """Run a scenario; return (workflow id, history JSON) for the launch and each phase."""
     scenario, world = SCENARIOS[name]
-    plan = make_plan() if name != "analysis_failed" else exposure_only([{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}])
+    plan = (
+        make_plan()
+        if name != "analysis_failed"
+        else exposure_only([{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}])
+    )
     async with running_launch(env.client, plan, world) as handle:
         await scenario(env, handle)
         await handle.result()
         final = await wait_for(env, handle, lambda s: s.finished_at is not None)
-    ids = [handle.id] + [f"{handle.id}.{phase.name}" for phase in final.phases if phase.status != "pending"]
+    ids = [handle.id] + [
+        f"{handle.id}.{phase.name}" for phase in final.phases if phase.status != "pending"
+    ]
     histories = []
     for workflow_id in ids:
         history = await env.client.get_workflow_handle(workflow_id).fetch_history()
@@ -78,7 +90,9 @@ async def record(env: WorkflowEnvironment, name: str) -> list[tuple[str, str]]:
 async def replay(histories: list[tuple[str, str]]) -> None:
     replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
     for workflow_id, text in histories:
-        result = await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, text), raise_on_replay_failure=False)
+        result = await replayer.replay_workflow(
+            WorkflowHistory.from_json(workflow_id, text), raise_on_replay_failure=False
+        )
         assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
 
 
@@ -96,5 +110,7 @@ async def test_fresh_histories_replay(time_skipping_env: WorkflowEnvironment, na
 
 async def test_committed_histories_replay() -> None:
     files = sorted(HISTORIES.glob("*.json"))
-    assert len(files) >= len(SCENARIOS) * 2, "record: PHASEGATE_RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py"
+    assert len(files) >= len(SCENARIOS) * 2, (
+        "record: PHASEGATE_RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py"
+    )
     await replay([(path.stem, path.read_text()) for path in files])
