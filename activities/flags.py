@@ -85,6 +85,10 @@ class FlagdFileRouter:
         flag = (document or {}).get("flags", {}).get(spec.flag_key)
         return RouterSnapshot(kind=spec.kind, existed=flag is not None, definition=flag)
 
+    def current_weight(self, spec: FlagdRouter) -> float:
+        """The share of users the flag file sends to the canary right now, in percent."""
+        return canary_weight(self.snapshot(spec).definition, spec)
+
     def set_weight(self, spec: FlagdRouter, weight: float, launch_id: str) -> bool:
         return self._write_flag(spec, flag_definition(spec, weight, launch_id))
 

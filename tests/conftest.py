@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import shutil
 import sys
@@ -18,7 +17,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.flags import canary_weight
+from phasegate.activities.flags import FlagdFileRouter
 from phasegate.starters.demo import DemoStack, demo_stack
 from phasegate.starters.local import free_port
 from phasegate.workers.main import build_worker
@@ -117,5 +116,6 @@ async def worker(dev_env: WorkflowEnvironment) -> AsyncIterator[str]:
 
 def canary_share(flag_file: Path, flag_key: str) -> float:
     """The canary share the flag file gives right now, in percent."""
-    definition = json.loads(flag_file.read_text())["flags"][flag_key]
-    return canary_weight(definition, FlagdRouter(flag_file=str(flag_file), flag_key=flag_key))
+    return FlagdFileRouter().current_weight(
+        FlagdRouter(flag_file=str(flag_file), flag_key=flag_key)
+    )

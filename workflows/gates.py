@@ -21,9 +21,17 @@ from phasegate.workflows.plan import ResolvedGate
 
 
 class GateKeeper:
-    def __init__(self, state: PhaseState, report: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        state: PhaseState,
+        report: Callable[[], Awaitable[None]],
+        report_delivered: Callable[[], Awaitable[None]],
+    ) -> None:
         self._state = state
         self._report = report
+        # An open gate is announced only once the launch knows of it, so a decision that
+        # follows the announcement is never refused as "not open".
+        self._report_delivered = report_delivered
         self._relayed: RelayedDecision | None = None
 
     def receive(self, decision: RelayedDecision) -> None:
@@ -49,7 +57,7 @@ class GateKeeper:
             on_timeout=gate.on_timeout,
         )
         self._state.status = PhaseStatusValue.WAITING
-        await self._report()
+        await self._report_delivered()
         try:
             await workflow.wait_condition(
                 lambda: self._relayed is not None,

@@ -74,6 +74,7 @@ class LaunchWorkflow:
         self._phase_index = -1
         self._phase_task: asyncio.Task[None] | None = None
         self._child: workflow.ChildWorkflowHandle[Any, Any] | None = None
+        self._indexed: tuple[str, str, str] | None = None
         self._abort: AbortRequest | None = None
         self._audit: list[AuditEntry] = []
         self._seen_ids: set[str] = set()
@@ -472,13 +473,17 @@ class LaunchWorkflow:
     def _publish(self) -> None:
         """Keep search attributes and the UI's current details in step with the state."""
         snapshot = self._snapshot()
-        workflow.upsert_search_attributes(
-            [
-                SERVICE.value_set(snapshot.service),
-                PHASE.value_set(snapshot.phase or "starting"),
-                STATUS.value_set(snapshot.status.value),
-            ]
-        )
+        indexed = (snapshot.service, snapshot.phase or "starting", snapshot.status.value)
+        if indexed != self._indexed:
+            # Only on change: every upsert is an event and a visibility write.
+            self._indexed = indexed
+            workflow.upsert_search_attributes(
+                [
+                    SERVICE.value_set(indexed[0]),
+                    PHASE.value_set(indexed[1]),
+                    STATUS.value_set(indexed[2]),
+                ]
+            )
         headline = f"{snapshot.service} {snapshot.version}: {snapshot.status.value}"
         if snapshot.phase:
             headline += f" in {snapshot.phase} (step {snapshot.step}, {percent(snapshot.exposure)})"

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from phasegate.workflows.compensation import CompensationLog
@@ -46,9 +46,12 @@ class PhaseWorkflow:
 
     def __init__(self) -> None:
         self.state = PhaseState(name="", kind="")
-        self.gates = GateKeeper(self.state, self.report)
-        self.compensations = CompensationLog(self.state, self.report)
+        self.gates = GateKeeper(self.state, self.report, self.report_delivered)
+        self.compensations = CompensationLog(self.state, self.report_delivered)
         self._launch_id = ""
+        self._unsent = False
+        self._sender: asyncio.Task[None] | None = None
+        self._closed = False
 
     @workflow.signal(
         name=RELAY_SIGNAL,
@@ -65,12 +68,39 @@ class PhaseWorkflow:
         return self.state
 
     async def report(self) -> None:
+        """Tell the launch about the latest state without waiting for it to arrive.
+
+        One report is in flight at a time; changes made meanwhile go out together in the next
+        one, so a busy step costs the launch a handful of signals, not one per change, and the
+        phase never waits on the launch to go on with its work.
+        """
         workflow.set_current_details(self._details())
+        if workflow.info().parent is None or self._closed:
+            return
+        self._unsent = True
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_reports())
+
+    async def report_delivered(self) -> None:
+        """Report and wait until the launch has the state, e.g. before a change whose undo it
+        must know of."""
+        await self.report()
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
+
+    async def _send_reports(self) -> None:
         parent = workflow.info().parent
-        if parent is not None:
-            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
-                PROGRESS_SIGNAL, self.state
-            )
+        assert parent is not None
+        launch = workflow.get_external_workflow_handle(parent.workflow_id)
+        while self._unsent and not self._closed:
+            self._unsent = False
+            try:
+                await launch.signal(PROGRESS_SIGNAL, self.state.model_copy(deep=True))
+            except FailureError as err:
+                # The launch has closed (e.g. it finished its rollback after an abort): there
+                # is nobody left to tell, and this phase's result says the rest.
+                workflow.logger.info("progress report not delivered to %s: %s", launch.id, err)
+                return
 
     def _details(self) -> str:
         if self.state.open_gate is not None:
@@ -114,20 +144,28 @@ class PhaseWorkflow:
             self.state.status = PhaseStatusValue.CANCELLED
             self.state.reason = "cancelled by the launch (abort)"
             self.state.open_gate = None
-            await asyncio.shield(asyncio.ensure_future(self.report()))
+            await asyncio.shield(asyncio.ensure_future(self.report_delivered()))
             raise
         except (ApplicationError, ActivityError) as err:
             self.state.status = PhaseStatusValue.FAILED
             self.state.reason = failure_reason(err)
             self.state.open_gate = None
-            await self.report()
+            await self._close()
             raise ApplicationError(
                 self.state.reason, self.state, type="PhaseFailed", non_retryable=True
             ) from err
         self.state.status = PhaseStatusValue.COMPLETED
         self.state.activity = "done"
-        await self.report()
+        await self._close()
         return self.state
+
+    async def _close(self) -> None:
+        """The phase is over: its result (or failure details) carries the final state to the
+        launch, so no more reports are sent; the one in flight, if any, lands first."""
+        self._closed = True
+        workflow.set_current_details(self._details())
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
 
 
 def failure_reason(err: BaseException) -> str:
