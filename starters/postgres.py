@@ -55,6 +55,7 @@ class PostgresCluster:
     port: int
     bin_dir: Path
     log_path: Path
+    workdir: Path
 
     def dsn(self, database: str = "postgres") -> str:
         return f"host={LOOPBACK} port={self.port} user={SUPERUSER} dbname={database}"
@@ -82,6 +83,8 @@ class PostgresCluster:
             capture_output=True,
             check=False,
         )
+        if self.log_path.exists():
+            shutil.copy(self.log_path, self.workdir / "postgres.log")
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
@@ -93,8 +96,9 @@ def _as_server_user() -> list[str]:
 def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresCluster:
     """initdb (trust auth for the loopback superuser, fsync off: it is thrown away) and start.
 
-    The cluster lives in a fresh temporary folder (owned by the server's user) that `stop`
-    removes; `workdir` only receives the server log.
+    The cluster and its log live in a fresh temporary folder (owned by the server's user, as
+    a pytest folder of root's would not be reachable) that `stop` removes after copying the
+    log to `workdir`.
     """
     bin_dir = server_bin_dir()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +106,7 @@ def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresCluster
     if os.geteuid() == 0:
         os.chown(base, pwd.getpwnam("postgres").pw_uid, -1)
     data_dir = base / "pgdata"
-    log_path = workdir / "postgres.log"
-    log_path.touch()
-    if os.geteuid() == 0:
-        os.chown(log_path, pwd.getpwnam("postgres").pw_uid, -1)
-        workdir.chmod(workdir.stat().st_mode | 0o011)
+    log_path = base / "postgres.log"
     port = port or free_port()
     _run(
         [
@@ -145,7 +145,9 @@ def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresCluster
         "pg_ctl start",
         log_path=log_path,
     )
-    cluster = PostgresCluster(data_dir=data_dir, port=port, bin_dir=bin_dir, log_path=log_path)
+    cluster = PostgresCluster(
+        data_dir=data_dir, port=port, bin_dir=bin_dir, log_path=log_path, workdir=workdir
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
