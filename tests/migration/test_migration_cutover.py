@@ -162,7 +162,10 @@ async def test_rollback_after_cutover_restores_every_row(
     # A script that rewrites the old table too, without a down script: only the backup undoes it.
     folder = migrations(
         checkout_db.workdir,
-        **{"004_mark_orders_migrated": "UPDATE orders SET status = status || ' (migrated)';"},
+        **{
+            "004_mark_orders_migrated": "ALTER TABLE orders ADD COLUMN migrated_at timestamptz "
+            "NOT NULL DEFAULT now();"
+        },
     )
     plan = migration_plan(checkout_db, folder, gates={"after": {"approvers": ["bob"]}})
     handle = await start(dev_env.client, plan, worker)
@@ -172,7 +175,7 @@ async def test_rollback_after_cutover_restores_every_row(
     assert "orders_v2" in view_source(checkout_db)
     assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 100.0
     assert (
-        checkout_db.scalar("SELECT count(*) FROM orders WHERE status LIKE '%(migrated)'")
+        checkout_db.scalar("SELECT count(*) FROM orders WHERE migrated_at IS NOT NULL")
         == SEEDED_ROWS
     )
     await handle.signal(LaunchWorkflow.reject, {"gate": "migrate.after", "approver": "bob"})
