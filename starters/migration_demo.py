@@ -10,6 +10,7 @@ from typing import Annotated
 
 import psycopg
 import typer
+import yaml
 from rich.console import Console
 from rich.text import Text
 
@@ -52,13 +53,15 @@ def demo(
             say(line)
 
     workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = _plan_in(workdir)
     with postgres_cluster(workdir / "postgres") as cluster:
         dsn = cluster.create_database("checkout")
         seed_checkout(dsn, rows)
         say(f"PostgreSQL on port {cluster.port}: database checkout with {rows} orders")
         options = DemoOptions(
             workdir=workdir,
-            plan=example_plan("checkout-migration.yaml"),
+            plan=plan,
             auto_approve=auto_approve,
             worker_env={"CHECKOUT_DSN": dsn},
         )
@@ -75,3 +78,16 @@ def demo(
         )
     if final.status.value != "completed":
         raise typer.Exit(1)
+
+
+def _plan_in(workdir: Path) -> Path:
+    """The example plan with its folders made absolute and its backups kept in `workdir`."""
+    source = example_plan("checkout-migration.yaml")
+    data = yaml.safe_load(source.read_text())
+    for phase in data["phases"]:
+        if phase["kind"] == "migration_cutover":
+            phase["migrations"] = str((source.parent / phase["migrations"]).resolve())
+            phase["backup_dir"] = str(workdir / "backups")
+    plan = workdir / source.name
+    plan.write_text(yaml.safe_dump(data, sort_keys=False))
+    return plan

@@ -90,7 +90,12 @@ class PostgresCluster:
 
 def _as_server_user() -> list[str]:
     """initdb refuses to run as root: then the cluster runs as Debian's `postgres` user."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+    if runuser is None:
+        raise BinaryNotFoundError("runuser not found (util-linux): needed to run initdb as root")
+    return [runuser, "-u", "postgres", "--"]
 
 
 def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresCluster:
