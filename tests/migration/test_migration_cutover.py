@@ -251,7 +251,8 @@ async def test_worker_killed_mid_script_resumes_without_reapplying(
             "002_copy_orders": (
                 (migrations(checkout_db.workdir) / "002_copy_orders.sql").read_text()
                 + record.format("002")
-                + "SELECT pg_sleep(8);  -- the long part"
+                # Longer than the 10 s heartbeat timeout: only heartbeats keep it alive.
+                + "SELECT pg_sleep(13);  -- the long part"
             ),
             "003_index_orders_v2": "CREATE INDEX orders_v2_customer ON orders_v2 (customer_id);"
             + record.format("003"),
@@ -283,6 +284,15 @@ async def test_worker_killed_mid_script_resumes_without_reapplying(
         second.stop()
 
     assert result.status == "completed", result.reason
+    migration = await dev_env.client.get_workflow_handle(f"{handle.id}.migrate").fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in migration.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    # apply_migrations ran twice: the killed attempt, then one that outlived the heartbeat
+    # timeout on heartbeats alone and finished; every other activity ran once.
+    assert sorted(attempts) == [1] * (len(attempts) - 1) + [2]
     assert checkout_db.query("SELECT version, count(*) FROM script_runs GROUP BY 1 ORDER BY 1") == [
         ("001", 1),
         ("002", 1),
