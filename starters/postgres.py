@@ -113,43 +113,49 @@ def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresCluster
     data_dir = base / "pgdata"
     log_path = base / "postgres.log"
     port = port or free_port()
-    _run(
-        [
-            *_as_server_user(),
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data_dir),
-            "-U",
-            SUPERUSER,
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-        ],
-        "initdb",
-    )
-    options = (
-        f"-c port={port} -c listen_addresses={LOOPBACK} -c unix_socket_directories='{base}' "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50 "
-        "-c shared_buffers=64MB"
-    )
-    _run(
-        [
-            *_as_server_user(),
-            str(bin_dir / "pg_ctl"),
-            "start",
-            "-D",
-            str(data_dir),
-            "-l",
-            str(log_path),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-        ],
-        "pg_ctl start",
-        log_path=log_path,
-    )
+    try:
+        _run(
+            [
+                *_as_server_user(),
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            "initdb",
+        )
+        options = (
+            f"-c port={port} -c listen_addresses={LOOPBACK} -c unix_socket_directories='{base}' "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50 "
+            "-c shared_buffers=64MB"
+        )
+        _run(
+            [
+                *_as_server_user(),
+                str(bin_dir / "pg_ctl"),
+                "start",
+                "-D",
+                str(data_dir),
+                "-l",
+                str(log_path),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+            ],
+            "pg_ctl start",
+            log_path=log_path,
+        )
+    except BaseException:
+        # A cluster that never started leaves nothing behind (a server that did is stopped
+        # by `stop`).
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     cluster = PostgresCluster(
         data_dir=data_dir, port=port, bin_dir=bin_dir, log_path=log_path, workdir=workdir
     )
