@@ -3,8 +3,13 @@
     PhasegateError
     ├── ConfigurationError   non-retryable: the plan points at something that cannot work
     │                        (a secret that does not exist, a flag file in a missing folder)
-    └── RouterError          non-retryable: the routing target refuses the change
-                             (a flag file that is not flagd JSON)
+    ├── RouterError          non-retryable: the routing target refuses the change
+    │                        (a flag file that is not flagd JSON)
+    ├── MigrationError       non-retryable: a migration script failed, verification found a
+    │                        mismatch, a migration is half-applied, a backup or a restore does
+    │                        not match what was recorded
+    └── WritesAfterCutover   non-retryable: a restore would drop rows written after cutover;
+                             a person decides (retry once they are saved, or skip on record)
 
 Anything else (connection errors, timeouts, 5xx answers) is retried by the activity's
 retry policy, declared next to the activity.
@@ -25,4 +30,17 @@ class RouterError(PhasegateError):
     pass
 
 
-NON_RETRYABLE = [ConfigurationError.__name__, RouterError.__name__]
+class MigrationError(PhasegateError):
+    pass
+
+
+class WritesAfterCutover(PhasegateError):
+    pass
+
+
+NON_RETRYABLE = [
+    ConfigurationError.__name__,
+    RouterError.__name__,
+    MigrationError.__name__,
+    WritesAfterCutover.__name__,
+]

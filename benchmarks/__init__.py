@@ -1,0 +1,1 @@
+"""Speed and memory figures, each runnable as `python -m benchmarks.<name>`."""

@@ -20,7 +20,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from phasegate.starters import launches
+from phasegate.starters import launches, migration_demo
 from phasegate.starters.demo import DemoOptions, example_plan, run_demo
 from phasegate.starters.local import LocalProcessError, start_temporal_dev_server
 from phasegate.starters.render import render_line, render_listing, render_status
@@ -47,6 +47,7 @@ compensation_app = typer.Typer(
     help="Act on a rollback step (undo) that keeps failing.", no_args_is_help=True
 )
 app.add_typer(compensation_app, name="compensation")
+app.add_typer(migration_demo.app, name="migration")
 
 LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
 Approver = Annotated[

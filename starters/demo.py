@@ -30,7 +30,13 @@ from phasegate.starters.local import (
 from phasegate.workers.client import connect
 from phasegate.workers.settings import Settings
 from phasegate.workflows.messages import LaunchStatus
-from phasegate.workflows.plan import FlagdRouter, LaunchPlan, PrometheusTarget
+from phasegate.workflows.plan import (
+    FlagdRouter,
+    LaunchPlan,
+    MigrationCutoverPhase,
+    Phase,
+    PrometheusTarget,
+)
 from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
 
 FLAG_KEY = "checkout-v2"
@@ -53,6 +59,8 @@ class DemoStack:
         return FlagdRouter(flag_file=str(self.flag_file), flag_key=FLAG_KEY)
 
     def plan_for(self, plan: LaunchPlan) -> LaunchPlan:
+        phases = [self._phase_for(phase) for phase in plan.phases]
+        plan = plan.model_copy(update={"phases": phases})
         targets = plan.targets.model_copy(
             update={
                 "router": plan.targets.router.model_copy(update={"flag_file": str(self.flag_file)}),
@@ -60,6 +68,14 @@ class DemoStack:
             }
         )
         return plan.model_copy(update={"targets": targets})
+
+    def _phase_for(self, phase: Phase) -> Phase:
+        """A migration's cutover flag moves into the stack's flag file, beside the launch's."""
+        if not isinstance(phase, MigrationCutoverPhase) or phase.cutover.flag is None:
+            return phase
+        flag = phase.cutover.flag.model_copy(update={"flag_file": str(self.flag_file)})
+        cutover = phase.cutover.model_copy(update={"flag": flag})
+        return phase.model_copy(update={"cutover": cutover})
 
     def set_faults(self, *, error_rate: float = 0.0, latency_ms: int = 0) -> None:
         response = httpx.post(
@@ -176,6 +192,7 @@ class DemoOptions:
     auto_approve: bool = False
     faulty: bool = False
     keep_running: bool = False
+    worker_env: dict[str, str] = field(default_factory=dict)  # e.g. a database's DSN
     temporal_port: int = 7233
     ui_port: int = 8233
     prometheus_port: int = 9090
@@ -223,7 +240,10 @@ async def run_demo(
                 f"demo service at {stack.service.url} under load{fault}; Prometheus at {stack.prometheus.url}"
             )
             worker = start_worker(
-                address=server.address, workdir=options.workdir, metrics_port=metrics_port
+                address=server.address,
+                workdir=options.workdir,
+                metrics_port=metrics_port,
+                extra_env=options.worker_env,
             )
             stack.extra.append(worker)
             try:

@@ -43,7 +43,7 @@ from phasegate.workflows.messages import (
     LaunchStatus,
     LaunchStatusValue,
 )
-from phasegate.workflows.plan import GateSpec, LaunchPlan, load_plan
+from phasegate.workflows.plan import GateSpec, LaunchPlan, MigrationCutoverPhase, load_plan
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
 
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
@@ -122,7 +122,9 @@ async def start_launch(
 def summarize_plan(plan: LaunchPlan) -> str:
     """One line: `Launch checkout 2.0.0: soft-launch 1% → 10%, then full-launch 50% → 100%`."""
     phases = ", then ".join(
-        f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
+        f"{phase.name} migration and cutover"
+        if isinstance(phase, MigrationCutoverPhase)
+        else f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
         for phase in plan.phases
     )
     return f"Launch {plan.service} {plan.version}: {phases}"
@@ -143,7 +145,13 @@ def describe_plan(plan: LaunchPlan) -> str:
     for number, phase in enumerate(plan.phases, start=1):
         kind = phase.kind.replace("_", " ")
         steps = []
-        for step in phase.steps:
+        if isinstance(phase, MigrationCutoverPhase):
+            steps.append(
+                f"back up, apply {phase.migrations}, verify, cut over"
+                + (f" after {_gate_words(plan, phase.cutover.gate)}" if phase.cutover.gate else "")
+                + (f", watch {', '.join(phase.watch.analysis)}" if phase.watch else "")
+            )
+        for step in getattr(phase, "steps", []):
             words = _weight(step.weight)
             if step.pause:
                 words += f" for {_duration(step.pause)}"

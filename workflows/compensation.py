@@ -30,15 +30,35 @@ COMPENSATION_OPTIONS = workflow.ActivityConfig(
 )
 
 
+def compensation_options(record: CompensationRecord) -> workflow.ActivityConfig:
+    """The default undo options, with the record's own timeouts where it registered them."""
+    options = COMPENSATION_OPTIONS.copy()
+    if record.timeout_seconds:
+        options["start_to_close_timeout"] = timedelta(seconds=record.timeout_seconds)
+    if record.heartbeat_seconds:
+        options["heartbeat_timeout"] = timedelta(seconds=record.heartbeat_seconds)
+    return options
+
+
 class CompensationLog:
     def __init__(self, state: PhaseState, report: Callable[[], Awaitable[None]]) -> None:
         self._state = state
         self._report = report
 
     async def register(
-        self, activity: Callable[..., Any], request: BaseModel, description: str
+        self,
+        activity: Callable[..., Any],
+        request: BaseModel,
+        description: str,
+        *,
+        run_timeout: timedelta | None = None,
+        heartbeat: timedelta | None = None,
     ) -> None:
-        """Record the undo, and make sure the launch knows of it, before the change runs."""
+        """Record the undo, and make sure the launch knows of it, before the change runs.
+
+        `run_timeout` / `heartbeat` replace the default start-to-close timeout for undos that
+        run long (a database restore), heartbeating so a dead worker is noticed quickly.
+        """
         name = getattr(activity, "__temporal_activity_definition").name
         self._state.compensations.append(
             CompensationRecord(
@@ -47,6 +67,8 @@ class CompensationLog:
                 activity=name,
                 input=request.model_dump(mode="json"),
                 description=description,
+                timeout_seconds=run_timeout.total_seconds() if run_timeout else None,
+                heartbeat_seconds=heartbeat.total_seconds() if heartbeat else None,
             )
         )
         await self._report()

@@ -23,7 +23,7 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from phasegate.activities.notify import NOTIFY_OPTIONS, NotifyActivities
-    from phasegate.workflows.compensation import COMPENSATION_OPTIONS
+    from phasegate.workflows.compensation import compensation_options
     from phasegate.workflows.full_launch import FullLaunchWorkflow
     from phasegate.workflows.messages import (
         AbortRequest,
@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         PhaseState,
         RelayedDecision,
     )
+    from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
     from phasegate.workflows.phase import PROGRESS_SIGNAL, RELAY_SIGNAL, failure_reason
     from phasegate.workflows.plan import NotificationEvent
     from phasegate.workflows.soft_launch import SoftLaunchWorkflow
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
 PHASE_WORKFLOWS: dict[str, Any] = {
     "soft_launch": SoftLaunchWorkflow.run,
     "full_launch": FullLaunchWorkflow.run,
+    "migration_cutover": MigrationCutoverWorkflow.run,
 }
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
 KEEP_AUDIT = 200
@@ -92,7 +94,8 @@ class LaunchWorkflow:
         self._input = inp
         self._started_at = workflow.now()
         self._phases = [
-            PhaseState(name=p.name, kind=p.kind, steps=len(p.steps)) for p in inp.plan.phases
+            PhaseState(name=p.name, kind=p.kind, steps=len(getattr(p, "steps", [])))
+            for p in inp.plan.phases
         ]
         self._publish()
         await self._notify("launch_started", f"launch of {inp.plan.version} started")
@@ -171,7 +174,7 @@ class LaunchWorkflow:
                     record.activity,
                     record.input,
                     summary=record.description,
-                    **COMPENSATION_OPTIONS,
+                    **compensation_options(record),
                 )
                 record.status, record.error = "done", ""
                 self._publish()

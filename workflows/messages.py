@@ -104,6 +104,8 @@ class CompensationRecord(Message):
     activity: str
     input: dict[str, Any]
     description: str
+    timeout_seconds: float | None = None
+    heartbeat_seconds: float | None = None
     status: Literal["pending", "done", "failed", "skipped"] = "pending"
     attempts: int = 0
     error: str = ""

@@ -200,6 +200,12 @@ class _ExposurePhase(StrictModel):
                 )
         return self
 
+    def analysis_references(self) -> list[tuple[str, list[str]]]:
+        """(path within the phase, analysis names) for every place the phase runs analyses."""
+        return [
+            (f"steps[{index}].analysis", step.analysis) for index, step in enumerate(self.steps)
+        ]
+
     def gate_ids(self) -> list[str]:
         """Every gate this phase can open, so decisions can be checked before they arrive."""
         ids = [f"{self.name}.before"] if self.gates.before is not None else []
@@ -237,8 +243,119 @@ class FullLaunchPhase(_ExposurePhase):
         return self
 
 
-Phase = Annotated[SoftLaunchPhase | FullLaunchPhase, Field(discriminator="kind")]
-PHASE_KINDS = ("soft_launch", "full_launch")
+# --- migration cutover -------------------------------------------------------------------
+
+SqlIdentifier = Annotated[
+    str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$", max_length=127)
+]
+ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$", max_length=63)]
+
+
+class TableCheck(StrictModel):
+    """Rows of `table` in the source must reach `target_table` (default: the same name)."""
+
+    table: SqlIdentifier
+    target_table: SqlIdentifier | None = None
+    columns: list[ColumnName] = Field(default_factory=list)  # checksummed; empty = count only
+
+
+class InvariantCheck(StrictModel):
+    """A query run on the target after migrating: it must return no rows, or one `true`."""
+
+    name: Name
+    query: Annotated[str, Field(min_length=1)]
+    expect: Literal["no_rows", "true"] = "no_rows"
+
+
+class VerificationSpec(StrictModel):
+    tables: list[TableCheck] = Field(default_factory=list)
+    invariants: list[InvariantCheck] = Field(default_factory=list)
+
+
+class SqlSwitch(StrictModel):
+    """SQL run on the target to send readers to the new schema (e.g. a view swap), and back."""
+
+    forward: Annotated[str, Field(min_length=1)]
+    backward: Annotated[str, Field(min_length=1)]
+
+
+class CutoverSpec(StrictModel):
+    """How traffic moves to the migrated data; every action here is undone on rollback."""
+
+    gate: Gate = Field(default_factory=GateSpec)
+    flag: FlagdRouter | None = None  # the flag is switched fully to its canary variant
+    sql: SqlSwitch | None = None
+
+    @model_validator(mode="after")
+    def _has_action(self) -> CutoverSpec:
+        if self.flag is None and self.sql is None:
+            raise ValueError("give a cutover action: `flag`, `sql` or both")
+        return self
+
+
+class WatchSpec(StrictModel):
+    """The plan's analyses run after cutover; a failure rolls the whole migration back."""
+
+    analysis: list[str] = Field(min_length=1)
+
+
+class MigrationCutoverPhase(StrictModel):
+    """Back up, migrate, verify, cut over and watch a PostgreSQL migration; undo it all on failure."""
+
+    kind: Literal["migration_cutover"]
+    name: Name
+    gates: PhaseGates = PhaseGates()
+    source: SecretRef  # DSN of the database traffic uses now
+    target: SecretRef | None = None  # DSN of the database the scripts change; default: source
+    migrations: Annotated[str, Field(min_length=1)]  # folder of NNN_name.sql (+ NNN_name.down.sql)
+    backup_dir: Annotated[str, Field(min_length=1)]
+    ledger_table: SqlIdentifier = "phasegate_migrations"
+    min_server_version: Annotated[int, Field(ge=90600)] | None = None  # server_version_num
+    extensions: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    verify: VerificationSpec = VerificationSpec()
+    cutover: CutoverSpec
+    watch: WatchSpec | None = None
+
+    @property
+    def target_dsn(self) -> SecretRef:
+        return self.target or self.source
+
+    def analysis_references(self) -> list[tuple[str, list[str]]]:
+        return [("watch.analysis", self.watch.analysis)] if self.watch else []
+
+    def gate_ids(self) -> list[str]:
+        ids = [f"{self.name}.before"] if self.gates.before is not None else []
+        if self.cutover.gate is not None:
+            ids.append(f"{self.name}.cutover")
+        if self.watch is not None:
+            ids.append(f"{self.name}.watch.analysis")
+        if self.gates.after is not None:
+            ids.append(f"{self.name}.after")
+        return ids
+
+    def with_paths_under(self, base_dir: Path) -> MigrationCutoverPhase:
+        """The phase with its folders and flag file made absolute against the plan's folder."""
+
+        def absolute(path: str) -> str:
+            return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+
+        cutover = self.cutover
+        if cutover.flag is not None:
+            flag = cutover.flag.model_copy(update={"flag_file": absolute(cutover.flag.flag_file)})
+            cutover = cutover.model_copy(update={"flag": flag})
+        return self.model_copy(
+            update={
+                "migrations": absolute(self.migrations),
+                "backup_dir": absolute(self.backup_dir),
+                "cutover": cutover,
+            }
+        )
+
+
+Phase = Annotated[
+    SoftLaunchPhase | FullLaunchPhase | MigrationCutoverPhase, Field(discriminator="kind")
+]
+PHASE_KINDS = ("soft_launch", "full_launch", "migration_cutover")
 
 NotificationEvent = Literal[
     "launch_started", "gate_opened", "completed", "rolled_back", "compensation_failed"
@@ -278,18 +395,15 @@ class LaunchPlan(StrictModel):
             if phase.name in seen:
                 problems.append(f"phases[{index}].name: {phase.name!r} is used by an earlier phase")
             seen.add(phase.name)
-            for step_index, step in enumerate(phase.steps):
-                for name in step.analysis:
+            for where, names in phase.analysis_references():
+                for name in names:
                     if name not in self.analysis:
                         problems.append(
-                            f"phases[{index}].steps[{step_index}].analysis: no analysis named "
+                            f"phases[{index}].{where}: no analysis named "
                             f"{name!r} (defined: {', '.join(sorted(self.analysis)) or 'none'})"
                         )
-                if step.analysis and self.targets.prometheus is None:
-                    problems.append(
-                        f"phases[{index}].steps[{step_index}].analysis: needs "
-                        "targets.prometheus to query"
-                    )
+                if names and self.targets.prometheus is None:
+                    problems.append(f"phases[{index}].{where}: needs targets.prometheus to query")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -396,6 +510,11 @@ def parse_plan(text: str, *, source: str = "<plan>", base_dir: Path | None = Non
             plan = plan.model_copy(
                 update={"targets": plan.targets.model_copy(update={"router": router})}
             )
+        phases = [
+            phase.with_paths_under(base_dir) if isinstance(phase, MigrationCutoverPhase) else phase
+            for phase in plan.phases
+        ]
+        plan = plan.model_copy(update={"phases": phases})
     return plan
 
 

@@ -1,0 +1,305 @@
+"""The migration cutover end to end: real PostgreSQL, real dev server, real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.starters.local import start_worker
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import LaunchInput, LaunchResult, LaunchStatus
+from phasegate.workflows.plan import LaunchPlan
+from tests.conftest import canary_share
+from tests.migration.conftest import SEEDED_ROWS, CheckoutDatabase, migration_plan, migrations
+
+pytestmark = pytest.mark.integration
+
+
+async def start(
+    client: Client, plan: dict[str, Any], task_queue: str
+) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
+    launch_id = f"mig-{uuid.uuid4().hex[:8]}"
+    return await client.start_workflow(
+        LaunchWorkflow.run,
+        LaunchInput(launch_id=launch_id, plan=LaunchPlan.model_validate(plan)),
+        id=launch_id,
+        task_queue=task_queue,
+    )
+
+
+async def status_until(
+    handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60
+) -> LaunchStatus:
+    async with asyncio.timeout(timeout):
+        while True:
+            current = await handle.query(LaunchWorkflow.status)
+            if predicate(current):
+                return current
+            await asyncio.sleep(0.2)
+
+
+def view_source(db: CheckoutDatabase) -> str:
+    return str(db.scalar("SELECT definition FROM pg_views WHERE viewname = 'checkout_orders'"))
+
+
+def backup_input(result: LaunchResult) -> dict[str, Any]:
+    record = next(c for c in result.final.compensations if c.activity == "restore_database")
+    backup: dict[str, Any] = record.input["backup"]
+    return backup
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+async def test_migrates_verifies_and_cuts_over(
+    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
+) -> None:
+    plan = migration_plan(
+        checkout_db,
+        migrations(checkout_db.workdir),
+        cutover={
+            **migration_plan(checkout_db, migrations(checkout_db.workdir))["phases"][0]["cutover"],
+            "gate": {"approvers": ["alice"]},
+        },
+    )
+    handle = await start(dev_env.client, plan, worker)
+    waiting = await status_until(handle, lambda s: s.open_gate is not None)
+    assert waiting.open_gate is not None
+    assert waiting.open_gate.gate == "migrate.cutover"
+    assert f"orders_v2 {SEEDED_ROWS}" in waiting.open_gate.question
+    assert "orders_v1" not in view_source(checkout_db)
+    assert "orders_v2" not in view_source(checkout_db)  # nobody reads the new table yet
+    await handle.signal(LaunchWorkflow.approve, {"gate": "migrate.cutover", "approver": "alice"})
+    result = await handle.result()
+
+    assert result.status == "completed", result.reason
+    assert checkout_db.scalar("SELECT count(*) FROM orders_v2") == SEEDED_ROWS
+    assert (
+        checkout_db.scalar(
+            "SELECT count(*) FROM checkout_orders c JOIN orders o USING (id) "
+            "WHERE c.total * 100 = o.total_cents"
+        )
+        == SEEDED_ROWS
+    )
+    assert "orders_v2" in view_source(checkout_db)
+    assert checkout_db.query(
+        "SELECT version, status FROM phasegate_migrations ORDER BY version"
+    ) == [("001", "applied"), ("002", "applied"), ("003", "applied"), ("cutover", "switched")]
+    assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 100.0
+    backup = backup_input(result)
+    assert sha256(backup["path"]) == backup["sha256"]
+    assert backup["fingerprint"]["tables"]["public.orders"]["rows"] == SEEDED_ROWS
+    phase = result.final.phases[0]
+    assert (phase.status, phase.step, phase.steps) == ("completed", 5, 6)
+    assert [c.activity for c in phase.compensations] == [
+        "restore_database",
+        "check_writes_since_cutover",
+        "restore_exposure",
+        "switch_back_sql",
+    ]
+
+
+async def test_failing_third_script_leaves_database_as_before(
+    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
+) -> None:
+    before = checkout_db.contents()
+    folder = migrations(
+        checkout_db.workdir,
+        downs=False,
+        **{"003_index_orders_v2": "CREATE INDEX orders_v2_bad ON orders_v2 (no_such_column);"},
+    )
+    handle = await start(dev_env.client, migration_plan(checkout_db, folder), worker)
+    result = await handle.result()
+
+    assert result.status == "rolled_back"
+    assert "003_index_orders_v2.sql failed" in result.reason
+    assert 'column "no_such_column" does not exist' in result.reason
+    assert [(c.activity, c.status) for c in result.final.compensations] == [
+        ("restore_database", "done")
+    ]
+    assert checkout_db.contents() == before  # restored from the backup: every row, same shape
+    assert checkout_db.scalar("SELECT to_regclass('phasegate_migrations')") is None
+
+
+async def test_verification_mismatch_rolls_back(
+    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
+) -> None:
+    before = checkout_db.contents()
+    lossy_copy = (
+        "INSERT INTO orders_v2 (id, customer_id, total, status, created_at) "
+        "SELECT id, customer_id, total_cents / 100.0, status, created_at FROM orders "
+        "WHERE id % 1000 <> 0;"
+    )
+    folder = migrations(checkout_db.workdir, **{"002_copy_orders": lossy_copy})
+    handle = await start(dev_env.client, migration_plan(checkout_db, folder), worker)
+    result = await handle.result()
+
+    assert result.status == "rolled_back"
+    assert (
+        f"orders → orders_v2: {SEEDED_ROWS} rows in the source, {SEEDED_ROWS - 30} in the "
+        "target (-30)" in result.reason
+    )
+    assert [(c.activity, c.status) for c in result.final.compensations] == [
+        ("restore_database", "done")
+    ]
+    assert checkout_db.contents() == before  # by the down scripts, checked against the backup
+    assert not (checkout_db.workdir / "flags" / "db.json").exists()
+
+
+async def test_rollback_after_cutover_restores_every_row(
+    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
+) -> None:
+    before = checkout_db.contents()
+    # A script that rewrites the old table too, without a down script: only the backup undoes it.
+    folder = migrations(
+        checkout_db.workdir,
+        **{
+            "004_mark_orders_migrated": "ALTER TABLE orders ADD COLUMN migrated_at timestamptz "
+            "NOT NULL DEFAULT now();"
+        },
+    )
+    plan = migration_plan(checkout_db, folder, gates={"after": {"approvers": ["bob"]}})
+    handle = await start(dev_env.client, plan, worker)
+    await status_until(
+        handle, lambda s: s.open_gate is not None and s.open_gate.gate == "migrate.after"
+    )
+    assert "orders_v2" in view_source(checkout_db)
+    assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 100.0
+    assert (
+        checkout_db.scalar("SELECT count(*) FROM orders WHERE migrated_at IS NOT NULL")
+        == SEEDED_ROWS
+    )
+    await handle.signal(LaunchWorkflow.reject, {"gate": "migrate.after", "approver": "bob"})
+    result = await handle.result()
+
+    assert result.status == "rolled_back"
+    assert [(c.activity, c.status) for c in reversed(result.final.compensations)] == [
+        ("switch_back_sql", "done"),
+        ("restore_exposure", "done"),
+        ("check_writes_since_cutover", "done"),
+        ("restore_database", "done"),
+    ]
+    assert checkout_db.contents() == before
+    assert checkout_db.scalar("SELECT count(*) FROM checkout_orders") == SEEDED_ROWS
+    assert "orders_v2" not in view_source(checkout_db)
+    assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 0.0
+
+
+async def test_writes_after_cutover_wait_for_a_person(
+    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
+) -> None:
+    before = checkout_db.contents()
+    plan = migration_plan(
+        checkout_db, migrations(checkout_db.workdir), gates={"after": {"approvers": ["bob"]}}
+    )
+    handle = await start(dev_env.client, plan, worker)
+    await status_until(
+        handle, lambda s: s.open_gate is not None and s.open_gate.gate == "migrate.after"
+    )
+    checkout_db.query(
+        "INSERT INTO orders_v2 SELECT id + 1000000, customer_id, total, 'open', created_at "
+        "FROM orders_v2 WHERE id <= 12"
+    )
+    await handle.signal(LaunchWorkflow.reject, {"gate": "migrate.after", "approver": "bob"})
+    stuck = await status_until(handle, lambda s: s.status == "needs_attention", timeout=90)
+
+    guard = next(c for c in stuck.compensations if c.activity == "check_writes_since_cutover")
+    assert guard.status == "failed"
+    assert (
+        f"orders_v2 has {SEEDED_ROWS + 12} rows now, {SEEDED_ROWS} at cutover (+12)" in guard.error
+    )
+    saved = checkout_db.workdir / "backups" / f"{handle.id}.migrate.after-cutover.dump"
+    assert saved.exists()
+    assert checkout_db.scalar("SELECT count(*) FROM orders_v2") == SEEDED_ROWS + 12  # untouched
+    assert "orders_v2" not in view_source(checkout_db)  # traffic is back on the old table
+
+    await handle.signal(
+        LaunchWorkflow.skip_compensation,
+        {"compensation": guard.id, "by": "alice", "comment": "rows saved in the dump"},
+    )
+    result = await handle.result()
+    assert result.status == "rolled_back"
+    assert checkout_db.contents() == before
+    assert "skipped by alice" in next(
+        c.resolved_by for c in result.final.compensations if c.id == guard.id
+    )
+
+
+async def test_worker_killed_mid_script_resumes_without_reapplying(
+    dev_env: WorkflowEnvironment, checkout_db: CheckoutDatabase, tmp_path: Path
+) -> None:
+    address = dev_env.client.service_client.config.target_host
+    task_queue = f"mig-kill-{uuid.uuid4().hex[:8]}"
+    checkout_db.query("CREATE TABLE script_runs (version text, at timestamptz DEFAULT now())")
+    record = "INSERT INTO script_runs (version) VALUES ('{}');"
+    folder = migrations(
+        checkout_db.workdir,
+        **{
+            "001_create_orders_v2": (
+                (migrations(checkout_db.workdir) / "001_create_orders_v2.sql").read_text()
+                + record.format("001")
+            ),
+            "002_copy_orders": (
+                (migrations(checkout_db.workdir) / "002_copy_orders.sql").read_text()
+                + record.format("002")
+                # Longer than the 10 s heartbeat timeout: only heartbeats keep it alive.
+                + "SELECT pg_sleep(13);  -- the long part"
+            ),
+            "003_index_orders_v2": "CREATE INDEX orders_v2_customer ON orders_v2 (customer_id);"
+            + record.format("003"),
+        },
+    )
+    plan = migration_plan(checkout_db, folder)
+
+    first = start_worker(address=address, workdir=tmp_path / "w1", task_queue=task_queue)
+    try:
+        handle = await start(dev_env.client, plan, task_queue)
+        async with asyncio.timeout(60):
+            while not checkout_db.query(  # noqa: ASYNC110
+                "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'phasegate-migrate/%' "
+                "AND query LIKE '%pg_sleep%' AND state = 'active'"
+            ):
+                await asyncio.sleep(0.1)
+        first.kill()
+    finally:
+        first.stop()
+    backup_files = sorted((checkout_db.workdir / "backups").glob("*.dump"))
+    assert len(backup_files) == 1
+    backup_sha = sha256(str(backup_files[0]))
+    assert checkout_db.query("SELECT version FROM script_runs") == [("001",)]
+
+    second = start_worker(address=address, workdir=tmp_path / "w2", task_queue=task_queue)
+    try:
+        result = await asyncio.wait_for(handle.result(), timeout=120)
+    finally:
+        second.stop()
+
+    assert result.status == "completed", result.reason
+    migration = await dev_env.client.get_workflow_handle(f"{handle.id}.migrate").fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in migration.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    # apply_migrations ran twice: the killed attempt, then one that outlived the heartbeat
+    # timeout on heartbeats alone and finished; every other activity ran once.
+    assert sorted(attempts) == [1] * (len(attempts) - 1) + [2]
+    assert checkout_db.query("SELECT version, count(*) FROM script_runs GROUP BY 1 ORDER BY 1") == [
+        ("001", 1),
+        ("002", 1),
+        ("003", 1),
+    ]
+    assert checkout_db.scalar("SELECT count(*) FROM orders_v2") == SEEDED_ROWS
+    backup = backup_input(result)
+    assert backup["path"] == str(backup_files[0])
+    assert sha256(backup["path"]) == backup["sha256"] == backup_sha  # the one backup, kept
+    assert json.loads(Path(backup["path"]).with_suffix(".json").read_text())["sha256"] == backup_sha

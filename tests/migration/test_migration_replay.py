@@ -1,0 +1,49 @@
+"""Replay: migration histories (launch + MigrationCutover child) replay against the current
+code. Recorded from real runs against PostgreSQL; committed copies live in tests/histories/
+and are replayed by tests/workflows/test_replay.py. Re-record on purpose with
+`PHASEGATE_RECORD_HISTORIES=1 pytest tests/migration/test_migration_replay.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import LaunchInput
+from phasegate.workflows.plan import LaunchPlan
+from tests.migration.conftest import CheckoutDatabase, migration_plan, migrations
+from tests.workflows.test_replay import HISTORIES, replay
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("outcome", ["completed", "rolled_back"])
+async def test_migration_histories_replay(
+    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase, outcome: str
+) -> None:
+    broken = {"003_index_orders_v2": "CREATE INDEX broken ON orders_v2 (no_such_column);"}
+    folder = migrations(checkout_db.workdir, **(broken if outcome == "rolled_back" else {}))
+    plan = LaunchPlan.model_validate(migration_plan(checkout_db, folder))
+    launch_id = f"mig-replay-{uuid.uuid4().hex[:8]}"
+    handle = await dev_env.client.start_workflow(
+        LaunchWorkflow.run,
+        LaunchInput(launch_id=launch_id, plan=plan),
+        id=launch_id,
+        task_queue=worker,
+    )
+    result = await handle.result()
+    assert result.status == outcome, result.reason
+
+    histories = []
+    for workflow_id in (launch_id, f"{launch_id}.migrate"):
+        history = await dev_env.client.get_workflow_handle(workflow_id).fetch_history()
+        histories.append((workflow_id, history.to_json()))
+    await replay(histories)
+    if os.environ.get("PHASEGATE_RECORD_HISTORIES"):
+        for workflow_id, text in histories:
+            kind = "launch" if workflow_id == launch_id else "migrate"
+            (HISTORIES / f"migration_{outcome}.{kind}.json").write_text(text)

@@ -1,0 +1,188 @@
+"""Migration cutover: preflight, back up, migrate, verify, cut over behind a gate, watch.
+
+Each change registers its undo first, so the launch's rollback runs them in reverse: switch
+the traffic back (SQL switch, then flag), refuse to drop rows written after cutover unless a
+person says so, then bring the data back to the backup's fingerprint (down scripts, or the
+verified backup) and check it with the same counts and checksums.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from phasegate.activities.postgres import (
+        LONG_POSTGRES_OPTIONS,
+        POSTGRES_OPTIONS,
+        PostgresActivities,
+    )
+    from phasegate.activities.routing import ROUTING_OPTIONS, RouterActivities
+    from phasegate.workflows.analysis import run_analysis, summarize
+    from phasegate.workflows.messages import (
+        ExposureRequest,
+        PhaseInput,
+        PhaseState,
+        RestoreRequest,
+        SnapshotRequest,
+    )
+    from phasegate.workflows.migration_messages import (
+        BackupRequest,
+        MigrateRequest,
+        MigrationTarget,
+        PreflightRequest,
+        RestoreDatabaseRequest,
+        SqlSwitchRequest,
+        VerifyRequest,
+        WritesGuardRequest,
+    )
+    from phasegate.workflows.phase import PhaseWorkflow
+    from phasegate.workflows.plan import GateSpec, MigrationCutoverPhase
+
+# A restore of a large database outlives the launch's default two minutes for an undo.
+RESTORE_TIMEOUT = timedelta(hours=6)
+RESTORE_HEARTBEAT = timedelta(seconds=30)
+STEPS = ("preflight", "backup", "migrate", "verify", "cutover", "watch")
+
+
+@workflow.defn(name="MigrationCutover")
+class MigrationCutoverWorkflow(PhaseWorkflow):
+    @workflow.run
+    async def run(self, inp: PhaseInput) -> PhaseState:
+        self.state.steps = len(STEPS)
+        return await self.run_phase(inp, lambda: self._migrate_and_cut_over(inp))
+
+    async def _step(self, name: str, activity: str) -> None:
+        self.state.step = STEPS.index(name) + 1
+        self.state.steps = len(STEPS)
+        self.state.activity = activity
+        await self.report()
+
+    async def _migrate_and_cut_over(self, inp: PhaseInput) -> None:
+        spec: MigrationCutoverPhase = inp.phase
+        where = MigrationTarget(
+            launch_id=inp.launch_id,
+            phase=spec.name,
+            source=spec.source,
+            target=spec.target_dsn,
+            migrations=spec.migrations,
+            ledger_table=spec.ledger_table,
+        )
+
+        await self._step("preflight", "checking both databases, extensions, disk and the ledger")
+        preflight = await workflow.execute_activity_method(
+            PostgresActivities.preflight_migration,
+            PreflightRequest(
+                where=where,
+                backup_dir=spec.backup_dir,
+                min_server_version=spec.min_server_version,
+                extensions=spec.extensions,
+            ),
+            **POSTGRES_OPTIONS,
+        )
+
+        await self._step("backup", f"backing up {preflight.database_bytes} bytes with pg_dump")
+        backup = await workflow.execute_activity_method(
+            PostgresActivities.backup_database,
+            BackupRequest(where=where, backup_dir=spec.backup_dir),
+            **LONG_POSTGRES_OPTIONS,
+        )
+        self.state.activity = f"backup {backup.path} (sha256 {backup.sha256[:12]}) verified"
+        await self.compensations.register(
+            PostgresActivities.restore_database,
+            RestoreDatabaseRequest(where=where, backup=backup, scripts=preflight.scripts),
+            f"bring database {backup.database} back to its backup {backup.path} "
+            f"(sha256 {backup.sha256[:12]}): down scripts where they exist, else the backup",
+            run_timeout=RESTORE_TIMEOUT,
+            heartbeat=RESTORE_HEARTBEAT,
+        )
+
+        pending = [s for s in preflight.scripts if s.version not in preflight.already_applied]
+        await self._step("migrate", f"applying {len(pending)} script(s)")
+        migrated = await workflow.execute_activity_method(
+            PostgresActivities.apply_migrations,
+            MigrateRequest(where=where, scripts=preflight.scripts),
+            **LONG_POSTGRES_OPTIONS,
+        )
+        applied = [a.version for a in migrated.applied if not a.skipped]
+
+        await self._step("verify", f"verifying after applying {', '.join(applied) or 'nothing'}")
+        verified = await workflow.execute_activity_method(
+            PostgresActivities.verify_migration,
+            VerifyRequest(
+                where=where, tables=spec.verify.tables, invariants=spec.verify.invariants
+            ),
+            **LONG_POSTGRES_OPTIONS,
+        )
+        counts = ", ".join(f"{t.target_table} {t.target_rows}" for t in verified.tables)
+
+        cutover = spec.cutover
+        if cutover.gate is not None:
+            self.state.activity = f"verified ({counts or 'no tables checked'}); waiting to cut over"
+            await self.require(
+                f"{spec.name}.cutover",
+                cutover.gate,
+                f"{spec.name}: migration verified ({counts or 'no tables checked'}, "
+                f"{len(verified.invariants)} invariant(s) hold). Cut traffic over?",
+                inp,
+            )
+        await self._step("cutover", "switching traffic to the migrated data")
+        await self.compensations.register(
+            PostgresActivities.check_writes_since_cutover,
+            WritesGuardRequest(where=where, backup_dir=spec.backup_dir, at_cutover=verified.tables),
+            "refuse to drop rows written to "
+            f"{', '.join(t.target_table for t in verified.tables) or 'the migrated tables'} "
+            "after cutover; a person decides",
+        )
+        if cutover.flag is not None:
+            snapshot = await workflow.execute_activity_method(
+                RouterActivities.snapshot_exposure,
+                SnapshotRequest(router=cutover.flag),
+                **ROUTING_OPTIONS,
+            )
+            await self.compensations.register(
+                RouterActivities.restore_exposure,
+                RestoreRequest(router=cutover.flag, snapshot=snapshot),
+                f"switch flag {cutover.flag.flag_key} back as it was before {spec.name}",
+            )
+            await workflow.execute_activity_method(
+                RouterActivities.set_exposure,
+                ExposureRequest(router=cutover.flag, weight=100, launch_id=inp.launch_id),
+                **ROUTING_OPTIONS,
+            )
+            self.state.exposure = 100.0
+        if cutover.sql is not None:
+            switch = SqlSwitchRequest(where=where, switch=cutover.sql)
+            await self.compensations.register(
+                PostgresActivities.switch_back_sql,
+                switch,
+                "run the cutover's backward SQL switch",
+            )
+            await workflow.execute_activity_method(
+                PostgresActivities.cut_over_sql, switch, **POSTGRES_OPTIONS
+            )
+        await self.report()
+
+        if spec.watch is not None:
+            await self._step("watch", f"watching {', '.join(spec.watch.analysis)} after cutover")
+            verdict, results = await run_analysis(
+                inp.plan, self.state, self.state.step, spec.watch.analysis, self.report
+            )
+            if verdict == "failed":
+                raise ApplicationError(
+                    f"analysis failed after the cutover of {spec.name}: {summarize(results)}",
+                    type="AnalysisFailed",
+                    non_retryable=True,
+                )
+            if verdict == "inconclusive":
+                self.state.activity = "analysis after cutover inconclusive: waiting for a person"
+                await self.require(
+                    f"{spec.name}.watch.analysis",
+                    GateSpec(),
+                    f"Analysis after the cutover of {spec.name} was inconclusive "
+                    f"({summarize(results)}). Approve to keep the migration, reject to roll back.",
+                    inp,
+                )
+        self.state.activity = f"migrated and cut over ({counts or 'no tables checked'})"

@@ -1,0 +1,175 @@
+"""Messages of the migration cutover phase: between its workflow and the PostgreSQL activities.
+
+Like workflows/messages.py, each activity takes one model and returns one; DSNs travel as
+`SecretRef`s only and are resolved inside the activities.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from phasegate.workflows.messages import Message
+from phasegate.workflows.plan import InvariantCheck, SecretRef, SqlSwitch, TableCheck
+
+
+class MigrationScript(Message):
+    """One `NNN_name.sql` file, pinned by its content hash between preflight and migrate."""
+
+    version: str
+    name: str
+    sha256: str
+    transactional: bool = True
+    has_down: bool = False
+
+
+class TableFingerprint(Message):
+    rows: int
+    checksum: str
+
+
+class DatabaseFingerprint(Message):
+    """Everything needed to say "exactly as before": the shape and the content of each table."""
+
+    schema_hash: str
+    tables: dict[str, TableFingerprint] = Field(default_factory=dict)
+    ledger_existed: bool = False
+
+    def differences(self, other: DatabaseFingerprint) -> list[str]:
+        """What differs between `self` (expected) and `other` (found), in words."""
+        problems: list[str] = []
+        if self.schema_hash != other.schema_hash:
+            problems.append("the schema (tables, columns, views, indexes) differs")
+        for name in sorted(set(self.tables) | set(other.tables)):
+            want, got = self.tables.get(name), other.tables.get(name)
+            if want is None:
+                problems.append(f"{name}: present now, absent before")
+            elif got is None:
+                problems.append(f"{name}: absent now, had {want.rows} rows before")
+            elif want != got:
+                problems.append(
+                    f"{name}: {got.rows} rows (checksum {got.checksum}) "
+                    f"vs {want.rows} rows (checksum {want.checksum}) before"
+                )
+        return problems
+
+
+class MigrationTarget(Message):
+    """Where a migration happens: the databases by reference, the scripts, the ledger."""
+
+    launch_id: str
+    phase: str
+    source: SecretRef
+    target: SecretRef
+    migrations: str
+    ledger_table: str
+
+
+class PreflightRequest(Message):
+    where: MigrationTarget
+    backup_dir: str
+    min_server_version: int | None = None
+    extensions: list[str] = Field(default_factory=list)
+
+
+class PreflightReport(Message):
+    source_version: str
+    target_version: str
+    database_bytes: int
+    free_bytes: int
+    scripts: list[MigrationScript]
+    already_applied: list[str] = Field(default_factory=list)
+
+
+class BackupRequest(Message):
+    where: MigrationTarget
+    backup_dir: str
+
+
+class BackupRecord(Message):
+    """A verified `pg_dump -Fc` of the target and the fingerprint taken in the same snapshot."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    entries: int
+    database: str
+    fingerprint: DatabaseFingerprint
+    seconds: float = 0.0
+
+
+class MigrateRequest(Message):
+    where: MigrationTarget
+    scripts: list[MigrationScript]
+
+
+class AppliedScript(Message):
+    version: str
+    name: str
+    seconds: float
+    skipped: bool = False  # recorded in the ledger already: never applied twice
+
+
+class MigrateResult(Message):
+    applied: list[AppliedScript] = Field(default_factory=list)
+
+
+class VerifyRequest(Message):
+    where: MigrationTarget
+    tables: list[TableCheck] = Field(default_factory=list)
+    invariants: list[InvariantCheck] = Field(default_factory=list)
+
+
+class TableComparison(Message):
+    table: str
+    target_table: str
+    columns: list[str] = Field(default_factory=list)
+    source_rows: int
+    target_rows: int
+    source_checksum: str = ""
+    target_checksum: str = ""
+
+    @property
+    def matches(self) -> bool:
+        return self.source_rows == self.target_rows and self.source_checksum == self.target_checksum
+
+
+class VerificationReport(Message):
+    tables: list[TableComparison] = Field(default_factory=list)
+    invariants: dict[str, bool] = Field(default_factory=dict)
+    rows_checked: int = 0
+    seconds: float = 0.0
+
+
+class SqlSwitchRequest(Message):
+    where: MigrationTarget
+    switch: SqlSwitch
+
+
+class SqlSwitchResult(Message):
+    changed: bool
+
+
+class WritesGuardRequest(Message):
+    """The target tables as verification saw them just before cutover."""
+
+    where: MigrationTarget
+    backup_dir: str
+    at_cutover: list[TableComparison]
+
+
+class WritesGuardResult(Message):
+    unchanged: list[str] = Field(default_factory=list)
+
+
+class RestoreDatabaseRequest(Message):
+    where: MigrationTarget
+    backup: BackupRecord
+    scripts: list[MigrationScript]
+
+
+class RestoreReport(Message):
+    method: Literal["nothing_applied", "down_scripts", "backup"]
+    reverted: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
