@@ -43,7 +43,7 @@ from phasegate.workflows.messages import (
     LaunchStatus,
     LaunchStatusValue,
 )
-from phasegate.workflows.plan import GateSpec, LaunchPlan, load_plan
+from phasegate.workflows.plan import GateSpec, LaunchPlan, SecurityValidationPhase, load_plan
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
 
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
@@ -123,6 +123,8 @@ def summarize_plan(plan: LaunchPlan) -> str:
     """One line: `Launch checkout 2.0.0: soft-launch 1% → 10%, then full-launch 50% → 100%`."""
     phases = ", then ".join(
         f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
+        if not isinstance(phase, SecurityValidationPhase)
+        else f"{phase.name} ({len(phase.checks())} security checks)"
         for phase in plan.phases
     )
     return f"Launch {plan.service} {plan.version}: {phases}"
@@ -142,6 +144,13 @@ def describe_plan(plan: LaunchPlan) -> str:
     )
     for number, phase in enumerate(plan.phases, start=1):
         kind = phase.kind.replace("_", " ")
+        if isinstance(phase, SecurityValidationPhase):
+            checks = ", ".join(check.id for check in phase.checks())
+            lines.append(
+                f"{number}. {phase.name} ({kind}): probe {checks}; a critical finding rolls "
+                f"back; each warning needs a waiver ({_gate_words(plan, phase.waivers)}, with a reason)."
+            )
+            continue
         steps = []
         for step in phase.steps:
             words = _weight(step.weight)

@@ -22,14 +22,21 @@ from temporalio.worker import Worker
 from phasegate.activities.flags import FlagdFileRouter
 from phasegate.activities.metrics import MetricsActivities
 from phasegate.activities.notify import NotifyActivities
+from phasegate.activities.probes import ProbeActivities
 from phasegate.activities.routing import RouterActivities
 from phasegate.workers.client import connect
 from phasegate.workers.settings import WORKER_READY_LINE, Settings
 from phasegate.workflows.full_launch import FullLaunchWorkflow
 from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.security_validation import SecurityValidationWorkflow
 from phasegate.workflows.soft_launch import SoftLaunchWorkflow
 
-WORKFLOWS: Sequence[type] = (LaunchWorkflow, SoftLaunchWorkflow, FullLaunchWorkflow)
+WORKFLOWS: Sequence[type] = (
+    LaunchWorkflow,
+    SoftLaunchWorkflow,
+    FullLaunchWorkflow,
+    SecurityValidationWorkflow,
+)
 
 
 def activities(http: httpx.AsyncClient) -> list[Any]:
@@ -37,6 +44,7 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
     router = RouterActivities({"flagd": FlagdFileRouter()})
     metrics = MetricsActivities()
     notify = NotifyActivities(http)
+    probes = ProbeActivities(http)
     return [
         router.snapshot_exposure,
         router.set_exposure,
@@ -44,6 +52,11 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
         router.promote_exposure,
         metrics.query_metric,
         notify.send_notification,
+        probes.check_tls,
+        probes.check_headers,
+        probes.check_authentication,
+        probes.check_rate_limit,
+        probes.send_request,
     ]
 
 
