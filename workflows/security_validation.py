@@ -1,7 +1,7 @@
 """Security validation: probe the deployed service, report every finding, apply the severity policy.
 
-The probes run first, side by side (rate-limit bursts last, alone, so they cannot starve the
-other checks); the report goes to the launch; a failed critical finding fails the phase (the
+The probes run first, side by side; then the audited requests; rate-limit bursts last, one
+at a time, so they cannot starve the other checks; the report goes to the launch; a failed critical finding fails the phase (the
 launch rolls back); each failed warning waits for a person to waive it, by id, with a reason.
 Nothing here changes the service, so there is nothing to undo.
 """
@@ -52,7 +52,9 @@ class SecurityValidationWorkflow(PhaseWorkflow):
 
         state.activity = f"probing {len(spec.checks())} check(s)"
         await self.report()
-        reports = await asyncio.gather(*self._probes(inp, spec))
+        reports = await asyncio.gather(*self._probes(spec))
+        # Audited requests go after the other probes, whose requests would be audited too.
+        reports += await asyncio.gather(*(self._audit(inp, spec, check) for check in spec.audit))
         for check in spec.rate_limits:
             state.activity = f"rate limit {check.id}: a burst of at most {check.burst} requests"
             await self.report()
@@ -90,9 +92,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
             warning.waived_by, warning.waiver_reason = decision.by, decision.comment
             await self.report()
 
-    def _probes(
-        self, inp: PhaseInput, spec: SecurityValidationPhase
-    ) -> list[asyncio.Future[CheckReport]]:
+    def _probes(self, spec: SecurityValidationPhase) -> list[asyncio.Future[CheckReport]]:
         ca = spec.ca_file
         probes: list[asyncio.Future[CheckReport]] = []
         for tls in spec.tls:
@@ -122,8 +122,6 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                     **PROBE_OPTIONS,
                 )
             )
-        for audited in spec.audit:
-            probes.append(asyncio.ensure_future(self._audit(inp, spec, audited)))
         return probes
 
     async def _audit(

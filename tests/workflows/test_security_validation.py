@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from phasegate.activities.probes import finding
 from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import DecideRequest
+from phasegate.workflows.messages import DecideRequest, MetricReading
 from phasegate.workflows.plan import LaunchPlan, SecurityCheck
 from phasegate.workflows.probe_messages import (
     AuthProbe,
@@ -38,6 +38,15 @@ SECURITY_PHASE: dict[str, Any] = {
         {"id": "orders", "url": "https://checkout.example/orders", "token": {"env": "T"}}
     ],
     "rate_limits": [{"id": "login", "url": "https://checkout.example/login", "limit": 5}],
+    "audit": [
+        {
+            "id": "orders-audit",
+            "url": "https://checkout.example/orders",
+            "query": "sum(audit_records_total)",
+            "within": "10s",
+            "interval": "2s",
+        }
+    ],
 }
 WAIVER = "security.waive.api.expiry"
 
@@ -56,6 +65,11 @@ class ProbedWorld(FakeWorld):
     """The fake world plus probes: every finding passes except the ids in `failing`."""
 
     failing: set[str] = field(default_factory=set)
+    audit_records: int = 0
+
+    def __post_init__(self) -> None:
+        # The audit query counts the records the audited request wrote, unless it should fail.
+        self.readings = lambda query: MetricReading(value=float(self.audit_records))
 
     def _report(self, check: SecurityCheck, target: str) -> CheckReport:
         self.calls.append(("probe", check.id))
@@ -87,6 +101,9 @@ class ProbedWorld(FakeWorld):
 
         @activity.defn(name="send_request")
         async def send_request(request: ProbeRequest) -> ProbeResponse:
+            world.calls.append(("send_request", request.url))
+            if "orders-audit.recorded" not in world.failing:
+                world.audit_records += 1
             return ProbeResponse(status=200)
 
         return [
@@ -109,10 +126,10 @@ async def test_all_checks_passing_goes_straight_on(time_skipping_env: WorkflowEn
     assert (security.kind, security.status, security.step, security.steps) == (
         "security_validation",
         "completed",
-        4,
-        4,
+        5,
+        5,
     )
-    assert len(security.findings) == 4 + 3 + 3 + 1  # tls, headers, auth, rate limit
+    assert len(security.findings) == 4 + 3 + 3 + 1 + 1  # tls, headers, auth, rate, audit
     assert all(f.passed for f in security.findings)
     assert not result.final.decisions
     assert world.names()[-1] == "promote_exposure"
@@ -132,6 +149,20 @@ async def test_a_critical_finding_rolls_the_launch_back(
     failed = [f.id for f in result.final.phases[0].findings if not f.passed]
     assert failed == ["orders.no-credentials"]
     assert "set_exposure" not in world.names()
+
+
+async def test_an_audited_endpoint_without_a_record_fails_after_its_window(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = ProbedWorld(failing={"orders-audit.recorded"})
+    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
+        result = await handle.result()
+
+    assert result.status == "rolled_back"
+    audit = next(f for f in result.final.phases[0].findings if f.id == "orders-audit.recorded")
+    assert not audit.passed
+    assert audit.evidence.startswith("GET answered 200; `sum(audit_records_total)` stayed at 0")
+    assert world.names().count("query_metric") == 1 + 5  # before, then every 2s for 10s
 
 
 async def test_a_warning_opens_a_waiver_gate_that_needs_a_reason(
