@@ -62,8 +62,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 await workflow.execute_activity_method(
                     ProbeActivities.check_rate_limit,
                     RateLimitProbe(check=check, ca_file=spec.ca_file),
-                    summary=f"rate limit {check.id}",
-                    **burst_options(check),
+                    **labelled(burst_options(check), f"rate limit {check.id}"),
                 )
             )
         state.findings = [item for report in reports for item in report.findings]
@@ -100,8 +99,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     ProbeActivities.check_tls,
                     TlsProbe(check=tls, ca_file=ca),
-                    summary=f"TLS {tls.id}",
-                    **PROBE_OPTIONS,
+                    **labelled(PROBE_OPTIONS, f"TLS {tls.id}"),
                 )
             )
         for page in spec.headers:
@@ -109,8 +107,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     ProbeActivities.check_headers,
                     HeaderProbe(check=page, ca_file=ca),
-                    summary=f"headers {page.id}",
-                    **PROBE_OPTIONS,
+                    **labelled(PROBE_OPTIONS, f"headers {page.id}"),
                 )
             )
         for auth in spec.authentication:
@@ -118,8 +115,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     ProbeActivities.check_authentication,
                     AuthProbe(check=auth, ca_file=ca),
-                    summary=f"authentication {auth.id}",
-                    **PROBE_OPTIONS,
+                    **labelled(PROBE_OPTIONS, f"authentication {auth.id}"),
                 )
             )
         return probes
@@ -146,8 +142,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 where=f"audit.{check.id}",
                 ca_file=spec.ca_file,
             ),
-            summary=f"audited request {check.id}",
-            **PROBE_OPTIONS,
+            **labelled(PROBE_OPTIONS, f"audited request {check.id}"),
         )
         answered = (
             f"{check.method} answered {response.status}"
@@ -179,6 +174,11 @@ class SecurityValidationWorkflow(PhaseWorkflow):
             )
         except ActivityError as err:
             return MetricReading(error=str(err.cause or err))
+
+
+def labelled(options: workflow.ActivityConfig, summary: str) -> workflow.ActivityConfig:
+    """The activity's options with a summary for the UI's event history."""
+    return workflow.ActivityConfig(**options, summary=summary)
 
 
 def _audit_report(check: AuditCheck, passed: bool, evidence: str) -> CheckReport:
