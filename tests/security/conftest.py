@@ -17,7 +17,8 @@ from phasegate.starters.local import (
     start_prometheus,
     wait_for_first_scrape,
 )
-from tests.security.target import LOOPBACK, AuditLog, Authority, Behaviour, HttpsTarget, serve
+from phasegate.starters.pki import Authority
+from tests.security.target import LOOPBACK, AuditLog, Behaviour, HttpsTarget, serve
 
 
 @dataclass
