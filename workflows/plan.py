@@ -380,7 +380,13 @@ class SecurityValidationPhase(StrictModel):
         repeated = sorted({name for name in ids if ids.count(name) > 1})
         if repeated:
             raise ValueError(f"check ids must be unique in a phase: {', '.join(repeated)}")
+        if self.waivers.on_timeout == "approve":
+            raise ValueError("waivers.on_timeout: a finding is waived only by a person; use reject")
         return self
+
+    def waiver_spec(self) -> GateSpec:
+        """The waiver gates: never approved by a timeout, whatever the plan's defaults say."""
+        return self.waivers.model_copy(update={"on_timeout": "reject"})
 
     def checks(self) -> list[SecurityCheck]:
         return [*self.tls, *self.headers, *self.authentication, *self.rate_limits, *self.audit]

@@ -69,6 +69,14 @@ class SecurityValidationWorkflow(PhaseWorkflow):
         state.step = len(spec.checks())
         await self.report()
 
+        failed = [f.id for f in state.findings if not f.passed]
+        workflow.logger.info(
+            "launch %s, phase %s: %d finding(s), failed: %s",
+            inp.launch_id,
+            spec.name,
+            len(state.findings),
+            ", ".join(failed) or "none",
+        )
         critical = [f for f in state.findings if not f.passed and f.severity == "critical"]
         if critical:
             raise ApplicationError(
@@ -82,7 +90,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
             state.activity = f"waiting for a waiver of {warning.id}"
             decision = await self.require(
                 spec.waiver_gate(warning.id),
-                spec.waivers,
+                spec.waiver_spec(),
                 f"Warning {warning.id} on {warning.target}: {warning.evidence}. "
                 "Approve with a reason to waive it for this launch; reject to roll back.",
                 inp,

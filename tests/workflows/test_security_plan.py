@@ -112,3 +112,17 @@ def test_a_relative_ca_file_is_resolved_against_the_plan(tmp_path: Path) -> None
     phase = load_plan(path).phases[0]
     assert isinstance(phase, SecurityValidationPhase)
     assert phase.ca_file == str(tmp_path / "pki" / "ca.pem")
+
+
+def test_a_waiver_is_never_given_by_a_timeout() -> None:
+    data = with_security(
+        tls=[{"id": "api", "url": "https://a.example"}], waivers={"on_timeout": "approve"}
+    )
+    assert problems(data) == [
+        "phases[0]: waivers.on_timeout: a finding is waived only by a person; use reject"
+    ]
+    lenient = with_security(tls=[{"id": "api", "url": "https://a.example"}])
+    lenient["approvals"]["on_timeout"] = "approve"
+    phase = parse_plan(yaml.safe_dump(lenient)).phases[0]
+    assert isinstance(phase, SecurityValidationPhase)
+    assert phase.waiver_spec().on_timeout == "reject"

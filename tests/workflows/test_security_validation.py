@@ -226,11 +226,13 @@ async def test_each_warning_is_waived_by_its_own_id_and_a_rejection_rolls_back(
     assert "security.waive.login.limited rejected by carol: no limit" in result.reason
 
 
-async def test_an_unanswered_waiver_times_out_as_the_plan_says(
+async def test_an_unanswered_waiver_is_rejected_even_if_other_gates_approve_on_timeout(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = ProbedWorld(failing={"api.expiry"})
     plan = security_plan(waivers={"approvers": ["carol"], "timeout": "10m"})
+    approvals = {"approvers": ["alice"], "timeout": "10m", "on_timeout": "approve"}
+    plan = plan.model_copy(update={"approvals": plan.approvals.model_validate(approvals)})
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         await gate_open(time_skipping_env, handle, WAIVER)
         await time_skipping_env.sleep(601)
