@@ -20,6 +20,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from phasegate.activities.flags import FlagdFileRouter
+from phasegate.activities.kube_checks import KubeCheckActivities, lazy_api
 from phasegate.activities.metrics import MetricsActivities
 from phasegate.activities.notify import NotifyActivities
 from phasegate.activities.probes import ProbeActivities
@@ -45,6 +46,7 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
     metrics = MetricsActivities()
     notify = NotifyActivities(http)
     probes = ProbeActivities(http)
+    kube_checks = KubeCheckActivities(lazy_api(Settings().kubeconfig))
     return [
         router.snapshot_exposure,
         router.set_exposure,
@@ -57,6 +59,8 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
         probes.check_authentication,
         probes.check_rate_limit,
         probes.send_request,
+        kube_checks.check_authorization,
+        kube_checks.check_secret_hygiene,
     ]
 
 

@@ -355,6 +355,60 @@ class AuditCheck(SecurityCheck):
         return ["recorded"]
 
 
+class AccessRule(StrictModel):
+    """One request a service account may or may not make, as Kubernetes authorizes it."""
+
+    verb: Annotated[str, Field(pattern=r"^([a-z]+|\*)$")]
+    resource: Annotated[str, Field(pattern=r"^([a-z]+|\*)$")]  # plural: secrets, pods
+    group: str = ""  # API group: "" is the core group, e.g. apps, batch
+    subresource: str = ""
+    namespace: Name | None = None  # None: in every namespace (cluster-wide)
+
+    def label(self) -> str:
+        where = f"in-{self.namespace}" if self.namespace else "cluster-wide"
+        resource = self.resource.replace("*", "all")
+        sub = f"-{self.subresource}" if self.subresource else ""
+        return f"{self.verb.replace('*', 'all')}-{resource}{sub}-{where}"
+
+
+class AuthorizationCheck(SecurityCheck):
+    """SubjectAccessReviews for a service account: what it needs is allowed, the rest refused."""
+
+    service_account: Name
+    namespace: Name
+    can: list[AccessRule] = Field(default_factory=list)
+    cannot: list[AccessRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules(self) -> AuthorizationCheck:
+        if not self.can and not self.cannot:
+            raise ValueError("give at least one rule in `can` or `cannot`")
+        aspects = self.aspects()
+        repeated = sorted({a for a in aspects if aspects.count(a) > 1})
+        if repeated:
+            raise ValueError(f"rules given twice: {', '.join(repeated)}")
+        return self
+
+    def aspects(self) -> list[str]:
+        return [f"can-{rule.label()}" for rule in self.can] + [
+            f"cannot-{rule.label()}" for rule in self.cannot
+        ]
+
+
+class SecretHygieneCheck(SecurityCheck):
+    """No credential-looking literal in the namespace's ConfigMaps or Deployment env, and every
+    Secret the plan or a Deployment refers to exists."""
+
+    namespace: Name
+    required_secrets: list[Name] = Field(default_factory=list)
+    min_length: Annotated[int, Field(ge=4)] = 12
+    min_entropy: Annotated[float, Field(gt=0, le=8)] = 3.0  # bits per character
+    allow: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    def aspects(self) -> list[str]:
+        return ["literals", "secrets-exist"]
+
+
 class SecurityValidationPhase(StrictModel):
     """Probe the deployed service; critical findings fail the launch, warnings need a waiver."""
 
@@ -368,13 +422,16 @@ class SecurityValidationPhase(StrictModel):
     authentication: list[AuthCheck] = Field(default_factory=list)
     rate_limits: list[RateLimitCheck] = Field(default_factory=list)
     audit: list[AuditCheck] = Field(default_factory=list)
+    authorization: list[AuthorizationCheck] = Field(default_factory=list)
+    secret_hygiene: list[SecretHygieneCheck] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _checks_are_named_once(self) -> SecurityValidationPhase:
         checks = self.checks()
         if not checks:
             raise ValueError(
-                "give at least one check: tls, headers, authentication, rate_limits or audit"
+                "give at least one check: tls, headers, authentication, rate_limits, audit, "
+                "authorization or secret_hygiene"
             )
         ids = [check.id for check in checks]
         repeated = sorted({name for name in ids if ids.count(name) > 1})
@@ -389,7 +446,15 @@ class SecurityValidationPhase(StrictModel):
         return self.waivers.model_copy(update={"on_timeout": "reject"})
 
     def checks(self) -> list[SecurityCheck]:
-        return [*self.tls, *self.headers, *self.authentication, *self.rate_limits, *self.audit]
+        return [
+            *self.tls,
+            *self.headers,
+            *self.authentication,
+            *self.rate_limits,
+            *self.audit,
+            *self.authorization,
+            *self.secret_hygiene,
+        ]
 
     def waiver_gate(self, finding_id: str) -> str:
         return f"{self.name}.waive.{finding_id}"

@@ -8,9 +8,11 @@ from pydantic import Field
 from phasegate.workflows.messages import Finding, Message
 from phasegate.workflows.plan import (
     AuthCheck,
+    AuthorizationCheck,
     HeaderCheck,
     HttpMethod,
     RateLimitCheck,
+    SecretHygieneCheck,
     SecretRef,
     TlsCheck,
 )
@@ -53,3 +55,11 @@ class ProbeResponse(Message):
 
 class CheckReport(Message):
     findings: list[Finding] = Field(default_factory=list)
+
+
+class AuthorizationProbe(Message):
+    check: AuthorizationCheck
+
+
+class HygieneProbe(Message):
+    check: SecretHygieneCheck

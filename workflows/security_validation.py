@@ -14,6 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from phasegate.activities.kube_checks import KUBE_CHECK_OPTIONS, KubeCheckActivities
     from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
     from phasegate.activities.probes import (
         PROBE_OPTIONS,
@@ -30,9 +31,11 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.workflows.phase import PhaseWorkflow
     from phasegate.workflows.plan import AuditCheck, MetricSpec, SecurityValidationPhase
     from phasegate.workflows.probe_messages import (
+        AuthorizationProbe,
         AuthProbe,
         CheckReport,
         HeaderProbe,
+        HygieneProbe,
         ProbeRequest,
         RateLimitProbe,
         TlsProbe,
@@ -124,6 +127,22 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                     ProbeActivities.check_authentication,
                     AuthProbe(check=auth, ca_file=ca),
                     **labelled(PROBE_OPTIONS, f"authentication {auth.id}"),
+                )
+            )
+        for access in spec.authorization:
+            probes.append(
+                workflow.start_activity_method(
+                    KubeCheckActivities.check_authorization,
+                    AuthorizationProbe(check=access),
+                    **labelled(KUBE_CHECK_OPTIONS, f"authorization {access.id}"),
+                )
+            )
+        for hygiene in spec.secret_hygiene:
+            probes.append(
+                workflow.start_activity_method(
+                    KubeCheckActivities.check_secret_hygiene,
+                    HygieneProbe(check=hygiene),
+                    **labelled(KUBE_CHECK_OPTIONS, f"secret hygiene {hygiene.id}"),
                 )
             )
         return probes

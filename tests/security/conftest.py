@@ -106,3 +106,7 @@ def https_target(
             )
 
         yield start
+
+
+# The local Kubernetes control plane (tests/kube/conftest.py) for the RBAC and secret checks.
+from tests.kube.conftest import kube, kube_api, namespace_name  # noqa: E402, F401
