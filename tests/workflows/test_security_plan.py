@@ -71,7 +71,8 @@ def test_security_problems_are_reported_with_their_paths() -> None:
 
 def test_a_security_phase_needs_a_check_and_unique_ids() -> None:
     assert problems(with_security()) == [
-        "phases[0]: give at least one check: tls, headers, authentication, rate_limits or audit"
+        "phases[0]: give at least one check: tls, headers, authentication, rate_limits, audit, "
+        "authorization or secret_hygiene"
     ]
     twice = with_security(
         tls=[{"id": "api", "url": "https://a.example"}],
@@ -126,3 +127,48 @@ def test_a_waiver_is_never_given_by_a_timeout() -> None:
     phase = parse_plan(yaml.safe_dump(lenient)).phases[0]
     assert isinstance(phase, SecurityValidationPhase)
     assert phase.waiver_spec().on_timeout == "reject"
+
+
+def test_kubernetes_checks_name_each_rule_as_a_finding() -> None:
+    plan = parse_plan(
+        yaml.safe_dump(
+            with_security(
+                authorization=[
+                    {
+                        "id": "sa",
+                        "service_account": "checkout",
+                        "namespace": "shop",
+                        "severity": "warning",
+                        "can": [{"verb": "get", "resource": "configmaps", "namespace": "shop"}],
+                        "cannot": [
+                            {"verb": "*", "resource": "secrets"},
+                            {"verb": "create", "resource": "pods", "namespace": "kube-system"},
+                        ],
+                    }
+                ],
+                secret_hygiene=[{"id": "hygiene", "namespace": "shop"}],
+            )
+        )
+    )
+    phase = plan.phases[0]
+    assert isinstance(phase, SecurityValidationPhase)
+    assert phase.gate_ids() == [
+        "security.waive.sa.can-get-configmaps-in-shop",
+        "security.waive.sa.cannot-all-secrets-cluster-wide",
+        "security.waive.sa.cannot-create-pods-in-kube-system",
+    ]
+    assert phase.secret_hygiene[0].aspects() == ["literals", "secrets-exist"]
+
+
+def test_an_authorization_check_needs_distinct_rules() -> None:
+    rule = {"verb": "list", "resource": "secrets"}
+    data = with_security(
+        authorization=[
+            {"id": "sa", "service_account": "a", "namespace": "b", "cannot": [rule, rule]},
+            {"id": "none", "service_account": "a", "namespace": "b"},
+        ]
+    )
+    assert problems(data) == [
+        "phases[0].authorization[0]: rules given twice: cannot-list-secrets-cluster-wide",
+        "phases[0].authorization[1]: give at least one rule in `can` or `cannot`",
+    ]

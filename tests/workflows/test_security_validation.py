@@ -16,9 +16,11 @@ from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.messages import DecideRequest, MetricReading
 from phasegate.workflows.plan import LaunchPlan, SecurityCheck
 from phasegate.workflows.probe_messages import (
+    AuthorizationProbe,
     AuthProbe,
     CheckReport,
     HeaderProbe,
+    HygieneProbe,
     ProbeRequest,
     ProbeResponse,
     RateLimitProbe,
@@ -38,6 +40,15 @@ SECURITY_PHASE: dict[str, Any] = {
         {"id": "orders", "url": "https://checkout.example/orders", "token": {"env": "T"}}
     ],
     "rate_limits": [{"id": "login", "url": "https://checkout.example/login", "limit": 5}],
+    "authorization": [
+        {
+            "id": "checkout-sa",
+            "service_account": "checkout",
+            "namespace": "shop",
+            "cannot": [{"verb": "list", "resource": "secrets"}],
+        }
+    ],
+    "secret_hygiene": [{"id": "shop-secrets", "namespace": "shop"}],
     "audit": [
         {
             "id": "orders-audit",
@@ -99,6 +110,14 @@ class ProbedWorld(FakeWorld):
         async def check_rate_limit(probe: RateLimitProbe) -> CheckReport:
             return world._report(probe.check, probe.check.url)
 
+        @activity.defn(name="check_authorization")
+        async def check_authorization(probe: AuthorizationProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.service_account)
+
+        @activity.defn(name="check_secret_hygiene")
+        async def check_secret_hygiene(probe: HygieneProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.namespace)
+
         @activity.defn(name="send_request")
         async def send_request(request: ProbeRequest) -> ProbeResponse:
             world.calls.append(("send_request", request.url))
@@ -112,6 +131,8 @@ class ProbedWorld(FakeWorld):
             check_headers,
             check_authentication,
             check_rate_limit,
+            check_authorization,
+            check_secret_hygiene,
             send_request,
         ]
 
@@ -126,10 +147,11 @@ async def test_all_checks_passing_goes_straight_on(time_skipping_env: WorkflowEn
     assert (security.kind, security.status, security.step, security.steps) == (
         "security_validation",
         "completed",
-        5,
-        5,
+        7,
+        7,
     )
-    assert len(security.findings) == 4 + 3 + 3 + 1 + 1  # tls, headers, auth, rate, audit
+    # tls, headers, authentication, rate limit, audit, authorization, secret hygiene
+    assert len(security.findings) == 4 + 3 + 3 + 1 + 1 + 1 + 2
     assert all(f.passed for f in security.findings)
     assert not result.final.decisions
     assert world.names()[-1] == "promote_exposure"
