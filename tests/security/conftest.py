@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 from prometheus_client import start_http_server
 
 from phasegate.starters.local import (
@@ -18,6 +19,7 @@ from phasegate.starters.local import (
     wait_for_first_scrape,
 )
 from phasegate.starters.pki import Authority
+from tests.kube import conftest as kube_fixtures
 from tests.security.target import LOOPBACK, AuditLog, Behaviour, HttpsTarget, serve
 
 
@@ -109,4 +111,18 @@ def https_target(
 
 
 # The local Kubernetes control plane (tests/kube/conftest.py) for the RBAC and secret checks.
-from tests.kube.conftest import kube, kube_api, namespace_name  # noqa: E402, F401
+kube = kube_fixtures.kube
+kube_api = kube_fixtures.kube_api
+namespace_name = kube_fixtures.namespace_name
+
+
+@pytest.fixture
+def namespace(kube_api: client.ApiClient, namespace_name: str) -> Iterator[str]:
+    """A fresh namespace with a `checkout` service account; deleted after the test."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
+    core.create_namespaced_service_account(
+        namespace_name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="checkout"))
+    )
+    yield namespace_name
+    core.delete_namespace(namespace_name)

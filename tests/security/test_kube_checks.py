@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,6 @@ from phasegate.workflows.probe_messages import AuthorizationProbe, HygieneProbe
 
 GITHUB_TOKEN = "ghp_" + "Zq8rT2vW9xY4bN7mK3pL6sD1fG5hJ0aQcE2u"
 DB_PASSWORD = "Xk9#mP2$vL7qR4!wZ8"
-
-
-@pytest.fixture
-def namespace(kube_api: client.ApiClient, namespace_name: str) -> Iterator[str]:
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
-    core.create_namespaced_service_account(
-        namespace_name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="checkout"))
-    )
-    yield namespace_name
-    core.delete_namespace(namespace_name)
 
 
 def run(activity: Any, probe: Any) -> dict[str, Finding]:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from kubernetes import client
 from rich.console import Console
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from phasegate.starters.kube import ControlPlane
 from phasegate.starters.local import ManagedProcess
 from phasegate.starters.render import render_status
+from phasegate.workers.main import build_worker
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.messages import DecideRequest, LaunchInput, LaunchResult, LaunchStatus
 from phasegate.workflows.plan import LaunchPlan
@@ -184,3 +190,79 @@ async def test_a_missing_audit_record_fails_the_phase(
     audit = next(f for f in result.final.phases[0].findings if f.id == "orders-audit.recorded")
     assert "GET answered 200" in audit.evidence
     assert "stayed at no data" in audit.evidence
+
+
+@pytest.fixture
+async def kube_worker(
+    dev_env: WorkflowEnvironment, kube: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    """A real worker whose Kubernetes checks talk to the local control plane."""
+    monkeypatch.setenv("PHASEGATE_KUBECONFIG", str(kube.kubeconfig))
+    task_queue = f"security-kube-{uuid.uuid4()}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
+        async with (
+            httpx.AsyncClient() as http,
+            build_worker(dev_env.client, http, executor, task_queue=task_queue),
+        ):
+            yield task_queue
+
+
+async def test_kubernetes_checks_in_a_launch_a_waived_hygiene_warning(
+    dev_env: WorkflowEnvironment,
+    kube_worker: str,
+    kube_api: client.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    client.CoreV1Api(kube_api).create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="checkout-config"),
+            data={"SMTP_PASSWORD": "pQ7#vR2!kL9$wX4z"},
+        ),
+    )
+    data = plan_dict(tmp_path / "flags.json")
+    data["phases"] = [
+        {
+            "name": "security",
+            "kind": "security_validation",
+            "waivers": {"approvers": ["carol"], "timeout": "5m"},
+            "authorization": [
+                {
+                    "id": "checkout-sa",
+                    "service_account": "checkout",
+                    "namespace": namespace,
+                    "cannot": [
+                        {"verb": "list", "resource": "secrets"},
+                        {"verb": "create", "resource": "pods", "namespace": "kube-system"},
+                    ],
+                }
+            ],
+            "secret_hygiene": [{"id": "shop", "namespace": namespace, "severity": "warning"}],
+        },
+        {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]},
+    ]
+    handle = await start(dev_env, LaunchPlan.model_validate(data), kube_worker)
+    waiting = await status_until(
+        handle, lambda s: s.open_gate is not None or s.finished_at is not None
+    )
+    assert waiting.open_gate is not None, waiting.reason
+    assert waiting.open_gate.gate == "security.waive.shop.literals"
+    assert "ConfigMap/checkout-config/SMTP_PASSWORD" in waiting.open_gate.question
+    await handle.execute_update(
+        LaunchWorkflow.decide,
+        DecideRequest(
+            gate="security.waive.shop.literals",
+            approver="carol",
+            decision="approve",
+            comment="test fixture value, moved to a Secret in SEC-7",
+        ),
+    )
+    result = await handle.result()
+
+    assert result.status == "completed", result.reason
+    findings = {f.id: f for f in result.final.phases[0].findings}
+    assert findings["checkout-sa.cannot-list-secrets-cluster-wide"].passed
+    assert findings["checkout-sa.cannot-create-pods-in-kube-system"].passed
+    assert findings["shop.secrets-exist"].passed
+    assert findings["shop.literals"].waived_by == "carol"
