@@ -87,12 +87,12 @@ def lazy_api(kubeconfig: str | None) -> Callable[[], client.ApiClient]:
             if not made:
                 try:
                     if kubeconfig:
-                        made.append(config.new_client_from_config(config_file=kubeconfig))
+                        made.append(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
                     else:
                         try:
-                            config.load_incluster_config()
+                            config.load_incluster_config()  # type: ignore[no-untyped-call]
                         except config.ConfigException:
-                            config.load_kube_config()
+                            config.load_kube_config()  # type: ignore[no-untyped-call]
                         made.append(client.ApiClient())
                 except (config.ConfigException, OSError) as err:
                     raise ConfigurationError(
@@ -153,6 +153,8 @@ class KubeCheckActivities:
         )
         answer = client.AuthorizationV1Api(self._api()).create_subject_access_review(review)
         status = answer.status
+        if status is None:
+            return False, "the API server answered without a status"
         return bool(status.allowed), status.reason or status.evaluation_error or ""
 
     @activity.defn
@@ -164,7 +166,7 @@ class KubeCheckActivities:
         configmaps = [
             configmap
             for configmap in core.list_namespaced_config_map(check.namespace).items
-            if configmap.metadata.name not in SKIPPED_CONFIGMAPS
+            if _name(configmap) not in SKIPPED_CONFIGMAPS
         ]
         deployments = apps.list_namespaced_deployment(check.namespace).items
 
@@ -188,8 +190,8 @@ class KubeCheckActivities:
         wanted = {name: "the plan" for name in check.required_secrets}
         for deployment in deployments:
             for name in _secret_references(deployment):
-                wanted.setdefault(name, f"Deployment/{deployment.metadata.name}")
-        existing = {s.metadata.name for s in core.list_namespaced_secret(check.namespace).items}
+                wanted.setdefault(name, f"Deployment/{_name(deployment)}")
+        existing = {_name(s) for s in core.list_namespaced_secret(check.namespace).items}
         missing = [
             f"{name} (wanted by {by})"
             for name, by in sorted(wanted.items())
@@ -202,6 +204,15 @@ class KubeCheckActivities:
         )
         findings.append(finding(check, "secrets-exist", target, not missing, evidence))
         return CheckReport(findings=findings)
+
+
+def _name(item: client.V1ConfigMap | client.V1Deployment | client.V1Secret) -> str:
+    return str(item.metadata.name) if item.metadata is not None else ""
+
+
+def _pod_spec(deployment: client.V1Deployment) -> client.V1PodSpec:
+    spec = deployment.spec.template.spec if deployment.spec is not None else None
+    return spec if spec is not None else client.V1PodSpec(containers=[])
 
 
 def _describe(rule: AccessRule) -> str:
@@ -217,27 +228,28 @@ def _literals(
 ) -> Iterator[PlainValue]:
     for configmap in configmaps:
         for key, value in (configmap.data or {}).items():
-            yield PlainValue(f"ConfigMap/{configmap.metadata.name}/{key}", key, value)
+            yield PlainValue(f"ConfigMap/{_name(configmap)}/{key}", key, value)
     for deployment in deployments:
-        spec = deployment.spec.template.spec
+        spec = _pod_spec(deployment)
         for container in [*(spec.init_containers or []), *(spec.containers or [])]:
             for env in container.env or []:
                 if env.value is not None:
-                    place = f"Deployment/{deployment.metadata.name}/{container.name}/{env.name}"
+                    place = f"Deployment/{_name(deployment)}/{container.name}/{env.name}"
                     yield PlainValue(place, env.name, env.value)
 
 
 def _secret_references(deployment: client.V1Deployment) -> Iterator[str]:
     """Secrets a Deployment's pods need: env, envFrom and volumes, unless marked optional."""
-    spec = deployment.spec.template.spec
+    spec = _pod_spec(deployment)
     for container in [*(spec.init_containers or []), *(spec.containers or [])]:
         for env in container.env or []:
             ref = env.value_from.secret_key_ref if env.value_from else None
-            if ref is not None and not ref.optional:
+            if ref is not None and ref.name and not ref.optional:
                 yield ref.name
         for source in container.env_from or []:
-            if source.secret_ref is not None and not source.secret_ref.optional:
-                yield source.secret_ref.name
+            secret = source.secret_ref
+            if secret is not None and secret.name and not secret.optional:
+                yield secret.name
     for volume in spec.volumes or []:
-        if volume.secret is not None and not volume.secret.optional:
+        if volume.secret is not None and volume.secret.secret_name and not volume.secret.optional:
             yield volume.secret.secret_name

@@ -20,7 +20,7 @@ from phasegate.starters.local import (
     free_port,
 )
 from phasegate.starters.pki import Authority
-from phasegate.workflows.plan import LaunchPlan, SecretRef, SecurityValidationPhase
+from phasegate.workflows.plan import LaunchPlan, Phase, SecretRef, SecurityValidationPhase
 
 
 @dataclass
@@ -38,7 +38,7 @@ class SecureService:
         """Point every security check at this service, trusting its CA, with its token."""
         base = httpx.URL(self.url)
         token = SecretRef(file=str(self.token_file))
-        phases = []
+        phases: list[Phase] = []
         for phase in plan.phases:
             if not isinstance(phase, SecurityValidationPhase):
                 phases.append(phase)
