@@ -354,13 +354,22 @@ def demo(
         bool,
         typer.Option("--keep-running", help="Keep everything running after the launch ends."),
     ] = False,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Also serve the demo behind TLS and validate its security first "
+            "(examples/plans/checkout-secure.yaml).",
+        ),
+    ] = False,
     workdir: Annotated[
         Path, typer.Option(help="Where the demo keeps its state, flag file and logs.")
     ] = Path(".phasegate/demo"),
 ) -> None:
     """Launch the checkout demo end to end: dev server + UI, demo service under load,
     Prometheus, a worker. Ends with the launch (exit 1 unless it completed)."""
-    chosen = plan or example_plan("checkout-faulty.yaml" if faulty else "checkout.yaml")
+    default = "checkout-secure.yaml" if secure else "checkout.yaml"
+    chosen = plan or example_plan("checkout-faulty.yaml" if faulty else default)
     _valid_plan(chosen)
     options = DemoOptions(
         workdir=workdir.resolve(),
@@ -368,6 +377,7 @@ def demo(
         auto_approve=auto_approve,
         faulty=faulty,
         keep_running=keep_running,
+        secure=secure,
     )
     out = _out()
     shown: list[str] = []

@@ -27,6 +27,7 @@ from phasegate.starters.local import (
     start_worker,
     wait_for_first_scrape,
 )
+from phasegate.starters.secure_demo import SecureService, start_secure_demo_service
 from phasegate.workers.client import connect
 from phasegate.workers.settings import Settings
 from phasegate.workflows.messages import LaunchStatus
@@ -197,6 +198,8 @@ class DemoOptions:
     ui_port: int = 8233
     prometheus_port: int = 9090
     service_port: int = 8080
+    secure: bool = False  # also serve the demo over TLS and probe it (security validation)
+    secure_port: int = 8443
 
 
 def _port_or_free(preferred: int) -> int:
@@ -227,11 +230,15 @@ async def run_demo(
         f"Temporal dev server on {server.address}, UI at {server.url} (state in {options.workdir / 'temporal.db'})"
     )
     metrics_port = free_port()
+    secure_metrics_port = free_port()
+    scrape = {"phasegate-worker": [f"127.0.0.1:{metrics_port}"]}
+    if options.secure:
+        scrape["demo-service-tls"] = [f"127.0.0.1:{secure_metrics_port}"]
     try:
         with demo_stack(
             options.workdir / "stack",
             error_rate=0.5 if options.faulty else 0.0,
-            extra_scrape_targets={"phasegate-worker": [f"127.0.0.1:{metrics_port}"]},
+            extra_scrape_targets=scrape,
             prometheus_port=_port_or_free(options.prometheus_port),
             service_port=_port_or_free(options.service_port),
         ) as stack:
@@ -239,6 +246,17 @@ async def run_demo(
             say(
                 f"demo service at {stack.service.url} under load{fault}; Prometheus at {stack.prometheus.url}"
             )
+            secure = None
+            if options.secure:
+                secure = start_secure_demo_service(
+                    flag_file=stack.flag_file,
+                    flag_key=FLAG_KEY,
+                    workdir=options.workdir / "secure",
+                    port=_port_or_free(options.secure_port),
+                    metrics_port=secure_metrics_port,
+                )
+                stack.extra.append(secure.process)
+                say(f"the same service behind TLS at {secure.url} (CA {secure.ca_file})")
             worker = start_worker(
                 address=server.address,
                 workdir=options.workdir,
@@ -247,7 +265,7 @@ async def run_demo(
             )
             stack.extra.append(worker)
             try:
-                return await _launch_and_follow(options, settings, stack, say, on_status)
+                return await _launch_and_follow(options, settings, stack, say, on_status, secure)
             finally:
                 if options.keep_running:
                     say("everything keeps running: press Ctrl-C to stop")
@@ -264,8 +282,11 @@ async def _launch_and_follow(
     stack: DemoStack,
     say: Callable[[str], None],
     on_status: Callable[[LaunchStatus], None],
+    secure: SecureService | None = None,
 ) -> LaunchStatus:
     plan = stack.plan_for(launches.validate_plan(options.plan))
+    if secure is not None:
+        plan = secure.plan_for(plan)
     client = await connect(settings)
     handle = await launches.start_launch(client, plan, settings=settings)
     launch_id = handle.id

@@ -43,7 +43,14 @@ from phasegate.workflows.messages import (
     LaunchStatus,
     LaunchStatusValue,
 )
-from phasegate.workflows.plan import GateSpec, LaunchPlan, MigrationCutoverPhase, load_plan
+from phasegate.workflows.plan import (
+    GateSpec,
+    LaunchPlan,
+    MigrationCutoverPhase,
+    Phase,
+    SecurityValidationPhase,
+    load_plan,
+)
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
 
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
@@ -121,13 +128,16 @@ async def start_launch(
 
 def summarize_plan(plan: LaunchPlan) -> str:
     """One line: `Launch checkout 2.0.0: soft-launch 1% → 10%, then full-launch 50% → 100%`."""
-    phases = ", then ".join(
-        f"{phase.name} migration and cutover"
-        if isinstance(phase, MigrationCutoverPhase)
-        else f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
-        for phase in plan.phases
-    )
+    phases = ", then ".join(_phase_summary(phase) for phase in plan.phases)
     return f"Launch {plan.service} {plan.version}: {phases}"
+
+
+def _phase_summary(phase: Phase) -> str:
+    if isinstance(phase, MigrationCutoverPhase):
+        return f"{phase.name} migration and cutover"
+    if isinstance(phase, SecurityValidationPhase):
+        return f"{phase.name} ({len(phase.checks())} security checks)"
+    return f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
 
 
 def describe_plan(plan: LaunchPlan) -> str:
@@ -144,6 +154,13 @@ def describe_plan(plan: LaunchPlan) -> str:
     )
     for number, phase in enumerate(plan.phases, start=1):
         kind = phase.kind.replace("_", " ")
+        if isinstance(phase, SecurityValidationPhase):
+            checks = ", ".join(check.id for check in phase.checks())
+            lines.append(
+                f"{number}. {phase.name} ({kind}): probe {checks}; a critical finding rolls "
+                f"back; each warning needs a waiver ({_gate_words(plan, phase.waivers)}, with a reason)."
+            )
+            continue
         steps = []
         if isinstance(phase, MigrationCutoverPhase):
             steps.append(

@@ -20,6 +20,7 @@ from phasegate.workflows.messages import (
     AuditEntry,
     CompensationRecord,
     Decision,
+    Finding,
     LaunchStatus,
     LaunchStatusValue,
     MetricResult,
@@ -43,6 +44,9 @@ STATUS_STYLES = {
     "inconclusive": "yellow",
     "approved": "green",
     "rejected": "red",
+    "passed": "green",
+    "critical": "red",
+    "warning": "yellow",
 }
 BAR_WIDTH = 40
 
@@ -53,6 +57,9 @@ def render_status(status: LaunchStatus) -> RenderableType:
     analysis = [result for phase in status.phases for result in phase.analysis]
     if analysis:
         parts.append(render_analysis(analysis))
+    findings = [finding for phase in status.phases for finding in phase.findings]
+    if findings:
+        parts.append(render_findings(findings))
     if status.decisions:
         parts.append(render_decisions(status.decisions))
     refused = [entry for entry in status.audit if not entry.accepted]
@@ -164,6 +171,31 @@ def render_analysis(results: Sequence[MetricResult]) -> Table:
             _number(last.value if last else None),
             _number(last.baseline if last else None),
             f"{result.successes}/{result.failures}/{result.inconclusive}/{result.errors}",
+        )
+    return table
+
+
+def render_findings(findings: Sequence[Finding]) -> Table:
+    """The security report: every finding, failures first, with its evidence and any waiver."""
+    table = Table(title="Security findings", title_justify="left")
+    table.add_column("finding")
+    table.add_column("target")
+    table.add_column("severity")
+    table.add_column("result")
+    table.add_column("evidence")
+    for finding in sorted(findings, key=lambda f: (f.passed, f.severity != "critical")):
+        if finding.passed:
+            result = styled("passed")
+        elif finding.waived_by:
+            result = Text(f"waived by {finding.waived_by}: {finding.waiver_reason}", "yellow")
+        else:
+            result = Text("FAILED", "bold red")
+        table.add_row(
+            Text(finding.id),
+            Text(finding.target),
+            styled(finding.severity),
+            result,
+            Text(finding.evidence),
         )
     return table
 

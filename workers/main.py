@@ -20,15 +20,18 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from phasegate.activities.flags import FlagdFileRouter
+from phasegate.activities.kube_checks import KubeCheckActivities, lazy_api
 from phasegate.activities.metrics import MetricsActivities
 from phasegate.activities.notify import NotifyActivities
 from phasegate.activities.postgres import PostgresActivities
+from phasegate.activities.probes import ProbeActivities
 from phasegate.activities.routing import RouterActivities
 from phasegate.workers.client import connect
 from phasegate.workers.settings import WORKER_READY_LINE, Settings
 from phasegate.workflows.full_launch import FullLaunchWorkflow
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
+from phasegate.workflows.security_validation import SecurityValidationWorkflow
 from phasegate.workflows.soft_launch import SoftLaunchWorkflow
 
 WORKFLOWS: Sequence[type] = (
@@ -36,6 +39,7 @@ WORKFLOWS: Sequence[type] = (
     SoftLaunchWorkflow,
     FullLaunchWorkflow,
     MigrationCutoverWorkflow,
+    SecurityValidationWorkflow,
 )
 
 
@@ -45,6 +49,8 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
     metrics = MetricsActivities()
     notify = NotifyActivities(http)
     postgres = PostgresActivities()
+    probes = ProbeActivities(http)
+    kube_checks = KubeCheckActivities(lazy_api(Settings().kubeconfig))
     return [
         router.snapshot_exposure,
         router.set_exposure,
@@ -60,6 +66,13 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
         postgres.switch_back_sql,
         postgres.check_writes_since_cutover,
         postgres.restore_database,
+        probes.check_tls,
+        probes.check_headers,
+        probes.check_authentication,
+        probes.check_rate_limit,
+        probes.send_request,
+        kube_checks.check_authorization,
+        kube_checks.check_secret_hygiene,
     ]
 
 

@@ -43,7 +43,9 @@ class GateKeeper:
             return
         self._relayed = decision
 
-    async def decide(self, gate_id: str, gate: ResolvedGate, question: str) -> Decision:
+    async def decide(
+        self, gate_id: str, gate: ResolvedGate, question: str, *, needs_reason: bool = False
+    ) -> Decision:
         """Open the gate, wait for a person or the timeout, and return what was decided."""
         now = workflow.now()
         self._relayed = None
@@ -55,6 +57,7 @@ class GateKeeper:
             opened_at=now,
             deadline=now + gate.timeout,
             on_timeout=gate.on_timeout,
+            needs_reason=needs_reason,
         )
         self._state.status = PhaseStatusValue.WAITING
         await self._report_delivered()

@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
     from phasegate.workflows.phase import PROGRESS_SIGNAL, RELAY_SIGNAL, failure_reason
     from phasegate.workflows.plan import NotificationEvent
+    from phasegate.workflows.security_validation import SecurityValidationWorkflow
     from phasegate.workflows.soft_launch import SoftLaunchWorkflow
     from phasegate.workflows.visibility import PHASE, SERVICE, STATUS, describe_gate, percent
 
@@ -53,6 +54,7 @@ PHASE_WORKFLOWS: dict[str, Any] = {
     "soft_launch": SoftLaunchWorkflow.run,
     "full_launch": FullLaunchWorkflow.run,
     "migration_cutover": MigrationCutoverWorkflow.run,
+    "security_validation": SecurityValidationWorkflow.run,
 }
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
 KEEP_AUDIT = 200
@@ -94,7 +96,7 @@ class LaunchWorkflow:
         self._input = inp
         self._started_at = workflow.now()
         self._phases = [
-            PhaseState(name=p.name, kind=p.kind, steps=len(getattr(p, "steps", [])))
+            PhaseState(name=p.name, kind=p.kind, steps=len(getattr(p, "steps", ())))
             for p in inp.plan.phases
         ]
         self._publish()
@@ -337,6 +339,8 @@ class LaunchWorkflow:
             return f"gate {request.gate!r} was already decided"
         if "*" not in gate.approvers and request.approver not in gate.approvers:
             return f"{request.approver!r} may not decide gate {request.gate!r}; approvers: {', '.join(gate.approvers)}"
+        if gate.needs_reason and not request.comment.strip():
+            return f"gate {request.gate!r} needs a comment giving the reason for the decision"
         return ""
 
     def _relayed(self, request: GateDecision, decision: str, source: str) -> RelayedDecision:

@@ -75,6 +75,7 @@ class OpenGate(Message):
     opened_at: datetime
     deadline: datetime
     on_timeout: Literal["reject", "approve"]
+    needs_reason: bool = False
 
 
 class Decision(Message):
@@ -137,6 +138,19 @@ class MetricResult(Message):
         return self.measurements[-1] if self.measurements else None
 
 
+class Finding(Message):
+    """One judged aspect of a security check: what was probed, the verdict and the evidence."""
+
+    id: str
+    check: str
+    target: str
+    severity: Literal["critical", "warning"]
+    passed: bool
+    evidence: str
+    waived_by: str = ""
+    waiver_reason: str = ""
+
+
 class PhaseState(Message):
     name: str
     kind: str
@@ -148,6 +162,7 @@ class PhaseState(Message):
     open_gate: OpenGate | None = None
     decisions: list[Decision] = Field(default_factory=list)
     analysis: list[MetricResult] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
     compensations: list[CompensationRecord] = Field(default_factory=list)
     reason: str = ""
 

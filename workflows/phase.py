@@ -109,10 +109,21 @@ class PhaseWorkflow:
         return f"{self.state.name}: {self.state.status.value}, {step}{percent(self.state.exposure)}. {self.state.activity}"
 
     async def require(
-        self, gate_id: str, spec: GateSpec, question: str, inp: PhaseInput
+        self,
+        gate_id: str,
+        spec: GateSpec,
+        question: str,
+        inp: PhaseInput,
+        *,
+        needs_reason: bool = False,
     ) -> Decision:
-        """Open a gate and raise `GateRejected` unless a person (or the plan's timeout) says go."""
-        decision = await self.gates.decide(gate_id, inp.plan.gate(spec), question)
+        """Open a gate and raise `GateRejected` unless a person (or the plan's timeout) says go.
+
+        With `needs_reason` the launch refuses a decision whose comment is empty.
+        """
+        decision = await self.gates.decide(
+            gate_id, inp.plan.gate(spec), question, needs_reason=needs_reason
+        )
         if decision.outcome != "approved":
             raise GateRejected(decision)
         return decision

@@ -32,7 +32,9 @@ def describe_gate(gate: OpenGate, launch_id: str) -> str:
         f"Waiting for a go/no-go decision on gate `{gate.gate}`: {gate.question}\n"
         f"Approvers: {', '.join(gate.approvers)}. If nobody decides by "
         f"{gate.deadline:%Y-%m-%d %H:%M:%S} UTC the gate will {gate.on_timeout}.\n"
-        f"Go: send the signal `approve` with input `{payload}`\n"
+        + ("The comment must give the reason for the decision.\n" if gate.needs_reason else "")
+        + f"Go: send the signal `approve` with input `{payload}`\n"
         f"No-go: send the signal `reject` with the same input.\n"
-        f"CLI: `phasegate approve {launch_id} {gate.gate} --as NAME`"
+        f"CLI: `phasegate approve {launch_id} {gate.gate} --as NAME"
+        f"{' -m REASON' if gate.needs_reason else ''}`"
     )

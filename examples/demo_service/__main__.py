@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from phasegate.examples.demo_service.app import (
     DEFAULT_POLL_MS,
@@ -20,6 +21,7 @@ from phasegate.examples.demo_service.app import (
     FaultsError,
     create_app,
 )
+from phasegate.examples.demo_service.secure import SecurityOptions
 
 # Long enough for in-flight requests with injected latency, short enough for test teardown.
 GRACEFUL_SHUTDOWN_S = 5
@@ -76,6 +78,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=_env("POLL_MS", str(DEFAULT_POLL_MS)),
         help="how often the flag file's mtime is checked",
     )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=_env("TLS_CERT"), help="serve HTTPS with this PEM chain"
+    )
+    parser.add_argument("--tls-key", type=Path, default=_env("TLS_KEY"), help="its PEM key")
+    parser.add_argument(
+        "--orders-token-file",
+        type=Path,
+        default=_env("ORDERS_TOKEN_FILE"),
+        help="turn on the secure surface: security headers, /orders needing this bearer token "
+        "(audited), rate-limited /login",
+    )
+    parser.add_argument(
+        "--login-limit",
+        type=_in_range(int, 1, 100_000),
+        default=_env("LOGIN_LIMIT", "20"),
+        help="/login requests per minute before 429",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("METRICS_PORT"),
+        help="also serve /metrics over plain HTTP on this port (for Prometheus when on HTTPS)",
+    )
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
     return parser.parse_args(argv)
 
@@ -89,9 +114,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         faults = Faults(error_rate=args.error_rate, latency_ms=args.latency_ms)
     except FaultsError as err:
         raise SystemExit(f"invalid fault settings: {err}") from err
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("give both --tls-cert and --tls-key, or neither")
+    security = None
+    if args.orders_token_file is not None:
+        try:
+            token = args.orders_token_file.read_text().strip()
+        except OSError as err:
+            raise SystemExit(
+                f"--orders-token-file {args.orders_token_file}: {err.strerror}"
+            ) from err
+        security = SecurityOptions(orders_token=token, login_limit=int(args.login_limit))
     app = create_app(
-        flag_file=args.flag_file, flag_key=args.flag_key, faults=faults, poll_ms=int(args.poll_ms)
+        flag_file=args.flag_file,
+        flag_key=args.flag_key,
+        faults=faults,
+        poll_ms=int(args.poll_ms),
+        security=security,
     )
+    if args.metrics_port is not None:
+        start_http_server(
+            int(args.metrics_port), addr=args.host, registry=app.state.metrics_registry
+        )
     uvicorn.run(
         app,
         host=args.host,
@@ -99,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         access_log=False,
         log_level=args.log_level.lower(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
 
 

@@ -30,9 +30,12 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from phasegate.examples.demo_service.secure import SecureEndpoints, SecurityHeaders, SecurityOptions
 
 Variant = Literal["stable", "canary"]
 VARIANTS: tuple[Variant, ...] = ("stable", "canary")
@@ -271,9 +274,14 @@ def create_app(
     flag_key: str,
     faults: Faults | None = None,
     poll_ms: int = DEFAULT_POLL_MS,
+    security: SecurityOptions | None = None,
 ) -> Starlette:
-    """The checkout service; the flag provider starts and stops with the app's lifespan."""
+    """The checkout service; the flag provider starts and stops with the app's lifespan.
+
+    With `security`, it also answers the security validation phase's probes (secure.py).
+    """
     service = CheckoutService(VariantRouter(flag_file, flag_key, poll_ms), faults or Faults())
+    secure = SecureEndpoints(security, service.metrics.registry) if security is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -283,13 +291,17 @@ def create_app(
         finally:
             service.router.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/checkout", service.checkout, methods=["GET"]),
             Route("/faults", service.get_faults, methods=["GET"]),
             Route("/faults", service.set_faults, methods=["POST"]),
             Route("/healthz", service.healthz, methods=["GET"]),
             Route("/metrics", service.metrics_endpoint, methods=["GET"]),
+            *(secure.routes() if secure is not None else []),
         ],
+        middleware=[Middleware(SecurityHeaders)] if secure is not None else [],
         lifespan=lifespan,
     )
+    app.state.metrics_registry = service.metrics.registry
+    return app

@@ -1,0 +1,120 @@
+"""The checkout demo behind TLS, for the security validation phase: a local CA, the demo service
+on HTTPS with its secure surface, and the plan's security checks pointed at it."""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from phasegate.starters.local import (
+    LOOPBACK,
+    READY_TIMEOUT_S,
+    ManagedProcess,
+    _spawn,
+    _wait_until_ready,
+    free_port,
+)
+from phasegate.starters.pki import Authority
+from phasegate.workflows.plan import LaunchPlan, Phase, SecretRef, SecurityValidationPhase
+
+
+@dataclass
+class SecureService:
+    process: ManagedProcess
+    url: str
+    ca_file: Path
+    token_file: Path
+    metrics_port: int
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def plan_for(self, plan: LaunchPlan) -> LaunchPlan:
+        """Point every security check at this service, trusting its CA, with its token."""
+        base = httpx.URL(self.url)
+        token = SecretRef(file=str(self.token_file))
+        phases: list[Phase] = []
+        for phase in plan.phases:
+            if not isinstance(phase, SecurityValidationPhase):
+                phases.append(phase)
+                continue
+            update: dict[str, object] = {"ca_file": str(self.ca_file)}
+            for group in ("tls", "headers", "authentication", "rate_limits", "audit"):
+                checks = []
+                for check in getattr(phase, group):
+                    url = httpx.URL(check.url).copy_with(
+                        scheme="https", host=base.host, port=base.port
+                    )
+                    changes: dict[str, object] = {"url": str(url)}
+                    if getattr(check, "token", None) is not None:
+                        changes["token"] = token
+                    checks.append(check.model_copy(update=changes))
+                update[group] = checks
+            phases.append(phase.model_copy(update=update))
+        return plan.model_copy(update={"phases": phases})
+
+
+def start_secure_demo_service(
+    *,
+    flag_file: Path,
+    flag_key: str,
+    workdir: Path,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    login_limit: int = 20,
+) -> SecureService:
+    """The demo service on HTTPS with a certificate from a fresh local CA; metrics on plain HTTP."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    authority = Authority.create(workdir / "pki", name="Phasegate Demo CA")
+    cert_file, key_file = authority.issue("checkout")
+    token_file = workdir / "orders-token"
+    token_file.write_text(secrets.token_urlsafe(24))
+    token_file.chmod(0o600)
+    port = port or free_port()
+    metrics_port = metrics_port or free_port()
+    url = f"https://{LOOPBACK}:{port}"
+    managed = _spawn(
+        "demo-service-tls",
+        [
+            sys.executable,
+            "-m",
+            "phasegate.examples.demo_service",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--flag-file",
+            str(flag_file),
+            "--flag-key",
+            flag_key,
+            "--tls-cert",
+            str(cert_file),
+            "--tls-key",
+            str(key_file),
+            "--orders-token-file",
+            str(token_file),
+            "--login-limit",
+            str(login_limit),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        workdir=workdir,
+        port=port,
+        url=url,
+    )
+    trust = ssl.create_default_context(cafile=str(authority.ca_file))
+
+    def healthy() -> bool:
+        try:
+            response = httpx.get(f"{url}/healthz", verify=trust, timeout=1.0, trust_env=False)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    _wait_until_ready(managed, healthy, READY_TIMEOUT_S)
+    return SecureService(managed, url, authority.ca_file, token_file, metrics_port)

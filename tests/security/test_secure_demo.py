@@ -1,0 +1,44 @@
+"""`phasegate demo --secure`: the demo service behind TLS passes every security check, then launches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phasegate.starters.demo import FLAG_KEY
+from tests.conftest import canary_share
+
+pytestmark = pytest.mark.integration
+
+
+def test_secure_demo_validates_the_service_behind_tls_then_launches(tmp_path: Path) -> None:
+    phasegate = Path(sys.executable).parent / "phasegate"
+    workdir = tmp_path / "demo"
+
+    run = subprocess.run(
+        [str(phasegate), "demo", "--auto-approve", "--secure", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"COLUMNS": "250", "PATH": str(phasegate.parent) + ":/usr/bin:/bin"},
+        check=False,
+    )
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "the same service behind TLS at https://127.0.0.1:" in output
+    assert "Security findings" in output
+    for evidence in (
+        "negotiated TLSv1.3; refused TLSv1, TLSv1.1",
+        "chain trusted by",
+        "answered 401; 401, 403 wanted",
+        "answered 403; 401, 403 wanted",
+        "first 429 at request 21 (limit 20 + margin 2)",
+        '`sum(demo_audit_records_total{path="/orders"})` went',
+    ):
+        assert evidence in output
+    assert "FAILED" not in output
+    assert canary_share(workdir / "stack" / "flags" / "checkout.json", FLAG_KEY) == 100.0

@@ -1,0 +1,303 @@
+"""SecurityValidation logic on the time-skipping server, probes mocked by name; and its replay."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.activities.probes import finding
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import DecideRequest, MetricReading
+from phasegate.workflows.plan import LaunchPlan, SecurityCheck
+from phasegate.workflows.probe_messages import (
+    AuthorizationProbe,
+    AuthProbe,
+    CheckReport,
+    HeaderProbe,
+    HygieneProbe,
+    ProbeRequest,
+    ProbeResponse,
+    RateLimitProbe,
+    TlsProbe,
+)
+from tests.plans import make_plan
+from tests.workflows.fakes import FakeWorld, gate_open, running_launch, wait_for
+from tests.workflows.test_replay import HISTORIES, replay
+
+SECURITY_PHASE: dict[str, Any] = {
+    "name": "security",
+    "kind": "security_validation",
+    "waivers": {"approvers": ["carol"]},
+    "tls": [{"id": "api", "url": "https://checkout.example"}],
+    "headers": [{"id": "home", "url": "https://checkout.example/"}],
+    "authentication": [
+        {"id": "orders", "url": "https://checkout.example/orders", "token": {"env": "T"}}
+    ],
+    "rate_limits": [{"id": "login", "url": "https://checkout.example/login", "limit": 5}],
+    "authorization": [
+        {
+            "id": "checkout-sa",
+            "service_account": "checkout",
+            "namespace": "shop",
+            "cannot": [{"verb": "list", "resource": "secrets"}],
+        }
+    ],
+    "secret_hygiene": [{"id": "shop-secrets", "namespace": "shop"}],
+    "audit": [
+        {
+            "id": "orders-audit",
+            "url": "https://checkout.example/orders",
+            "query": "sum(audit_records_total)",
+            "within": "10s",
+            "interval": "2s",
+        }
+    ],
+}
+WAIVER = "security.waive.api.expiry"
+
+
+def security_plan(**changes: Any) -> LaunchPlan:
+    return make_plan(
+        phases=[
+            {**SECURITY_PHASE, **changes},
+            {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]},
+        ]
+    )
+
+
+@dataclass
+class ProbedWorld(FakeWorld):
+    """The fake world plus probes: every finding passes except the ids in `failing`."""
+
+    failing: set[str] = field(default_factory=set)
+    audit_records: int = 0
+
+    def __post_init__(self) -> None:
+        # The audit query counts the records the audited request wrote, unless it should fail.
+        self.readings = lambda query: MetricReading(value=float(self.audit_records))
+
+    def _report(self, check: SecurityCheck, target: str) -> CheckReport:
+        self.calls.append(("probe", check.id))
+        return CheckReport(
+            findings=[
+                finding(check, a, target, f"{check.id}.{a}" not in self.failing, f"fake {a}")
+                for a in check.aspects()
+            ]
+        )
+
+    def activities(self) -> list[Any]:
+        world = self
+
+        @activity.defn(name="check_tls")
+        async def check_tls(probe: TlsProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.url)
+
+        @activity.defn(name="check_headers")
+        async def check_headers(probe: HeaderProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.url)
+
+        @activity.defn(name="check_authentication")
+        async def check_authentication(probe: AuthProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.url)
+
+        @activity.defn(name="check_rate_limit")
+        async def check_rate_limit(probe: RateLimitProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.url)
+
+        @activity.defn(name="check_authorization")
+        async def check_authorization(probe: AuthorizationProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.service_account)
+
+        @activity.defn(name="check_secret_hygiene")
+        async def check_secret_hygiene(probe: HygieneProbe) -> CheckReport:
+            return world._report(probe.check, probe.check.namespace)
+
+        @activity.defn(name="send_request")
+        async def send_request(request: ProbeRequest) -> ProbeResponse:
+            world.calls.append(("send_request", request.url))
+            if "orders-audit.recorded" not in world.failing:
+                world.audit_records += 1
+            return ProbeResponse(status=200)
+
+        return [
+            *super().activities(),
+            check_tls,
+            check_headers,
+            check_authentication,
+            check_rate_limit,
+            check_authorization,
+            check_secret_hygiene,
+            send_request,
+        ]
+
+
+async def test_all_checks_passing_goes_straight_on(time_skipping_env: WorkflowEnvironment) -> None:
+    world = ProbedWorld()
+    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
+        result = await handle.result()
+
+    assert result.status == "completed", result.reason
+    security = result.final.phases[0]
+    assert (security.kind, security.status, security.step, security.steps) == (
+        "security_validation",
+        "completed",
+        7,
+        7,
+    )
+    # tls, headers, authentication, rate limit, audit, authorization, secret hygiene
+    assert len(security.findings) == 4 + 3 + 3 + 1 + 1 + 1 + 2
+    assert all(f.passed for f in security.findings)
+    assert not result.final.decisions
+    assert world.names()[-1] == "promote_exposure"
+
+
+async def test_a_critical_finding_rolls_the_launch_back(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = ProbedWorld(failing={"orders.no-credentials"})
+    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
+        result = await handle.result()
+
+    assert result.status == "rolled_back"
+    assert "1 critical finding(s): orders.no-credentials" in result.reason
+    assert result.final.phases[0].status == "failed"
+    assert result.final.phases[1].status == "pending"
+    failed = [f.id for f in result.final.phases[0].findings if not f.passed]
+    assert failed == ["orders.no-credentials"]
+    assert "set_exposure" not in world.names()
+
+
+async def test_an_audited_endpoint_without_a_record_fails_after_its_window(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = ProbedWorld(failing={"orders-audit.recorded"})
+    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
+        result = await handle.result()
+
+    assert result.status == "rolled_back"
+    audit = next(f for f in result.final.phases[0].findings if f.id == "orders-audit.recorded")
+    assert not audit.passed
+    assert audit.evidence.startswith("GET answered 200; `sum(audit_records_total)` stayed at 0")
+    assert world.names().count("query_metric") == 1 + 5  # before, then every 2s for 10s
+
+
+async def test_a_warning_opens_a_waiver_gate_that_needs_a_reason(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = ProbedWorld(failing={"api.expiry"})
+    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
+        waiting = await gate_open(time_skipping_env, handle, WAIVER)
+        assert waiting.open_gate is not None
+        assert waiting.open_gate.needs_reason
+        assert waiting.open_gate.approvers == ["carol"]
+        assert "api.expiry" in waiting.open_gate.question
+        assert "must give the reason" in waiting.waiting_for
+
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                LaunchWorkflow.decide,
+                DecideRequest(gate=WAIVER, approver="carol", decision="approve"),
+            )
+        assert "needs a comment giving the reason" in str(refused.value.cause)
+        await handle.signal(LaunchWorkflow.approve, {"gate": WAIVER, "approver": "alice"})
+        await handle.signal(
+            LaunchWorkflow.approve,
+            {"gate": WAIVER, "approver": "carol", "comment": "renewal ticket SEC-12 lands Friday"},
+        )
+        result = await handle.result()
+
+    assert result.status == "completed", result.reason
+    expiry = next(f for f in result.final.phases[0].findings if f.id == "api.expiry")
+    assert (expiry.passed, expiry.waived_by, expiry.waiver_reason) == (
+        False,
+        "carol",
+        "renewal ticket SEC-12 lands Friday",
+    )
+    decisions = [(d.gate, d.outcome, d.by, d.comment) for d in result.final.decisions]
+    assert decisions == [(WAIVER, "approved", "carol", "renewal ticket SEC-12 lands Friday")]
+    refusals = [entry.note for entry in result.final.audit if not entry.accepted]
+    assert any("'alice' may not decide" in note for note in refusals)
+    accepted = [entry.payload for entry in result.final.audit if entry.accepted]
+    assert accepted[-1]["comment"] == "renewal ticket SEC-12 lands Friday"
+
+
+async def test_each_warning_is_waived_by_its_own_id_and_a_rejection_rolls_back(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = ProbedWorld(failing={"api.expiry", "login.limited"})
+    plan = security_plan(rate_limits=[{**SECURITY_PHASE["rate_limits"][0], "severity": "warning"}])
+    async with running_launch(time_skipping_env.client, plan, world) as handle:
+        await gate_open(time_skipping_env, handle, WAIVER)
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": WAIVER, "approver": "carol", "comment": "known"}
+        )
+        await gate_open(time_skipping_env, handle, "security.waive.login.limited")
+        await handle.signal(
+            LaunchWorkflow.reject,
+            {"gate": "security.waive.login.limited", "approver": "carol", "comment": "no limit"},
+        )
+        result = await handle.result()
+
+    assert result.status == "rolled_back"
+    assert "security.waive.login.limited rejected by carol: no limit" in result.reason
+
+
+async def test_an_unanswered_waiver_is_rejected_even_if_other_gates_approve_on_timeout(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = ProbedWorld(failing={"api.expiry"})
+    plan = security_plan(waivers={"approvers": ["carol"], "timeout": "10m"})
+    approvals = {"approvers": ["alice"], "timeout": "10m", "on_timeout": "approve"}
+    plan = plan.model_copy(update={"approvals": plan.approvals.model_validate(approvals)})
+    async with running_launch(time_skipping_env.client, plan, world) as handle:
+        await gate_open(time_skipping_env, handle, WAIVER)
+        await time_skipping_env.sleep(601)
+        result = await handle.result()
+    assert result.status == "rolled_back"
+    assert "rejected by the gate's timeout" in result.reason
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+async def test_security_histories_replay(time_skipping_env: WorkflowEnvironment) -> None:
+    """A waived warning and a critical failure replay; re-recorded with PHASEGATE_RECORD_HISTORIES=1."""
+    histories: list[tuple[str, str]] = []
+    for name, world in (
+        ("security_waived", ProbedWorld(failing={"api.expiry"})),
+        ("security_failed", ProbedWorld(failing={"api.certificate"})),
+    ):
+        async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
+            if name == "security_waived":
+                await gate_open(time_skipping_env, handle, WAIVER)
+                await handle.signal(
+                    LaunchWorkflow.approve,
+                    {"gate": WAIVER, "approver": "carol", "comment": "renewal booked"},
+                )
+            await handle.result()
+            final = await wait_for(time_skipping_env, handle, lambda s: s.finished_at is not None)
+        ids = {"launch": handle.id}
+        ids.update({p.name: f"{handle.id}.{p.name}" for p in final.phases if p.status != "pending"})
+        for kind, workflow_id in ids.items():
+            history = await time_skipping_env.client.get_workflow_handle(
+                workflow_id
+            ).fetch_history()
+            histories.append((workflow_id, history.to_json()))
+            if os.environ.get("PHASEGATE_RECORD_HISTORIES"):
+                (HISTORIES / f"{name}.{kind}.json").write_text(history.to_json())
+    await replay(histories)
+    committed = sorted(HISTORIES.glob("security_*.json"))
+    assert [path.name for path in committed] == [
+        "security_failed.launch.json",
+        "security_failed.security.json",
+        "security_waived.full-launch.json",
+        "security_waived.launch.json",
+        "security_waived.security.json",
+    ]
+    await replay([(path.stem, path.read_text()) for path in committed])
