@@ -3,8 +3,11 @@
     PhasegateError
     ├── ConfigurationError   non-retryable: the plan points at something that cannot work
     │                        (a secret that does not exist, a flag file in a missing folder)
-    └── RouterError          non-retryable: the routing target refuses the change
-                             (a flag file that is not flagd JSON)
+    ├── RouterError          non-retryable: the routing target refuses the change
+    │                        (a flag file that is not flagd JSON)
+    └── KubeRejected         non-retryable: the Kubernetes API server answered 4xx (invalid
+                             manifest, forbidden, unknown kind) or a Deployment passed its
+                             progress deadline; the message is the server's
 
 Anything else (connection errors, timeouts, 5xx answers) is retried by the activity's
 retry policy, declared next to the activity.
@@ -25,4 +28,8 @@ class RouterError(PhasegateError):
     pass
 
 
-NON_RETRYABLE = [ConfigurationError.__name__, RouterError.__name__]
+class KubeRejected(PhasegateError):
+    pass
+
+
+NON_RETRYABLE = [ConfigurationError.__name__, RouterError.__name__, KubeRejected.__name__]

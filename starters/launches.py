@@ -43,7 +43,14 @@ from phasegate.workflows.messages import (
     LaunchStatus,
     LaunchStatusValue,
 )
-from phasegate.workflows.plan import GateSpec, LaunchPlan, load_plan
+from phasegate.workflows.plan import (
+    FlagdRouter,
+    GateSpec,
+    InfraSetupPhase,
+    LaunchPlan,
+    describe_router,
+    load_plan,
+)
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
 
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
@@ -123,6 +130,8 @@ def summarize_plan(plan: LaunchPlan) -> str:
     """One line: `Launch checkout 2.0.0: soft-launch 1% → 10%, then full-launch 50% → 100%`."""
     phases = ", then ".join(
         f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
+        if not isinstance(phase, InfraSetupPhase)
+        else f"{phase.name} (namespace {phase.namespace})"
         for phase in plan.phases
     )
     return f"Launch {plan.service} {plan.version}: {phases}"
@@ -135,7 +144,8 @@ def describe_plan(plan: LaunchPlan) -> str:
     lines = [f"Launch {plan.service} {plan.version}."]
     if plan.description:
         lines.append(plan.description.strip())
-    lines.append(f"Exposure through flag `{router.flag_key}` in {router.flag_file}.")
+    where = f" in {router.flag_file}" if isinstance(router, FlagdRouter) else ""
+    lines.append(f"Exposure through {describe_router(router)}{where}.")
     lines.append(
         f"Approvers: {', '.join(approvals.approvers)}; an undecided gate will "
         f"{approvals.on_timeout} after {_duration(approvals.timeout)}."
@@ -143,7 +153,12 @@ def describe_plan(plan: LaunchPlan) -> str:
     for number, phase in enumerate(plan.phases, start=1):
         kind = phase.kind.replace("_", " ")
         steps = []
-        for step in phase.steps:
+        if isinstance(phase, InfraSetupPhase):
+            steps.append(
+                f"apply {len(phase.manifests)} manifest file(s) and {len(phase.secrets)} "
+                f"secret(s) to namespace {phase.namespace}, wait for the rollout"
+            )
+        for step in getattr(phase, "steps", []):
             words = _weight(step.weight)
             if step.pause:
                 words += f" for {_duration(step.pause)}"

@@ -32,3 +32,5 @@ class Settings(BaseSettings):
     metrics_address: str = "127.0.0.1:9464"
     max_concurrent_activities: int = 50
     graceful_shutdown_seconds: float = 30.0
+    # The cluster for Kubernetes activities; unset means KUBECONFIG, then in-cluster config.
+    kubeconfig: str | None = None

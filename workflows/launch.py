@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.activities.notify import NOTIFY_OPTIONS, NotifyActivities
     from phasegate.workflows.compensation import COMPENSATION_OPTIONS
     from phasegate.workflows.full_launch import FullLaunchWorkflow
+    from phasegate.workflows.infra_setup import InfraSetupWorkflow
     from phasegate.workflows.messages import (
         AbortRequest,
         AuditEntry,
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.workflows.visibility import PHASE, SERVICE, STATUS, describe_gate, percent
 
 PHASE_WORKFLOWS: dict[str, Any] = {
+    "infra_setup": InfraSetupWorkflow.run,
     "soft_launch": SoftLaunchWorkflow.run,
     "full_launch": FullLaunchWorkflow.run,
 }
@@ -91,7 +93,8 @@ class LaunchWorkflow:
         self._input = inp
         self._started_at = workflow.now()
         self._phases = [
-            PhaseState(name=p.name, kind=p.kind, steps=len(p.steps)) for p in inp.plan.phases
+            PhaseState(name=p.name, kind=p.kind, steps=len(getattr(p, "steps", [])))
+            for p in inp.plan.phases
         ]
         self._publish()
         await self._notify("launch_started", f"launch of {inp.plan.version} started")
