@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -74,14 +75,45 @@ def test_deployment_pods_become_ready_and_deleted_pods_go_away(
         core.delete_namespace(namespace_name)
 
 
-def test_rbac_applies_to_certificate_users(kube: ControlPlane) -> None:
+def test_rbac_applies_to_certificate_users(kube: ControlPlane, kube_api: client.ApiClient) -> None:
     if not kube.local:
         pytest.skip("needs the local control plane's CA to make a user")
     api = config.new_client_from_config(config_file=str(kube.user_kubeconfig("dora", ["devs"])))
     with pytest.raises(client.ApiException) as refused:
         client.CoreV1Api(api).list_namespace()
     assert refused.value.status == 403
-    assert 'User "dora" cannot list resource "namespaces"' in refused.value.body
+    assert (
+        'User "dora" cannot list resource "namespaces"' in json.loads(refused.value.body)["message"]
+    )
+
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "devs-view"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "view",
+            },
+            "subjects": [
+                {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        }
+    )
+    try:
+        wait_until(lambda: _can_list_pods(api))
+    finally:
+        rbac.delete_cluster_role_binding("devs-view")
+
+
+def _can_list_pods(api: client.ApiClient) -> bool:
+    try:
+        client.CoreV1Api(api).list_pod_for_all_namespaces()
+    except client.ApiException as err:
+        if err.status == 403:
+            return False
+        raise
+    return True
 
 
 def wait_until(condition: object, timeout: float = 60.0) -> None:

@@ -152,7 +152,7 @@ def namespace_gone(api: client.ApiClient, name: str) -> bool:
 @pytest.fixture
 async def kube_worker(dev_env: WorkflowEnvironment, kube: ControlPlane) -> AsyncIterator[str]:
     task_queue = f"kube-{uuid.uuid4()}"
-    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as executor:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
         async with (
             httpx.AsyncClient() as http,
             build_worker(
