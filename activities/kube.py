@@ -438,7 +438,7 @@ class KubeActivities:
         return f"phasegate-backup-{digest}"
 
 
-def rollout_state(deployment: client.V1Deployment) -> tuple[bool, str]:
+def rollout_state(deployment: Any) -> tuple[bool, str]:
     """(done, what is happening), the way `kubectl rollout status` decides."""
     spec, status = deployment.spec, deployment.status
     wanted = spec.replicas if spec.replicas is not None else 1

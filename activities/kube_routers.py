@@ -58,7 +58,7 @@ class ReplicaWeightRouter:
     def __init__(self, kube: KubeConnection) -> None:
         self._kube = kube
 
-    def snapshot(self, spec: ReplicaCanaryRouter) -> RouterSnapshot:  # type: ignore[override]
+    def snapshot(self, spec: ReplicaCanaryRouter) -> RouterSnapshot:
         stable = self._read(spec, spec.stable)
         if stable is None:
             raise RouterError(
@@ -81,7 +81,7 @@ class ReplicaWeightRouter:
             },
         )
 
-    def set_weight(self, spec: ReplicaCanaryRouter, weight: float, launch_id: str) -> bool:  # type: ignore[override]
+    def set_weight(self, spec: ReplicaCanaryRouter, weight: float, launch_id: str) -> bool:
         stable = self._require_stable(spec)
         total = _total(stable)
         if total < 2 and 0 < weight < 100:
@@ -95,7 +95,7 @@ class ReplicaWeightRouter:
         self._wait_ready(spec, stable_count, canary_count)
         return changed
 
-    def promote(self, spec: ReplicaCanaryRouter, launch_id: str) -> bool:  # type: ignore[override]
+    def promote(self, spec: ReplicaCanaryRouter, launch_id: str) -> bool:
         stable = self._require_stable(spec)
         total = _total(stable)
         containers = [{"name": name, "image": image} for name, image in spec.images.items()]
@@ -123,7 +123,7 @@ class ReplicaWeightRouter:
             raise RolloutPending(f"stable Deployment {spec.stable} promoting: {detail}")
         return self._delete_canary(spec) or changed
 
-    def restore(self, spec: ReplicaCanaryRouter, snapshot: RouterSnapshot) -> bool:  # type: ignore[override]
+    def restore(self, spec: ReplicaCanaryRouter, snapshot: RouterSnapshot) -> bool:
         before = snapshot.definition or {}
         changed = self._scale(spec, spec.canary_name, 0)
         stable = self._read(spec, spec.stable)
@@ -335,7 +335,7 @@ class NginxCanaryRouter:
     def __init__(self, kube: KubeConnection) -> None:
         self._kube = kube
 
-    def snapshot(self, spec: IngressCanaryRouter) -> RouterSnapshot:  # type: ignore[override]
+    def snapshot(self, spec: IngressCanaryRouter) -> RouterSnapshot:
         stable = self._read(spec, spec.ingress)
         if stable is None:
             raise RouterError(f"stable Ingress {spec.namespace}/{spec.ingress} does not exist")
@@ -349,7 +349,7 @@ class NginxCanaryRouter:
             },
         )
 
-    def set_weight(self, spec: IngressCanaryRouter, weight: float, launch_id: str) -> bool:  # type: ignore[override]
+    def set_weight(self, spec: IngressCanaryRouter, weight: float, launch_id: str) -> bool:
         stable = self._read(spec, spec.ingress)
         if stable is None:
             raise RouterError(f"stable Ingress {spec.namespace}/{spec.ingress} does not exist")
@@ -372,7 +372,7 @@ class NginxCanaryRouter:
         )
         return self._apply(spec, body)
 
-    def promote(self, spec: IngressCanaryRouter, launch_id: str) -> bool:  # type: ignore[override]
+    def promote(self, spec: IngressCanaryRouter, launch_id: str) -> bool:
         stable = self._read(spec, spec.ingress)
         if stable is None:
             raise RouterError(f"stable Ingress {spec.namespace}/{spec.ingress} does not exist")
@@ -387,7 +387,7 @@ class NginxCanaryRouter:
             changed = True
         return self._delete(spec, spec.canary_name) or changed
 
-    def restore(self, spec: IngressCanaryRouter, snapshot: RouterSnapshot) -> bool:  # type: ignore[override]
+    def restore(self, spec: IngressCanaryRouter, snapshot: RouterSnapshot) -> bool:
         before = snapshot.definition or {}
         changed = self._put(spec, spec.ingress, before["stable"])
         if before.get("canary"):
