@@ -21,9 +21,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from phasegate.starters import launches
+from phasegate.starters.demo import DemoOptions, example_plan, run_demo
 from phasegate.starters.kube_cli import kube_app
 from phasegate.starters.local import LocalProcessError, start_temporal_dev_server
-from phasegate.starters.render import render_listing, render_status
+from phasegate.starters.render import render_line, render_listing, render_status
 from phasegate.workers.client import TemporalUnreachable, connect
 from phasegate.workers.main import serve
 from phasegate.workers.settings import Settings
@@ -330,6 +331,66 @@ def dev(
         out.print("stopped")
         return
     _fail(f"the Temporal dev server exited with code {code}; see {server.log_path}")
+
+
+@app.command()
+def demo(
+    plan: Annotated[
+        Path | None,
+        typer.Option(
+            help="Launch plan; default: examples/plans/checkout.yaml "
+            "(checkout-faulty.yaml with --faulty).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Approve every gate as demo-bot.")
+    ] = False,
+    faulty: Annotated[
+        bool,
+        typer.Option("--faulty", help="Make the new code path fail half its requests."),
+    ] = False,
+    keep_running: Annotated[
+        bool,
+        typer.Option("--keep-running", help="Keep everything running after the launch ends."),
+    ] = False,
+    workdir: Annotated[
+        Path, typer.Option(help="Where the demo keeps its state, flag file and logs.")
+    ] = Path(".phasegate/demo"),
+) -> None:
+    """Launch the checkout demo end to end: dev server + UI, demo service under load,
+    Prometheus, a worker. Ends with the launch (exit 1 unless it completed)."""
+    chosen = plan or example_plan("checkout-faulty.yaml" if faulty else "checkout.yaml")
+    _valid_plan(chosen)
+    options = DemoOptions(
+        workdir=workdir.resolve(),
+        plan=chosen.resolve(),
+        auto_approve=auto_approve,
+        faulty=faulty,
+        keep_running=keep_running,
+    )
+    out = _out()
+    shown: list[str] = []
+
+    def say(line: str) -> None:
+        out.print(Text(line, style="bold"), soft_wrap=True)
+
+    def on_status(current: LaunchStatus) -> None:
+        # One line per change of what the launch is doing, so the demo reads as a log.
+        line = render_line(current)
+        if not shown or shown[-1] != line:
+            shown.append(line)
+            out.print(Text(line), soft_wrap=True)
+
+    try:
+        final = asyncio.run(run_demo(options, say, on_status))
+    except (LocalProcessError, TemporalUnreachable, launches.LaunchError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted; the demo's servers are stopped")
+    out.print(render_status(final))
+    _finish(final)
 
 
 def main() -> None:

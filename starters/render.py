@@ -21,6 +21,7 @@ from phasegate.workflows.messages import (
     CompensationRecord,
     Decision,
     LaunchStatus,
+    LaunchStatusValue,
     MetricResult,
     PhaseState,
 )
@@ -33,6 +34,7 @@ STATUS_STYLES = {
     "completed": "bold green",
     "rolled_back": "bold red",
     "pending": "dim",
+    "not needed": "dim",
     "failed": "red",
     "cancelled": "red",
     "done": "green",
@@ -57,8 +59,30 @@ def render_status(status: LaunchStatus) -> RenderableType:
     if refused:
         parts.append(render_refused(refused))
     if status.compensations:
-        parts.append(render_compensations(status.compensations))
+        parts.append(
+            render_compensations(
+                status.compensations, completed=status.status == LaunchStatusValue.COMPLETED
+            )
+        )
     return Group(*parts)
+
+
+def render_line(status: LaunchStatus) -> str:
+    """One line saying what the launch is doing now, for logs and the demo's running commentary."""
+    parts = [status.status.value]
+    if status.phase:
+        parts.append(f"{status.phase} step {status.step}")
+    if status.exposure is not None:
+        parts.append(f"{status.exposure:g}% of users")
+    if status.waiting_for:
+        parts.append(status.waiting_for)
+    elif status.reason:
+        parts.append(status.reason)
+    elif 0 <= status.phase_index < len(status.phases):
+        activity = status.phases[status.phase_index].activity
+        if activity:
+            parts.append(activity)
+    return " · ".join(parts)
 
 
 def render_headline(status: LaunchStatus) -> Panel:
@@ -172,8 +196,15 @@ def render_refused(entries: Sequence[AuditEntry]) -> Table:
     return table
 
 
-def render_compensations(records: Sequence[CompensationRecord]) -> Table:
-    table = Table(title="Compensations (undo, newest runs first)", title_justify="left")
+def render_compensations(
+    records: Sequence[CompensationRecord], *, completed: bool = False
+) -> Table:
+    title = (
+        "Compensations (not needed: the launch completed)"
+        if completed
+        else "Compensations (undo; a rollback runs the newest first)"
+    )
+    table = Table(title=title, title_justify="left")
     table.add_column("id")
     table.add_column("description")
     table.add_column("status")
@@ -183,7 +214,7 @@ def render_compensations(records: Sequence[CompensationRecord]) -> Table:
         table.add_row(
             Text(record.id),
             Text(record.description),
-            styled(record.status),
+            styled("not needed" if completed and record.status == "pending" else record.status),
             str(record.attempts),
             Text(record.error or record.resolved_by),
         )

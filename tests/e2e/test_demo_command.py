@@ -1,0 +1,41 @@
+"""The README's main job, `phasegate demo`, run as a user runs it: a process of its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phasegate.starters.demo import FLAG_KEY
+from tests.conftest import canary_share
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_with_a_faulty_version_rolls_back_and_says_why(tmp_path: Path) -> None:
+    phasegate = Path(sys.executable).parent / "phasegate"
+    workdir = tmp_path / "demo"
+
+    run = subprocess.run(
+        [str(phasegate), "demo", "--auto-approve", "--faulty", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"COLUMNS": "200", "PATH": str(phasegate.parent) + ":/usr/bin:/bin"},
+        check=False,
+    )
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    assert "Temporal dev server on 127.0.0.1:" in output
+    assert "--auto-approve: every gate is approved by demo-bot" in output
+    assert "rolled back: analysis failed at soft-launch step" in output
+    assert "error-rate failed" in output
+    # The demo's own flag file is back where it started, and the state stays for the UI.
+    flag_file = workdir / "stack" / "flags" / "checkout.json"
+    assert canary_share(flag_file, FLAG_KEY) == 0.0
+    assert json.loads(flag_file.read_text())["flags"][FLAG_KEY]["state"] == "ENABLED"
+    assert (workdir / "temporal.db").stat().st_size > 0
