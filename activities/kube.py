@@ -353,7 +353,10 @@ class KubeActivities:
             with api_errors(f"reading Deployment {request.namespace}/{name}"):
                 deployment = apps.read_namespaced_deployment(name, request.namespace)
             done, detail = rollout_state(deployment)
-            (ready.__setitem__(name, detail) if done else pending.append(f"{name}: {detail}"))
+            if done:
+                ready[name] = detail
+            else:
+                pending.append(f"{name}: {detail}")
         if pending:
             raise RolloutPending("waiting for " + "; ".join(pending))
         return RolloutStatus(ready=ready)

@@ -21,6 +21,8 @@ from phasegate.workflows.kube_messages import (
     RolloutRequest,
     RolloutStatus,
     SnapshotObjectRequest,
+    TargetsUp,
+    TargetsUpRequest,
 )
 from tests.workflows.fakes import FakeWorld
 
@@ -93,8 +95,14 @@ class KubeFakeWorld(FakeWorld):
             world.calls.append(("check_rollout", request.deployments))
             return RolloutStatus(ready={name: "ready" for name in request.deployments})
 
+        @activity.defn(name="check_targets_up")
+        async def check_targets_up(request: TargetsUpRequest) -> TargetsUp:
+            world.calls.append(("check_targets_up", request.jobs))
+            return TargetsUp(up={job: 1 for job in request.jobs})
+
         return [
             *super().activities(),
+            check_targets_up,
             read_manifests,
             snapshot_object,
             apply_object,

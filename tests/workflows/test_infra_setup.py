@@ -72,6 +72,16 @@ async def test_each_object_is_snapshotted_before_it_is_applied(
     assert world.calls[-1] == ("result", "completed")
 
 
+async def test_named_prometheus_jobs_are_checked_after_the_rollout(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = KubeFakeWorld(objects=[deployment("web")])
+    await run(time_skipping_env, world, infra_plan(prometheus_jobs=["web"]))
+    names = world.names()
+    assert names.index("check_rollout") < names.index("check_targets_up")
+    assert ("check_targets_up", ["web"]) in world.calls
+
+
 async def test_a_refused_object_rolls_back_everything_applied_in_reverse(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
