@@ -8,8 +8,11 @@
     ├── MigrationError       non-retryable: a migration script failed, verification found a
     │                        mismatch, a migration is half-applied, a backup or a restore does
     │                        not match what was recorded
-    └── WritesAfterCutover   non-retryable: a restore would drop rows written after cutover;
-                             a person decides (retry once they are saved, or skip on record)
+    ├── WritesAfterCutover   non-retryable: a restore would drop rows written after cutover;
+    │                        a person decides (retry once they are saved, or skip on record)
+    └── KubeRejected         non-retryable: the Kubernetes API server answered 4xx (invalid
+                             manifest, forbidden, unknown kind) or a Deployment passed its
+                             progress deadline; the message is the server's
 
 Anything else (connection errors, timeouts, 5xx answers) is retried by the activity's
 retry policy, declared next to the activity.
@@ -38,9 +41,14 @@ class WritesAfterCutover(PhasegateError):
     pass
 
 
+class KubeRejected(PhasegateError):
+    pass
+
+
 NON_RETRYABLE = [
     ConfigurationError.__name__,
     RouterError.__name__,
     MigrationError.__name__,
     WritesAfterCutover.__name__,
+    KubeRejected.__name__,
 ]

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import NON_RETRYABLE, ConfigurationError
+from phasegate.activities.errors import NON_RETRYABLE
 from phasegate.activities.probes import finding
 from phasegate.workflows.plan import AccessRule, AuthorizationCheck, SecretHygieneCheck
 from phasegate.workflows.probe_messages import AuthorizationProbe, CheckReport, HygieneProbe
@@ -76,35 +75,10 @@ class PlainValue:
     value: str
 
 
-def lazy_api(kubeconfig: str | None) -> Callable[[], client.ApiClient]:
-    """An API client made on first use (so a worker without a cluster serves everything else):
-    from `kubeconfig`, else in-cluster config, else KUBECONFIG / ~/.kube/config."""
-    made: list[client.ApiClient] = []
-    lock = threading.Lock()
-
-    def api() -> client.ApiClient:
-        with lock:
-            if not made:
-                try:
-                    if kubeconfig:
-                        made.append(config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
-                    else:
-                        try:
-                            config.load_incluster_config()  # type: ignore[no-untyped-call]
-                        except config.ConfigException:
-                            config.load_kube_config()  # type: ignore[no-untyped-call]
-                        made.append(client.ApiClient())
-                except (config.ConfigException, OSError) as err:
-                    raise ConfigurationError(
-                        f"no Kubernetes cluster configured for the worker ({err}): set "
-                        "PHASEGATE_KUBECONFIG or KUBECONFIG"
-                    ) from None
-            return made[0]
-
-    return api
-
-
 class KubeCheckActivities:
+    """RBAC and secret-hygiene checks; `api` makes the client on first use (the worker passes
+    `KubeConnection.api`, shared with the infra and router activities)."""
+
     def __init__(self, api: Callable[[], client.ApiClient]) -> None:
         self._api = api
 

@@ -17,6 +17,7 @@ from temporalio.common import RetryPolicy
 from urllib3.util.retry import Retry
 
 from phasegate.activities.secrets import resolve_secret
+from phasegate.workflows.kube_messages import TargetsUp, TargetsUpRequest
 from phasegate.workflows.messages import MetricQuery, MetricReading
 from phasegate.workflows.plan import VARIANT_PLACEHOLDER, PrometheusTarget
 
@@ -24,6 +25,23 @@ METRICS_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=20),
     retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=200)),
 )
+
+
+def targets_options(timeout: timedelta) -> workflow.ActivityConfig:
+    """`check_targets_up` raises until every job is up; the retry policy polls, within `timeout`."""
+    return workflow.ActivityConfig(
+        start_to_close_timeout=timedelta(seconds=20),
+        schedule_to_close_timeout=timeout,
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=1.5,
+            maximum_interval=timedelta(seconds=5),
+        ),
+    )
+
+
+class TargetsDown(Exception):
+    """Retryable: some scrape job has no target up yet."""
 
 
 def render_query(template: str, variant: str) -> str:
@@ -87,3 +105,18 @@ class MetricsActivities:
             activity.logger.warning("metric %s: %s", request.metric, err)
             return MetricReading(error=f"{type(err).__name__}: {err}"[:500], query=canary_query)
         return MetricReading(value=value, baseline=baseline, query=canary_query)
+
+    @activity.defn
+    def check_targets_up(self, request: TargetsUpRequest) -> TargetsUp:
+        """How many targets of each job Prometheus scrapes successfully; raises while a job
+        has none up (Prometheus unreachable included), so the retry policy polls."""
+        client = self._client(request.prometheus)
+        up: dict[str, int] = {}
+        for job in request.jobs:
+            escaped = job.replace("\\", "\\\\").replace('"', '\\"')
+            series = client.custom_query(f'up{{job="{escaped}"}} == 1')
+            up[job] = len(series)
+        down = [job for job, count in up.items() if count == 0]
+        if down:
+            raise TargetsDown(f"no target up for Prometheus job(s): {', '.join(down)}")
+        return TargetsUp(up=up)

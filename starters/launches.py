@@ -44,11 +44,14 @@ from phasegate.workflows.messages import (
     LaunchStatusValue,
 )
 from phasegate.workflows.plan import (
+    FlagdRouter,
     GateSpec,
+    InfraSetupPhase,
     LaunchPlan,
     MigrationCutoverPhase,
     Phase,
     SecurityValidationPhase,
+    describe_router,
     load_plan,
 )
 from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
@@ -137,6 +140,8 @@ def _phase_summary(phase: Phase) -> str:
         return f"{phase.name} migration and cutover"
     if isinstance(phase, SecurityValidationPhase):
         return f"{phase.name} ({len(phase.checks())} security checks)"
+    if isinstance(phase, InfraSetupPhase):
+        return f"{phase.name} (namespace {phase.namespace})"
     return f"{phase.name} {' → '.join(_weight(step.weight) for step in phase.steps)}"
 
 
@@ -147,7 +152,8 @@ def describe_plan(plan: LaunchPlan) -> str:
     lines = [f"Launch {plan.service} {plan.version}."]
     if plan.description:
         lines.append(plan.description.strip())
-    lines.append(f"Exposure through flag `{router.flag_key}` in {router.flag_file}.")
+    where = f" in {router.flag_file}" if isinstance(router, FlagdRouter) else ""
+    lines.append(f"Exposure through {describe_router(router)}{where}.")
     lines.append(
         f"Approvers: {', '.join(approvals.approvers)}; an undecided gate will "
         f"{approvals.on_timeout} after {_duration(approvals.timeout)}."
@@ -167,6 +173,11 @@ def describe_plan(plan: LaunchPlan) -> str:
                 f"back up, apply {phase.migrations}, verify, cut over"
                 + (f" after {_gate_words(plan, phase.cutover.gate)}" if phase.cutover.gate else "")
                 + (f", watch {', '.join(phase.watch.analysis)}" if phase.watch else "")
+            )
+        if isinstance(phase, InfraSetupPhase):
+            steps.append(
+                f"apply {len(phase.manifests)} manifest file(s) and {len(phase.secrets)} "
+                f"secret(s) to namespace {phase.namespace}, wait for the rollout"
             )
         for step in getattr(phase, "steps", []):
             words = _weight(step.weight)

@@ -20,7 +20,9 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from phasegate.activities.flags import FlagdFileRouter
-from phasegate.activities.kube_checks import KubeCheckActivities, lazy_api
+from phasegate.activities.kube import KubeActivities, KubeConnection
+from phasegate.activities.kube_checks import KubeCheckActivities
+from phasegate.activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter
 from phasegate.activities.metrics import MetricsActivities
 from phasegate.activities.notify import NotifyActivities
 from phasegate.activities.postgres import PostgresActivities
@@ -29,6 +31,7 @@ from phasegate.activities.routing import RouterActivities
 from phasegate.workers.client import connect
 from phasegate.workers.settings import WORKER_READY_LINE, Settings
 from phasegate.workflows.full_launch import FullLaunchWorkflow
+from phasegate.workflows.infra_setup import InfraSetupWorkflow
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
 from phasegate.workflows.security_validation import SecurityValidationWorkflow
@@ -36,28 +39,45 @@ from phasegate.workflows.soft_launch import SoftLaunchWorkflow
 
 WORKFLOWS: Sequence[type] = (
     LaunchWorkflow,
+    InfraSetupWorkflow,
+    SecurityValidationWorkflow,
     SoftLaunchWorkflow,
     FullLaunchWorkflow,
     MigrationCutoverWorkflow,
-    SecurityValidationWorkflow,
 )
 
 
-def activities(http: httpx.AsyncClient) -> list[Any]:
-    """Every activity, bound to the clients it needs."""
-    router = RouterActivities({"flagd": FlagdFileRouter()})
+def activities(http: httpx.AsyncClient, kube: KubeConnection | None = None) -> list[Any]:
+    """Every activity, bound to the clients it needs. The Kubernetes client is made on first
+    use, from `kube` or else the environment (PHASEGATE_KUBECONFIG, KUBECONFIG, in-cluster)."""
+    kube = kube or KubeConnection(Settings().kubeconfig)
+    router = RouterActivities(
+        {
+            "flagd": FlagdFileRouter(),
+            "kube_replicas": ReplicaWeightRouter(kube),
+            "nginx_ingress": NginxCanaryRouter(kube),
+        }
+    )
     metrics = MetricsActivities()
     notify = NotifyActivities(http)
+    kubernetes = KubeActivities(kube)
+    kube_checks = KubeCheckActivities(kube.api)
     postgres = PostgresActivities()
     probes = ProbeActivities(http)
-    kube_checks = KubeCheckActivities(lazy_api(Settings().kubeconfig))
     return [
         router.snapshot_exposure,
         router.set_exposure,
         router.restore_exposure,
         router.promote_exposure,
         metrics.query_metric,
+        metrics.check_targets_up,
         notify.send_notification,
+        kubernetes.read_manifests,
+        kubernetes.snapshot_object,
+        kubernetes.apply_object,
+        kubernetes.apply_secret,
+        kubernetes.restore_object,
+        kubernetes.check_rollout,
         postgres.preflight_migration,
         postgres.backup_database,
         postgres.apply_migrations,
@@ -83,13 +103,14 @@ def build_worker(
     settings: Settings | None = None,
     *,
     task_queue: str | None = None,
+    kube: KubeConnection | None = None,
 ) -> Worker:
     settings = settings or Settings()
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(http),
+        activities=activities(http, kube),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),

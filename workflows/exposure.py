@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
         SnapshotRequest,
     )
     from phasegate.workflows.phase import PhaseWorkflow
-    from phasegate.workflows.plan import GateSpec
+    from phasegate.workflows.plan import GateSpec, describe_router
 
 
 async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: bool) -> None:
@@ -34,7 +34,7 @@ async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: 
     await phase.compensations.register(
         RouterActivities.restore_exposure,
         RestoreRequest(router=router, snapshot=snapshot),
-        f"put {router.kind} flag {router.flag_key} back as it was before {spec.name}",
+        f"put {describe_router(router)} back as it was before {spec.name}",
     )
 
     for number, step in enumerate(spec.steps, start=1):

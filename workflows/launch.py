@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.activities.notify import NOTIFY_OPTIONS, NotifyActivities
     from phasegate.workflows.compensation import compensation_options
     from phasegate.workflows.full_launch import FullLaunchWorkflow
+    from phasegate.workflows.infra_setup import InfraSetupWorkflow
     from phasegate.workflows.messages import (
         AbortRequest,
         AuditEntry,
@@ -51,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.workflows.visibility import PHASE, SERVICE, STATUS, describe_gate, percent
 
 PHASE_WORKFLOWS: dict[str, Any] = {
+    "infra_setup": InfraSetupWorkflow.run,
     "soft_launch": SoftLaunchWorkflow.run,
     "full_launch": FullLaunchWorkflow.run,
     "migration_cutover": MigrationCutoverWorkflow.run,

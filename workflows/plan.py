@@ -93,7 +93,59 @@ class FlagdRouter(StrictModel):
         return self
 
 
-TrafficRouter = FlagdRouter
+class _KubeRouter(StrictModel):
+    namespace: Name
+    stable_variant: Name = "stable"  # also the pods' `phasegate.dev/variant` label
+    canary_variant: Name = "canary"
+
+    @model_validator(mode="after")
+    def _distinct_variants(self) -> _KubeRouter:
+        if self.stable_variant == self.canary_variant:
+            raise ValueError("stable_variant and canary_variant must differ")
+        return self
+
+
+class ReplicaCanaryRouter(_KubeRouter):
+    """A canary Deployment scaled against the stable one so the ready pods match the weight
+    (Argo Rollouts' basic canary). The Service in front selects the pods of both."""
+
+    kind: Literal["kube_replicas"]
+    stable: Name  # the stable Deployment
+    canary: Name | None = None  # default `<stable>-canary`
+    images: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1
+    )  # container name -> the new version's image
+
+    @property
+    def canary_name(self) -> str:
+        return self.canary or f"{self.stable}-canary"
+
+
+class IngressCanaryRouter(_KubeRouter):
+    """nginx ingress canary: a copy of the stable Ingress sending `canary-weight` percent of the
+    requests to the canary Service."""
+
+    kind: Literal["nginx_ingress"]
+    ingress: Name  # the stable Ingress
+    canary_service: Name  # the Service in front of the new version
+    canary_ingress: Name | None = None  # default `<ingress>-canary`
+
+    @property
+    def canary_name(self) -> str:
+        return self.canary_ingress or f"{self.ingress}-canary"
+
+
+TrafficRouter = Annotated[
+    FlagdRouter | ReplicaCanaryRouter | IngressCanaryRouter, Field(discriminator="kind")
+]
+
+
+def describe_router(router: FlagdRouter | ReplicaCanaryRouter | IngressCanaryRouter) -> str:
+    if isinstance(router, ReplicaCanaryRouter):
+        return f"Deployments {router.namespace}/{router.stable} and {router.canary_name}"
+    if isinstance(router, IngressCanaryRouter):
+        return f"Ingress {router.namespace}/{router.canary_name}"
+    return f"flagd flag {router.flag_key}"
 
 
 class Targets(StrictModel):
@@ -586,11 +638,59 @@ class SecurityValidationPhase(StrictModel):
         return ids
 
 
+# --- infrastructure setup ----------------------------------------------------------------
+
+
+class SecretSpec(StrictModel):
+    """A Secret the infra-setup phase applies; values are references, resolved by the worker."""
+
+    name: Name
+    type: str = "Opaque"
+    data: dict[Annotated[str, Field(min_length=1)], SecretRef] = Field(min_length=1)
+
+
+class InfraSetupPhase(StrictModel):
+    """Create or update the service's Kubernetes objects and wait until they are rolled out."""
+
+    kind: Literal["infra_setup"]
+    name: Name
+    gates: PhaseGates = PhaseGates()
+    namespace: Name
+    manifests: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    secrets: list[SecretSpec] = Field(default_factory=list)
+    rollout_timeout: PositiveDuration = timedelta(minutes=5)
+    prometheus_jobs: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    targets_timeout: PositiveDuration = timedelta(minutes=2)
+
+    @model_validator(mode="after")
+    def _has_something(self) -> InfraSetupPhase:
+        if not self.manifests and not self.secrets:
+            raise ValueError("give `manifests` and/or `secrets` to apply")
+        return self
+
+    def analysis_references(self) -> list[tuple[str, list[str]]]:
+        return []
+
+    def gate_ids(self) -> list[str]:
+        ids = [f"{self.name}.before"] if self.gates.before is not None else []
+        return ids + ([f"{self.name}.after"] if self.gates.after is not None else [])
+
+
 Phase = Annotated[
-    SoftLaunchPhase | FullLaunchPhase | MigrationCutoverPhase | SecurityValidationPhase,
+    InfraSetupPhase
+    | SecurityValidationPhase
+    | SoftLaunchPhase
+    | FullLaunchPhase
+    | MigrationCutoverPhase,
     Field(discriminator="kind"),
 ]
-PHASE_KINDS = ("soft_launch", "full_launch", "migration_cutover", "security_validation")
+PHASE_KINDS = (
+    "infra_setup",
+    "security_validation",
+    "soft_launch",
+    "full_launch",
+    "migration_cutover",
+)
 
 NotificationEvent = Literal[
     "launch_started", "gate_opened", "completed", "rolled_back", "compensation_failed"
@@ -637,6 +737,14 @@ class LaunchPlan(StrictModel):
             ):
                 problems.append(
                     f"phases[{index}].audit: needs targets.prometheus to query for audit records"
+                )
+            if (
+                isinstance(phase, InfraSetupPhase)
+                and phase.prometheus_jobs
+                and self.targets.prometheus is None
+            ):
+                problems.append(
+                    f"phases[{index}].prometheus_jobs: needs targets.prometheus to query"
                 )
             for where, names in phase.analysis_references():
                 for name in names:
@@ -745,33 +853,35 @@ def parse_plan(text: str, *, source: str = "<plan>", base_dir: Path | None = Non
     except ValidationError as err:
         raise PlanError(source, describe_errors(err)) from None
     if base_dir is not None:
-        plan = _resolve_ca_files(plan, base_dir)
-        flag_file = Path(plan.targets.router.flag_file)
-        if not flag_file.is_absolute():
-            router = plan.targets.router.model_copy(
-                update={"flag_file": str((base_dir / flag_file).resolve())}
-            )
-            plan = plan.model_copy(
-                update={"targets": plan.targets.model_copy(update={"router": router})}
-            )
-        phases = [
-            phase.with_paths_under(base_dir) if isinstance(phase, MigrationCutoverPhase) else phase
-            for phase in plan.phases
-        ]
-        plan = plan.model_copy(update={"phases": phases})
+        plan = _resolve_paths(plan, base_dir)
     return plan
 
 
-def _resolve_ca_files(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:
-    phases = [
-        phase.model_copy(update={"ca_file": str((base_dir / phase.ca_file).resolve())})
-        if isinstance(phase, SecurityValidationPhase)
-        and phase.ca_file is not None
-        and not Path(phase.ca_file).is_absolute()
-        else phase
-        for phase in plan.phases
-    ]
-    return plan.model_copy(update={"phases": phases})
+def _resolve_paths(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:
+    """Files the plan names relative to itself (flag file, manifests, migration folders,
+    CA bundles) become absolute, so the worker finds them wherever it runs from."""
+
+    def absolute(path: str) -> str:
+        return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+
+    def resolved(phase: Phase) -> Phase:
+        if isinstance(phase, InfraSetupPhase):
+            return phase.model_copy(update={"manifests": [absolute(p) for p in phase.manifests]})
+        if isinstance(phase, MigrationCutoverPhase):
+            return phase.with_paths_under(base_dir)
+        if isinstance(phase, SecurityValidationPhase) and phase.ca_file is not None:
+            return phase.model_copy(update={"ca_file": absolute(phase.ca_file)})
+        return phase
+
+    router = plan.targets.router
+    if isinstance(router, FlagdRouter):
+        router = router.model_copy(update={"flag_file": absolute(router.flag_file)})
+    return plan.model_copy(
+        update={
+            "targets": plan.targets.model_copy(update={"router": router}),
+            "phases": [resolved(phase) for phase in plan.phases],
+        }
+    )
 
 
 def load_plan(path: Path) -> LaunchPlan:

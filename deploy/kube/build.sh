@@ -16,7 +16,6 @@ set -euo pipefail
 . "$(dirname "$0")/versions.env"
 CACHE="${PHASEGATE_KUBE_CACHE:-$HOME/.cache/phasegate/kube}"
 
-command -v go >/dev/null 2>&1 || { echo "setup: go is missing (Debian package golang-go, >= 1.24)" >&2; exit 1; }
 
 export GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
 NICE=(nice -n 19)
@@ -27,6 +26,12 @@ TIMED=()
 kube_dir="$CACHE/kubernetes-$KUBE_VERSION"
 etcd_dir="$CACHE/etcd-$ETCD_VERSION"
 kwok_dir="$CACHE/kwok-$KWOK_VERSION"
+
+quiet() {  # module downloads are chatty: show their output only when they fail
+  local log; log="$(mktemp)"
+  "$@" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; return 1; }
+  rm -f "$log"
+}
 
 timed() {  # timed STATS_FILE command...
   local stats="$1"; shift
@@ -52,9 +57,9 @@ func main() { etcdmain.Main(os.Args) }
 GO
   (
     cd "$work"
-    go mod init phasegate.local/etcd >/dev/null 2>&1
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
-    go mod tidy >/dev/null
+    quiet go mod init phasegate.local/etcd
+    quiet go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    quiet go mod tidy
     timed "$etcd_dir/build-stats.txt" "${NICE[@]}" go build -trimpath -ldflags '-s -w' -o "$etcd_dir/etcd.tmp" .
   )
   mv "$etcd_dir/etcd.tmp" "$etcd_dir/etcd"
@@ -86,7 +91,7 @@ build_kubernetes() {
       echo ")"
     } >go.mod
     grep -q "k8s.io/api => k8s.io/api $staging" go.mod || { echo "setup: no staging replaces found in $release_mod" >&2; exit 1; }
-    for name in "${names[@]}"; do go get "k8s.io/kubernetes/cmd/$name@$KUBE_VERSION" >/dev/null; done
+    for name in "${names[@]}"; do quiet go get "k8s.io/kubernetes/cmd/$name@$KUBE_VERSION"; done
     local commit date ldflags v="${KUBE_VERSION#v}"
     commit="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"Hash": "\(.*\)",*/\1/p')"
     date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -112,7 +117,19 @@ build_kwok() {
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$v" "sigs.k8s.io/kwok/cmd/kwok@$v"
 }
 
-build_etcd
-build_kwok
-build_kubernetes
+cached=1
+for binary in "$etcd_dir/etcd" "$kwok_dir/kwok" "$kube_dir/kube-apiserver" \
+  "$kube_dir/kube-controller-manager" "$kube_dir/kube-scheduler"; do
+  [ -x "$binary" ] || cached=0
+done
+if [ "$cached" -eq 0 ]; then
+  # Go is only needed to build; the image keeps it in /usr/local/go.
+  command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
+  command -v go >/dev/null 2>&1 || { echo "setup: go >= 1.24 is needed to build the local control plane (none on PATH)" >&2; exit 1; }
+  go_minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+  [ "${go_minor:-0}" -ge 24 ] || { echo "setup: go >= 1.24 is needed to build the local control plane (found $(go env GOVERSION))" >&2; exit 1; }
+  build_etcd
+  build_kwok
+  build_kubernetes
+fi
 echo "setup: kube control plane ready: $kube_dir $etcd_dir $kwok_dir"

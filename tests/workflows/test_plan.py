@@ -66,7 +66,10 @@ def test_references_and_phase_rules_are_checked() -> None:
             "step weights must not decrease: steps[1].weight is 10 after 20",
         ),
         ({"steps": [{"weight": 100}]}, "a soft launch stays below 100%"),
-        ({"kind": "migration"}, "phases[0].kind: must be one of: 'soft_launch', 'full_launch'"),
+        (
+            {"kind": "migration"},
+            "phases[0].kind: must be one of: 'infra_setup', 'soft_launch', 'full_launch'",
+        ),
     ],
 )
 def test_phase_rules(change: dict[str, object], expected: str) -> None:

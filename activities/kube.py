@@ -1,0 +1,470 @@
+"""Kubernetes: read the plan's manifests, snapshot, server-side apply and restore objects, wait
+for rollouts. Blocking client calls in plain `def` activities on the worker's thread pool.
+
+Errors from the API server: a 4xx (invalid manifest, forbidden, unknown kind) is `KubeRejected`,
+non-retryable, carrying the server's message; 409 conflicts, 429, 5xx and connection errors
+are raised as they are and retried by the activity's retry policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config, dynamic
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
+from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
+
+from phasegate.activities.errors import NON_RETRYABLE, ConfigurationError, KubeRejected
+from phasegate.activities.secrets import resolve_secret
+from phasegate.workflows.kube_messages import (
+    AppliedObject,
+    ApplyObjectRequest,
+    ApplySecretRequest,
+    KubeObjectRef,
+    Manifests,
+    ManifestsRequest,
+    ObjectSnapshot,
+    RestoreObjectRequest,
+    RolloutRequest,
+    RolloutStatus,
+    SnapshotObjectRequest,
+)
+
+FIELD_MANAGER = "phasegate"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+LAUNCH_LABEL = "phasegate.dev/launch"
+SERVICE_LABEL = "phasegate.dev/service"
+LAUNCH_ANNOTATION = "phasegate.dev/launch-id"
+BACKUP_OF = "phasegate.dev/backup-of"
+
+KUBE_OPTIONS = workflow.ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=timedelta(seconds=20),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(milliseconds=500),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=8,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+)
+
+
+def rollout_options(timeout: timedelta) -> workflow.ActivityConfig:
+    """Waiting is polling by retry: `check_rollout` raises until done, within `timeout`."""
+    return workflow.ActivityConfig(
+        start_to_close_timeout=timedelta(seconds=30),
+        schedule_to_close_timeout=timeout,
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=1.5,
+            maximum_interval=timedelta(seconds=5),
+            non_retryable_error_types=NON_RETRYABLE,
+        ),
+    )
+
+
+# Applied first, in this order; anything else keeps its place in the manifests after them.
+APPLY_ORDER = ["Namespace", "ServiceAccount", "ConfigMap", "Secret", "Service"]
+# Fields the server owns; a restored object must not carry the old values.
+_SERVER_METADATA = (
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+
+
+class RolloutPending(Exception):
+    """Retryable: the rollout is still going; the retry policy polls again."""
+
+
+class KubeConnection:
+    """One lazily made API client per worker: from `kubeconfig`, else KUBECONFIG or in-cluster.
+    Made on first use, so a worker without a cluster still serves every other activity."""
+
+    def __init__(self, kubeconfig: str | None = None, api: client.ApiClient | None = None) -> None:
+        self._kubeconfig = kubeconfig
+        self._api = api
+        self._dynamic: dynamic.DynamicClient | None = None
+        self._lock = threading.Lock()
+
+    def api(self) -> client.ApiClient:
+        with self._lock:
+            if self._api is None:
+                try:
+                    if self._kubeconfig:
+                        self._api = config.new_client_from_config(config_file=self._kubeconfig)
+                    else:
+                        try:
+                            config.load_incluster_config()
+                        except config.ConfigException:
+                            config.load_kube_config()
+                        self._api = client.ApiClient()
+                except (config.ConfigException, OSError) as err:
+                    raise ConfigurationError(
+                        f"no Kubernetes cluster configured for the worker ({err}): set "
+                        "PHASEGATE_KUBECONFIG or KUBECONFIG"
+                    ) from None
+            return self._api
+
+    def dynamic(self) -> dynamic.DynamicClient:
+        api = self.api()
+        with self._lock:
+            if self._dynamic is None:
+                self._dynamic = dynamic.DynamicClient(api)
+            return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        try:
+            return self.dynamic().resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            raise KubeRejected(
+                f"the API server has no kind {kind!r} in {api_version!r}: fix the manifest "
+                "or install the CRD first"
+            ) from None
+
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api())
+
+    def networking(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(self.api())
+
+
+@contextmanager
+def api_errors(what: str) -> Iterator[None]:
+    """4xx (but 409/429) -> non-retryable `KubeRejected` with the server's own message."""
+    try:
+        yield
+    except (DynamicApiError, client.ApiException) as err:
+        status = int(err.status or 0)
+        if 400 <= status < 500 and status not in (409, 429):
+            raise KubeRejected(f"{what}: {status} {err.reason}: {server_message(err)}") from None
+        raise
+
+
+def server_message(err: DynamicApiError | client.ApiException) -> str:
+    body = err.body
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    try:
+        parsed = yaml.safe_load(body) if isinstance(body, str) else None
+    except yaml.YAMLError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("message"):
+        return str(parsed["message"])
+    return str(body or err.reason)
+
+
+def launch_label(launch_id: str) -> str:
+    """A label value naming the launch: at most 63 characters, hashed when longer."""
+    value = re.sub(r"[^A-Za-z0-9_.-]", "-", launch_id).strip("-_.")
+    if len(value) > 63:
+        digest = hashlib.sha256(launch_id.encode()).hexdigest()[:10]
+        value = f"{value[:52].rstrip('-_.')}-{digest}"
+    return value or "launch"
+
+
+def mark(obj: dict[str, Any], launch_id: str, service: str = "") -> dict[str, Any]:
+    """The labels and annotation that say which launch applied an object."""
+    marked = copy.deepcopy(obj)
+    metadata = marked.setdefault("metadata", {})
+    labels = metadata.setdefault("labels", {}) or {}
+    labels[MANAGED_BY] = FIELD_MANAGER
+    labels[LAUNCH_LABEL] = launch_label(launch_id)
+    if service:
+        labels[SERVICE_LABEL] = service
+    metadata["labels"] = labels
+    annotations = metadata.setdefault("annotations", {}) or {}
+    annotations[LAUNCH_ANNOTATION] = launch_id
+    metadata["annotations"] = annotations
+    return marked
+
+
+def restorable(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as read, without status and server-owned metadata, ready to be written back."""
+    clean = {k: copy.deepcopy(v) for k, v in obj.items() if k != "status"}
+    metadata = clean.get("metadata") or {}
+    for key in _SERVER_METADATA:
+        metadata.pop(key, None)
+    return clean
+
+
+def _ordered(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, int]:
+        index, obj = item
+        kind = obj.get("kind", "")
+        return (APPLY_ORDER.index(kind) if kind in APPLY_ORDER else len(APPLY_ORDER), index)
+
+    return [obj for _, obj in sorted(enumerate(objects), key=rank)]
+
+
+class KubeActivities:
+    """Applies and undoes the infra-setup phase's objects through one `KubeConnection`."""
+
+    def __init__(self, kube: KubeConnection) -> None:
+        self._kube = kube
+
+    @activity.defn
+    def read_manifests(self, request: ManifestsRequest) -> Manifests:
+        """The plan's manifest files as objects in apply order, namespaced and labelled."""
+        objects: list[dict[str, Any]] = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": request.namespace}}
+        ]
+        for path in request.paths:
+            try:
+                documents = list(yaml.safe_load_all(Path(path).read_text()))
+            except OSError as err:
+                raise ConfigurationError(f"manifest {path}: cannot read: {err.strerror}") from None
+            except yaml.YAMLError as err:
+                raise ConfigurationError(f"manifest {path}: not YAML: {err}") from None
+            for number, document in enumerate(documents, start=1):
+                if document is None:
+                    continue
+                where = f"manifest {path}, document {number}"
+                if not isinstance(document, dict) or not document.get("kind"):
+                    raise ConfigurationError(f"{where}: not a Kubernetes object (no `kind`)")
+                if not document.get("apiVersion") or not (document.get("metadata") or {}).get(
+                    "name"
+                ):
+                    raise ConfigurationError(f"{where}: needs apiVersion and metadata.name")
+                if document["kind"] == "Secret":
+                    raise ConfigurationError(
+                        f"{where}: Secrets do not belong in manifests (their values would enter "
+                        "the launch history); declare them under the phase's `secrets` with "
+                        "env/file references"
+                    )
+                if document["kind"] == "Namespace":
+                    raise ConfigurationError(
+                        f"{where}: the phase's `namespace` creates the namespace; remove it"
+                    )
+                obj = copy.deepcopy(document)
+                namespace = obj["metadata"].get("namespace")
+                if namespace not in (None, request.namespace):
+                    raise ConfigurationError(
+                        f"{where}: namespace {namespace!r} differs from the phase's "
+                        f"{request.namespace!r}"
+                    )
+                objects.append(obj)
+        resolved = []
+        for obj in _ordered(objects):
+            if obj["kind"] != "Namespace":
+                resource = self._kube.resource(obj["apiVersion"], obj["kind"])
+                if resource.namespaced:
+                    obj["metadata"]["namespace"] = request.namespace
+            resolved.append(mark(obj, request.launch_id, request.service))
+        return Manifests(objects=resolved)
+
+    @activity.defn
+    def snapshot_object(self, request: SnapshotObjectRequest) -> ObjectSnapshot:
+        """The object before the launch touches it. A Secret's data goes to a backup Secret."""
+        ref = request.ref
+        current = self._get(ref)
+        if current is None:
+            return ObjectSnapshot(ref=ref, existed=False)
+        if ref.kind != "Secret":
+            return ObjectSnapshot(ref=ref, existed=True, previous=restorable(current))
+        backup = self._backup_name(ref, request.launch_id)
+        secrets = self._kube.resource("v1", "Secret")
+        if self._get(ref.model_copy(update={"name": backup})) is None:
+            body = restorable(current)
+            body["metadata"] = {
+                "name": backup,
+                "namespace": ref.namespace,
+                "labels": {
+                    MANAGED_BY: FIELD_MANAGER,
+                    LAUNCH_LABEL: launch_label(request.launch_id),
+                },
+                "annotations": {BACKUP_OF: ref.name, "phasegate.dev/original": _json(current)},
+            }
+            with api_errors(f"backing up {ref.describe()}"):
+                secrets.create(body=body, namespace=ref.namespace)
+        return ObjectSnapshot(ref=ref, existed=True, backup=backup)
+
+    @activity.defn
+    def apply_object(self, request: ApplyObjectRequest) -> AppliedObject:
+        """Server-side apply under the `phasegate` field manager; applying twice changes nothing."""
+        ref = KubeObjectRef.of(request.object)
+        return self._apply(ref, request.object)
+
+    @activity.defn
+    def apply_secret(self, request: ApplySecretRequest) -> AppliedObject:
+        spec = request.secret
+        data = {
+            key: resolve_secret(value, where=f"secret {spec.name}, key {key}")
+            for key, value in spec.data.items()
+        }
+        body = mark(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": spec.name, "namespace": request.namespace},
+                "type": spec.type,
+                "stringData": data,
+            },
+            request.launch_id,
+            request.service,
+        )
+        return self._apply(KubeObjectRef.of(body), body)
+
+    @activity.defn
+    def restore_object(self, request: RestoreObjectRequest) -> AppliedObject:
+        """Undo `apply_object`: delete what the launch created, put back what it changed.
+        Safe when the apply never happened, and when run twice."""
+        snapshot = request.snapshot
+        ref = snapshot.ref
+        if not snapshot.existed:
+            return AppliedObject(ref=ref, changed=self._delete(ref), action="deleted")
+        if snapshot.backup is not None:
+            previous = self._from_backup(ref, snapshot.backup)
+            if previous is None:  # restored earlier and the backup already removed
+                return AppliedObject(ref=ref, changed=False, action="restored")
+        else:
+            previous = copy.deepcopy(snapshot.previous or {})
+        changed = self._put(ref, previous)
+        if snapshot.backup is not None:
+            self._delete(ref.model_copy(update={"name": snapshot.backup}))
+        return AppliedObject(ref=ref, changed=changed, action="restored")
+
+    @activity.defn
+    def check_rollout(self, request: RolloutRequest) -> RolloutStatus:
+        """Done when every Deployment is rolled out as `kubectl rollout status` sees it; raises
+        `RolloutPending` (retried: polling) before, `KubeRejected` past its progress deadline."""
+        apps = self._kube.apps()
+        ready: dict[str, str] = {}
+        pending: list[str] = []
+        for name in request.deployments:
+            with api_errors(f"reading Deployment {request.namespace}/{name}"):
+                deployment = apps.read_namespaced_deployment(name, request.namespace)
+            done, detail = rollout_state(deployment)
+            if done:
+                ready[name] = detail
+            else:
+                pending.append(f"{name}: {detail}")
+        if pending:
+            raise RolloutPending("waiting for " + "; ".join(pending))
+        return RolloutStatus(ready=ready)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _get(self, ref: KubeObjectRef) -> dict[str, Any] | None:
+        resource = self._kube.resource(ref.api_version, ref.kind)
+        with api_errors(f"reading {ref.describe()}"):
+            try:
+                found = resource.get(name=ref.name, namespace=ref.namespace)
+            except NotFoundError:
+                return None
+        result: dict[str, Any] = found.to_dict()
+        return result
+
+    def _apply(self, ref: KubeObjectRef, body: dict[str, Any]) -> AppliedObject:
+        resource = self._kube.resource(ref.api_version, ref.kind)
+        before = self._get(ref)
+        with api_errors(f"applying {ref.describe()}"):
+            after = resource.server_side_apply(
+                body=body,
+                name=ref.name,
+                namespace=ref.namespace,
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            ).to_dict()
+        changed = before is None or (
+            before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion")
+        )
+        activity.logger.info("applied %s (changed=%s)", ref.describe(), changed)
+        return AppliedObject(ref=ref, changed=changed, action="applied")
+
+    def _put(self, ref: KubeObjectRef, previous: dict[str, Any]) -> bool:
+        resource = self._kube.resource(ref.api_version, ref.kind)
+        current = self._get(ref)
+        if current is None:
+            with api_errors(f"re-creating {ref.describe()}"):
+                resource.create(body=previous, namespace=ref.namespace)
+            return True
+        if restorable(current) == previous:
+            return False
+        previous.setdefault("metadata", {})["resourceVersion"] = current["metadata"][
+            "resourceVersion"
+        ]
+        with api_errors(f"restoring {ref.describe()}"):
+            resource.replace(body=previous, name=ref.name, namespace=ref.namespace)
+        return True
+
+    def _delete(self, ref: KubeObjectRef) -> bool:
+        """Delete if present and wait until it is gone (a namespace takes a few seconds)."""
+        resource = self._kube.resource(ref.api_version, ref.kind)
+        if self._get(ref) is None:
+            return False
+        with api_errors(f"deleting {ref.describe()}"):
+            try:
+                resource.delete(
+                    name=ref.name,
+                    namespace=ref.namespace,
+                    body={"propagationPolicy": "Background"},
+                )
+            except NotFoundError:
+                return False
+        deadline = time.monotonic() + 45
+        while self._get(ref) is not None:
+            if time.monotonic() > deadline:
+                raise RolloutPending(f"{ref.describe()} is still being deleted")
+            activity.heartbeat(f"waiting for {ref.describe()} to go")
+            time.sleep(0.5)
+        return True
+
+    def _from_backup(self, ref: KubeObjectRef, backup: str) -> dict[str, Any] | None:
+        found = self._get(ref.model_copy(update={"name": backup}))
+        if found is None:
+            return None
+        original = yaml.safe_load(found["metadata"]["annotations"]["phasegate.dev/original"])
+        return restorable(original)
+
+    @staticmethod
+    def _backup_name(ref: KubeObjectRef, launch_id: str) -> str:
+        digest = hashlib.sha256(f"{launch_id}/{ref.name}".encode()).hexdigest()[:10]
+        return f"phasegate-backup-{digest}"
+
+
+def rollout_state(deployment: Any) -> tuple[bool, str]:
+    """(done, what is happening), the way `kubectl rollout status` decides."""
+    spec, status = deployment.spec, deployment.status
+    wanted = spec.replicas if spec.replicas is not None else 1
+    generation = deployment.metadata.generation or 0
+    for condition in status.conditions or []:
+        if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
+            raise KubeRejected(
+                f"Deployment {deployment.metadata.namespace}/{deployment.metadata.name} "
+                f"exceeded its progress deadline: {condition.message}"
+            )
+    if (status.observed_generation or 0) < generation:
+        return False, "the controller has not seen the latest spec yet"
+    updated = status.updated_replicas or 0
+    total = status.replicas or 0
+    available = status.available_replicas or 0
+    if updated < wanted:
+        return False, f"{updated} of {wanted} replicas updated"
+    if total > updated:
+        return False, f"{total - updated} old replicas still terminating"
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas available"
+    return True, f"{available}/{wanted} available"
+
+
+def _json(obj: dict[str, Any]) -> str:
+    return json.dumps(restorable(obj), sort_keys=True)

@@ -1,0 +1,159 @@
+"""`phasegate kube`: the local Kubernetes control plane and the Kubernetes demo launch.
+
+`phasegate kube up` runs the control plane until Ctrl-C; `phasegate kube demo` launches
+examples/plans/kube/checkout.yaml (infra_setup, then a replica-weighted soft and full launch)
+against it with a Temporal dev server and a worker, and shows what is in the namespace after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from kubernetes import client, config
+from rich.console import Console
+from temporalio.client import Client
+
+from phasegate.starters import launches
+from phasegate.starters.demo import auto_approve, example_plan
+from phasegate.starters.kube import ControlPlane, control_plane, start_control_plane
+from phasegate.starters.local import (
+    LocalProcessError,
+    start_temporal_dev_server,
+    start_worker,
+)
+from phasegate.workers.client import connect
+from phasegate.workers.settings import Settings
+from phasegate.workflows.messages import LaunchStatus
+from phasegate.workflows.plan import InfraSetupPhase
+from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
+
+kube_app = typer.Typer(
+    help="The local Kubernetes control plane and the Kubernetes demo.", no_args_is_help=True
+)
+console = Console()
+Workdir = Annotated[Path, typer.Option(help="Where certificates, etcd data and logs go.")]
+
+
+@kube_app.command("up")
+def up(workdir: Workdir = Path(".phasegate/kube")) -> None:
+    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; print the kubeconfig."""
+    started = time.monotonic()
+    _stop_on_sigterm()
+    try:
+        plane = start_control_plane(workdir.resolve())
+    except LocalProcessError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    try:
+        console.print(f"control plane ready in {time.monotonic() - started:.1f}s at {plane.server}")
+        console.print(f"export KUBECONFIG={plane.kubeconfig}")
+        console.print("Ctrl-C stops it.")
+        while all(process.running for process in plane.processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        plane.stop()
+
+
+@kube_app.command("demo")
+def demo(
+    workdir: Workdir = Path(".phasegate/kube-demo"),
+    reject: Annotated[
+        bool, typer.Option(help="Reject the soft launch's gate: watch everything roll back.")
+    ] = False,
+) -> None:
+    """Launch the Kubernetes example plan with every gate decided by one of its approvers."""
+    os.environ.setdefault("CHECKOUT_DB_PASSWORD", "demo-password")
+    _stop_on_sigterm()
+    workdir = workdir.resolve()
+    try:
+        with control_plane(workdir / "cluster") as plane:
+            final = asyncio.run(_run(plane, workdir, reject))
+    except LocalProcessError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if final.status.value == ("rolled_back" if reject else "completed") else 1)
+
+
+async def _run(plane: ControlPlane, workdir: Path, reject: bool) -> LaunchStatus:
+    console.print(f"Kubernetes API at {plane.server} (KUBECONFIG={plane.kubeconfig})")
+    server = start_temporal_dev_server(workdir=workdir, search_attributes=SEARCH_ATTRIBUTES)
+    worker = start_worker(
+        address=server.address,
+        workdir=workdir,
+        extra_env={"PHASEGATE_KUBECONFIG": str(plane.kubeconfig)},
+    )
+    try:
+        settings = Settings(TEMPORAL_ADDRESS=server.address, PHASEGATE_UI_URL=server.url)
+        plan = launches.validate_plan(example_plan("kube/checkout.yaml"))
+        temporal = await connect(settings)
+        handle = await launches.start_launch(temporal, plan, settings=settings)
+        console.print(f"launch {handle.id}: {launches.ui_link(settings, handle.id)}")
+        last = [""]
+
+        def show(status: LaunchStatus) -> None:
+            line = f"{status.status.value:12} {status.phase:12} step {status.step} exposure {status.exposure}"
+            if line != last[0]:
+                console.print(line)
+                last[0] = line
+
+        if reject:
+            final = await _reject_soft_launch(temporal, handle.id, show)
+        else:
+            final = await auto_approve(temporal, handle.id, plan.approvals.approvers[0], show)
+        console.print(f"launch {final.status.value}{': ' + final.reason if final.reason else ''}")
+        namespace = next(p for p in plan.phases if isinstance(p, InfraSetupPhase)).namespace
+        _show_namespace(plane, namespace)
+        return final
+    finally:
+        worker.stop()
+        server.stop()
+
+
+async def _reject_soft_launch(
+    temporal: Client, launch_id: str, show: Callable[[LaunchStatus], None]
+) -> LaunchStatus:
+    while True:
+        status = await launches.get_status(temporal, launch_id)
+        show(status)
+        if status.open_gate is not None:
+            await launches.decide(
+                temporal,
+                launch_id,
+                status.open_gate.gate,
+                "alice",  # an approver of the example plan
+                "reject",
+                "demo: reject the soft launch",
+            )
+        if status.status.value in ("completed", "rolled_back"):
+            return status
+        await asyncio.sleep(0.5)
+
+
+def _show_namespace(plane: ControlPlane, namespace: str) -> None:
+    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    names = {n.metadata.name for n in core.list_namespace().items}
+    if namespace not in names:
+        console.print(f"namespace {namespace}: gone (everything the launch created was deleted)")
+        return
+    for deployment in apps.list_namespaced_deployment(namespace).items:
+        images = ", ".join(c.image for c in deployment.spec.template.spec.containers)
+        console.print(
+            f"Deployment {namespace}/{deployment.metadata.name}: "
+            f"{deployment.status.ready_replicas or 0}/{deployment.spec.replicas} ready, {images}"
+        )
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every started server is stopped on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

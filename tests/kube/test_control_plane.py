@@ -1,0 +1,123 @@
+"""The local control plane itself: what the other Kubernetes tests rely on."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from phasegate.starters import kube as kube_starter
+from phasegate.starters.kube import ControlPlane
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_pinned_versions_match_the_build_script() -> None:
+    pinned = dict(
+        line.split("=", 1)
+        for line in (REPO / "deploy" / "kube" / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert pinned == {
+        "KUBE_VERSION": kube_starter.KUBE_VERSION,
+        "ETCD_VERSION": kube_starter.ETCD_VERSION,
+        "KWOK_VERSION": kube_starter.KWOK_VERSION,
+    }
+
+
+def test_api_server_reports_its_version_and_nodes_are_ready(
+    kube: ControlPlane, kube_api: client.ApiClient
+) -> None:
+    version = client.VersionApi(kube_api).get_code()
+    if kube.local:
+        assert version.git_version == kube_starter.KUBE_VERSION
+    nodes = client.CoreV1Api(kube_api).list_node().items
+    assert nodes
+    assert all(
+        any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        for node in nodes
+    )
+
+
+def test_deployment_pods_become_ready_and_deleted_pods_go_away(
+    kube_api: client.ApiClient, namespace_name: str
+) -> None:
+    core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
+    core.create_namespace({"metadata": {"name": namespace_name}})
+    try:
+        apps.create_namespaced_deployment(
+            namespace_name,
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 3,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+                    },
+                },
+            },
+        )
+        wait_until(
+            lambda: (
+                apps.read_namespaced_deployment("web", namespace_name).status.ready_replicas == 3
+            )
+        )
+        apps.patch_namespaced_deployment_scale("web", namespace_name, {"spec": {"replicas": 1}})
+        wait_until(lambda: len(core.list_namespaced_pod(namespace_name).items) == 1)
+    finally:
+        core.delete_namespace(namespace_name)
+
+
+def test_rbac_applies_to_certificate_users(kube: ControlPlane, kube_api: client.ApiClient) -> None:
+    if not kube.local:
+        pytest.skip("needs the local control plane's CA to make a user")
+    api = config.new_client_from_config(config_file=str(kube.user_kubeconfig("dora", ["devs"])))
+    with pytest.raises(client.ApiException) as refused:
+        client.CoreV1Api(api).list_namespace()
+    assert refused.value.status == 403
+    assert (
+        'User "dora" cannot list resource "namespaces"' in json.loads(refused.value.body)["message"]
+    )
+
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "devs-view"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "view",
+            },
+            "subjects": [
+                {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        }
+    )
+    try:
+        wait_until(lambda: _can_list_pods(api))
+    finally:
+        rbac.delete_cluster_role_binding("devs-view")
+
+
+def _can_list_pods(api: client.ApiClient) -> bool:
+    try:
+        client.CoreV1Api(api).list_pod_for_all_namespaces()
+    except client.ApiException as err:
+        if err.status == 403:
+            return False
+        raise
+    return True
+
+
+def wait_until(condition: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.3)

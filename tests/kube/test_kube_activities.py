@@ -1,0 +1,289 @@
+"""The infra-setup activities against a real API server: apply, wait, undo."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes import client
+from temporalio.testing import ActivityEnvironment
+
+from phasegate.activities.errors import KubeRejected
+from phasegate.activities.kube import KubeActivities, KubeConnection, RolloutPending
+from phasegate.workflows.kube_messages import (
+    ApplyObjectRequest,
+    ApplySecretRequest,
+    KubeObjectRef,
+    ManifestsRequest,
+    ObjectSnapshot,
+    RestoreObjectRequest,
+    RolloutRequest,
+    SnapshotObjectRequest,
+)
+from phasegate.workflows.plan import SecretSpec
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+LAUNCH = "launch-kube-activities"
+
+
+def manifests(directory: Path, *, replicas: int = 3, config: str = "new") -> Path:
+    path = directory / "app.yaml"
+    path.write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "app-config"},
+                    "data": {"mode": config},
+                },
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "app"},
+                    "spec": {
+                        "replicas": replicas,
+                        "selector": {"matchLabels": {"app": "app"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "app"}},
+                            "spec": {"containers": [{"name": "app", "image": "app:2"}]},
+                        },
+                    },
+                },
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "app"},
+                    "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]},
+                },
+            ]
+        )
+    )
+    return path
+
+
+def poll(call: Callable[[], T], timeout: float = 60) -> T:
+    """Call until it stops raising RolloutPending, the way the retry policy does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except RolloutPending:
+            assert time.monotonic() < deadline, "still pending"
+            time.sleep(0.5)
+
+
+def cluster_state(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    """What a launch may change, as comparable data: namespaces and this namespace's objects."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    namespaces = sorted(
+        n.metadata.name for n in core.list_namespace().items if n.status.phase == "Active"
+    )
+    if namespace not in namespaces:
+        return {"namespaces": namespaces}
+    return {
+        "namespaces": namespaces,
+        "configmaps": {
+            c.metadata.name: (c.data, c.metadata.labels)
+            for c in core.list_namespaced_config_map(namespace).items
+        },
+        "secrets": {
+            s.metadata.name: (s.data, s.metadata.labels)
+            for s in core.list_namespaced_secret(namespace).items
+        },
+        "deployments": {
+            d.metadata.name: (d.spec.replicas, d.spec.template.spec.containers[0].image)
+            for d in apps.list_namespaced_deployment(namespace).items
+        },
+        "services": sorted(s.metadata.name for s in core.list_namespaced_service(namespace).items),
+    }
+
+
+def apply_all(
+    env: ActivityEnvironment, kube: KubeActivities, request: ManifestsRequest, secret: SecretSpec
+) -> list[ObjectSnapshot]:
+    """What the infra-setup workflow does: snapshot (the undo) before each apply."""
+    objects = env.run(kube.read_manifests, request).objects
+    snapshots = []
+    for obj in objects:
+        ref = KubeObjectRef.of(obj)
+        snapshots.append(
+            env.run(kube.snapshot_object, SnapshotObjectRequest(ref=ref, launch_id=LAUNCH))
+        )
+        env.run(kube.apply_object, ApplyObjectRequest(object=obj, launch_id=LAUNCH))
+        if obj["kind"] == "Namespace":
+            ref = KubeObjectRef(
+                api_version="v1", kind="Secret", name=secret.name, namespace=request.namespace
+            )
+            snapshots.append(
+                env.run(kube.snapshot_object, SnapshotObjectRequest(ref=ref, launch_id=LAUNCH))
+            )
+            env.run(
+                kube.apply_secret,
+                ApplySecretRequest(
+                    secret=secret, namespace=request.namespace, launch_id=LAUNCH, service="app"
+                ),
+            )
+    return snapshots
+
+
+def undo_all(
+    env: ActivityEnvironment, kube: KubeActivities, snapshots: list[ObjectSnapshot]
+) -> None:
+    for snapshot in reversed(snapshots):
+        env.run(kube.restore_object, RestoreObjectRequest(snapshot=snapshot, launch_id=LAUNCH))
+
+
+@pytest.fixture
+def kube_activities(kube_api: client.ApiClient) -> KubeActivities:
+    return KubeActivities(KubeConnection(api=kube_api))
+
+
+def test_apply_wait_compensate_leaves_a_new_namespace_as_it_was(
+    kube_activities: KubeActivities,
+    kube_api: client.ApiClient,
+    namespace_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("APP_DB_PASSWORD", "s3cret")
+    env = ActivityEnvironment()
+    before = cluster_state(kube_api, namespace_name)
+    request = ManifestsRequest(
+        paths=[str(manifests(tmp_path))], namespace=namespace_name, launch_id=LAUNCH, service="app"
+    )
+    secret = SecretSpec.model_validate(
+        {"name": "app-db", "data": {"password": {"env": "APP_DB_PASSWORD"}}}
+    )
+
+    snapshots = apply_all(env, kube_activities, request, secret)
+    status = poll(
+        lambda: env.run(
+            kube_activities.check_rollout,
+            RolloutRequest(namespace=namespace_name, deployments=["app"]),
+        )
+    )
+    assert status.ready == {"app": "3/3 available"}
+    applied = cluster_state(kube_api, namespace_name)
+    assert applied["deployments"] == {"app": (3, "app:2")}
+    assert base64.b64decode(applied["secrets"]["app-db"][0]["password"]) == b"s3cret"
+    assert applied["configmaps"]["app-config"][1]["phasegate.dev/launch"] == LAUNCH
+    # Applying again changes nothing: server-side apply is idempotent.
+    again = env.run(kube_activities.read_manifests, request).objects
+    assert not any(
+        env.run(
+            kube_activities.apply_object, ApplyObjectRequest(object=o, launch_id=LAUNCH)
+        ).changed
+        for o in again
+    )
+
+    undo_all(env, kube_activities, snapshots)
+    undo_all(env, kube_activities, snapshots)  # a retried rollback converges
+    assert cluster_state(kube_api, namespace_name) == before
+
+
+def test_compensation_restores_changed_objects_and_deletes_created_ones(
+    kube_activities: KubeActivities,
+    kube_api: client.ApiClient,
+    namespace_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace({"metadata": {"name": namespace_name, "labels": {"team": "shop"}}})
+    core.create_namespaced_config_map(
+        namespace_name, {"metadata": {"name": "app-config"}, "data": {"mode": "old"}}
+    )
+    core.create_namespaced_secret(
+        namespace_name, {"metadata": {"name": "app-db"}, "stringData": {"password": "old"}}
+    )
+    try:
+        monkeypatch.setenv("APP_DB_PASSWORD", "new")
+        env = ActivityEnvironment()
+        before = cluster_state(kube_api, namespace_name)
+        request = ManifestsRequest(
+            paths=[str(manifests(tmp_path, replicas=2))],
+            namespace=namespace_name,
+            launch_id=LAUNCH,
+            service="app",
+        )
+        secret = SecretSpec.model_validate(
+            {"name": "app-db", "data": {"password": {"env": "APP_DB_PASSWORD"}}}
+        )
+        snapshots = apply_all(env, kube_activities, request, secret)
+        changed = cluster_state(kube_api, namespace_name)
+        assert changed["configmaps"]["app-config"][0] == {"mode": "new"}
+        assert base64.b64decode(changed["secrets"]["app-db"][0]["password"]) == b"new"
+        # The old Secret value is kept in the cluster, never in the snapshot (workflow history).
+        secret_snapshot = next(s for s in snapshots if s.ref.kind == "Secret")
+        assert secret_snapshot.previous is None
+        assert secret_snapshot.backup in changed["secrets"]
+
+        undo_all(env, kube_activities, snapshots)
+        assert cluster_state(kube_api, namespace_name) == before
+        assert core.read_namespace(namespace_name).metadata.labels["team"] == "shop"
+    finally:
+        core.delete_namespace(namespace_name)
+
+
+def test_an_invalid_manifest_is_refused_with_the_servers_message(
+    kube_activities: KubeActivities, namespace_name: str
+) -> None:
+    env = ActivityEnvironment()
+    env.run(
+        kube_activities.apply_object,
+        ApplyObjectRequest(
+            object={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace_name}},
+            launch_id=LAUNCH,
+        ),
+    )
+    bad = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "Bad_Name", "namespace": namespace_name},
+        "spec": {
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "y"}}},
+        },
+    }
+    with pytest.raises(KubeRejected) as refused:
+        env.run(kube_activities.apply_object, ApplyObjectRequest(object=bad, launch_id=LAUNCH))
+    message = str(refused.value)
+    assert f"applying Deployment {namespace_name}/Bad_Name: 422" in message
+    assert "`selector` does not match template `labels`" in message
+    env.run(
+        kube_activities.restore_object,
+        RestoreObjectRequest(
+            snapshot=ObjectSnapshot(
+                ref=KubeObjectRef(api_version="v1", kind="Namespace", name=namespace_name),
+                existed=False,
+            ),
+            launch_id=LAUNCH,
+        ),
+    )
+
+
+def test_unknown_kinds_and_secrets_in_manifests_are_refused(
+    kube_activities: KubeActivities, tmp_path: Path
+) -> None:
+    env = ActivityEnvironment()
+    path = tmp_path / "m.yaml"
+    path.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {a: b}\n")
+    with pytest.raises(Exception, match="Secrets do not belong in manifests"):
+        env.run(
+            kube_activities.read_manifests,
+            ManifestsRequest(paths=[str(path)], namespace="x", launch_id=LAUNCH, service="a"),
+        )
+    path.write_text("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n")
+    with pytest.raises(KubeRejected, match=re.escape("no kind 'Widget' in 'example.com/v1'")):
+        env.run(
+            kube_activities.read_manifests,
+            ManifestsRequest(paths=[str(path)], namespace="x", launch_id=LAUNCH, service="a"),
+        )

@@ -1,0 +1,297 @@
+"""Launches with an infra_setup phase and the replica router: real Temporal dev server, real
+worker, the local Kubernetes control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.activities.kube import LAUNCH_ANNOTATION, KubeConnection
+from phasegate.starters.kube import ControlPlane
+from phasegate.starters.local import start_worker
+from phasegate.workers.main import build_worker
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import LaunchInput, LaunchResult, LaunchStatus
+from phasegate.workflows.plan import LaunchPlan
+
+pytestmark = pytest.mark.integration
+
+
+def write_manifests(directory: Path, *, config_maps: int = 1, broken: bool = False) -> Path:
+    documents: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"web-config-{n}"},
+            "data": {"n": str(n)},
+        }
+        for n in range(config_maps)
+    ]
+    documents += [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 4,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web" if not broken else "other"}},
+                    "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+                },
+            },
+        },
+    ]
+    path = directory / "web.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+def kube_plan(
+    manifests: Path, namespace: str, *, launch: bool = True, approval_at_50: bool = False
+) -> LaunchPlan:
+    phases: list[dict[str, Any]] = [
+        {
+            "name": "infra-setup",
+            "kind": "infra_setup",
+            "namespace": namespace,
+            "manifests": [str(manifests)],
+            "secrets": [{"name": "web-db", "data": {"password": {"env": "WEB_DB_PASSWORD"}}}],
+            "rollout_timeout": "90s",
+        }
+    ]
+    if launch:
+        phases += [
+            {
+                "name": "soft-launch",
+                "kind": "soft_launch",
+                "steps": [{"weight": 25}, {"weight": 50, "approval": approval_at_50}],
+            },
+            {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]},
+        ]
+    return LaunchPlan.model_validate(
+        {
+            "service": "web",
+            "version": "2.0.0",
+            "targets": {
+                "router": {
+                    "kind": "kube_replicas",
+                    "namespace": namespace,
+                    "stable": "web",
+                    "images": {"web": "web:2"},
+                }
+            },
+            "approvals": {"approvers": ["alice"], "timeout": "10m"},
+            "phases": phases,
+        }
+    )
+
+
+async def start(
+    client_: Client, plan: LaunchPlan, task_queue: str
+) -> WorkflowHandle[Any, LaunchResult]:
+    launch_id = f"kube-{uuid.uuid4().hex[:8]}"
+    return await client_.start_workflow(
+        LaunchWorkflow.run,
+        LaunchInput(launch_id=launch_id, plan=plan),
+        id=launch_id,
+        task_queue=task_queue,
+    )
+
+
+async def status_until(
+    handle: WorkflowHandle[Any, Any], predicate: Any, timeout: float = 120
+) -> LaunchStatus:
+    async with asyncio.timeout(timeout):
+        while True:
+            current: LaunchStatus = await handle.query(LaunchWorkflow.status)
+            if predicate(current):
+                return current
+            await asyncio.sleep(0.2)
+
+
+def objects_of_launch(api: client.ApiClient, launch_id: str) -> list[str]:
+    """Every object anywhere in the cluster that this launch applied (by its annotation)."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    found = []
+    for kind, items in (
+        ("Namespace", core.list_namespace().items),
+        ("ConfigMap", core.list_config_map_for_all_namespaces().items),
+        ("Secret", core.list_secret_for_all_namespaces().items),
+        ("Service", core.list_service_for_all_namespaces().items),
+        ("Deployment", apps.list_deployment_for_all_namespaces().items),
+    ):
+        for item in items:
+            if (item.metadata.annotations or {}).get(LAUNCH_ANNOTATION) == launch_id:
+                found.append(f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}")
+    return found
+
+
+def namespace_gone(api: client.ApiClient, name: str) -> bool:
+    return name not in {n.metadata.name for n in client.CoreV1Api(api).list_namespace().items}
+
+
+@pytest.fixture
+async def kube_worker(dev_env: WorkflowEnvironment, kube: ControlPlane) -> AsyncIterator[str]:
+    task_queue = f"kube-{uuid.uuid4()}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
+        async with (
+            httpx.AsyncClient() as http,
+            build_worker(
+                dev_env.client,
+                http,
+                executor,
+                task_queue=task_queue,
+                kube=KubeConnection(str(kube.kubeconfig)),
+            ),
+        ):
+            yield task_queue
+
+
+@pytest.fixture(autouse=True)
+def db_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_DB_PASSWORD", "hunter2")
+
+
+async def test_infra_setup_then_replica_canary_runs_end_to_end(
+    dev_env: WorkflowEnvironment,
+    kube_worker: str,
+    kube_api: client.ApiClient,
+    namespace_name: str,
+    tmp_path: Path,
+) -> None:
+    plan = kube_plan(write_manifests(tmp_path), namespace_name)
+    handle = await start(dev_env.client, plan, kube_worker)
+    try:
+        result = await asyncio.wait_for(handle.result(), timeout=240)
+        assert result.status == "completed", result.reason
+        apps = client.AppsV1Api(kube_api)
+        assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace_name).items] == [
+            "web"
+        ]
+        stable = apps.read_namespaced_deployment("web", namespace_name)
+        assert (stable.spec.replicas, stable.spec.template.spec.containers[0].image) == (4, "web:2")
+        infra = result.final.phases[0]
+        assert [c.description for c in infra.compensations] == [
+            f"delete Namespace {namespace_name}",
+            f"delete Secret {namespace_name}/web-db",
+            f"delete ConfigMap {namespace_name}/web-config-0",
+            f"delete Service {namespace_name}/web",
+            f"delete Deployment {namespace_name}/web",
+        ]
+    finally:
+        client.CoreV1Api(kube_api).delete_namespace(namespace_name)
+
+
+async def test_failed_soft_launch_leaves_no_object_the_launch_created(
+    dev_env: WorkflowEnvironment,
+    kube_worker: str,
+    kube_api: client.ApiClient,
+    namespace_name: str,
+    tmp_path: Path,
+) -> None:
+    plan = kube_plan(write_manifests(tmp_path), namespace_name, approval_at_50=True)
+    handle = await start(dev_env.client, plan, kube_worker)
+    await status_until(
+        handle, lambda s: s.open_gate is not None and s.open_gate.gate == "soft-launch.step-2"
+    )
+    assert len(objects_of_launch(kube_api, handle.id)) == 6  # namespace, secret, 2 + canary
+    await handle.signal(LaunchWorkflow.reject, {"gate": "soft-launch.step-2", "approver": "alice"})
+    result = await asyncio.wait_for(handle.result(), timeout=120)
+
+    assert result.status == "rolled_back"
+    assert all(c.status == "done" for c in result.final.compensations)
+    assert objects_of_launch(kube_api, handle.id) == []
+    assert namespace_gone(kube_api, namespace_name)
+
+
+async def test_invalid_manifest_fails_fast_with_the_servers_message(
+    dev_env: WorkflowEnvironment,
+    kube_worker: str,
+    kube_api: client.ApiClient,
+    namespace_name: str,
+    tmp_path: Path,
+) -> None:
+    plan = kube_plan(write_manifests(tmp_path, broken=True), namespace_name)
+    started = time.monotonic()
+    result = await asyncio.wait_for(
+        (await start(dev_env.client, plan, kube_worker)).result(), timeout=90
+    )
+
+    assert result.status == "rolled_back"
+    assert time.monotonic() - started < 45  # no retrying a 4xx
+    assert f"applying Deployment {namespace_name}/web: 422" in result.reason
+    assert "`selector` does not match template `labels`" in result.reason
+    undone = [c.description for c in result.final.compensations if c.status == "done"]
+    assert undone[0] == f"delete Namespace {namespace_name}"
+    assert len(undone) == 5  # namespace, secret, config map, service, and the refused Deployment
+    assert namespace_gone(kube_api, namespace_name)
+
+
+async def test_worker_killed_mid_apply_converges_after_restart(
+    dev_env: WorkflowEnvironment,
+    kube: ControlPlane,
+    kube_api: client.ApiClient,
+    namespace_name: str,
+    tmp_path: Path,
+) -> None:
+    address = dev_env.client.service_client.config.target_host
+    plan = kube_plan(write_manifests(tmp_path, config_maps=12), namespace_name, launch=False)
+    task_queue = f"kube-kill-{uuid.uuid4().hex[:8]}"
+    env = {"PHASEGATE_KUBECONFIG": str(kube.kubeconfig), "WEB_DB_PASSWORD": "hunter2"}
+    first = start_worker(
+        address=address, workdir=tmp_path / "w1", task_queue=task_queue, extra_env=env
+    )
+    try:
+        handle = await start(dev_env.client, plan, task_queue)
+        await status_until(handle, lambda s: s.phases and s.phases[0].step >= 5)
+        first.kill()
+    finally:
+        first.stop()
+    partial = client.CoreV1Api(kube_api).list_namespaced_config_map(namespace_name).items
+    assert len([c for c in partial if c.metadata.name.startswith("web-config")]) < 12
+
+    second = start_worker(
+        address=address, workdir=tmp_path / "w2", task_queue=task_queue, extra_env=env
+    )
+    try:
+        result = await asyncio.wait_for(handle.result(), timeout=180)
+    finally:
+        second.stop()
+    try:
+        assert result.status == "completed", result.reason
+        names = sorted(
+            c.metadata.name
+            for c in client.CoreV1Api(kube_api).list_namespaced_config_map(namespace_name).items
+            if c.metadata.name.startswith("web-config")
+        )
+        assert names == sorted(f"web-config-{n}" for n in range(12))
+        assert (
+            client.AppsV1Api(kube_api)
+            .read_namespaced_deployment("web", namespace_name)
+            .status.ready_replicas
+            == 4
+        )
+        # One undo per object, none twice, whatever the crash interrupted.
+        descriptions = [c.description for c in result.final.phases[0].compensations]
+        assert len(descriptions) == len(set(descriptions)) == 12 + 4
+    finally:
+        client.CoreV1Api(kube_api).delete_namespace(namespace_name)

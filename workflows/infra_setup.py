@@ -1,0 +1,119 @@
+"""Infrastructure setup: apply the service's Kubernetes objects, wait for the rollout, check
+that Prometheus scrapes it. Every object's undo (delete it, or put it back as it was) is
+registered before the object is applied, so a rollback leaves nothing the launch created.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from phasegate.activities.kube import KUBE_OPTIONS, KubeActivities, rollout_options
+    from phasegate.activities.metrics import MetricsActivities, targets_options
+    from phasegate.workflows.kube_messages import (
+        ApplyObjectRequest,
+        ApplySecretRequest,
+        KubeObjectRef,
+        ManifestsRequest,
+        RestoreObjectRequest,
+        RolloutRequest,
+        SnapshotObjectRequest,
+        TargetsUpRequest,
+    )
+    from phasegate.workflows.messages import PhaseInput, PhaseState
+    from phasegate.workflows.phase import PhaseWorkflow
+    from phasegate.workflows.plan import InfraSetupPhase
+
+
+@workflow.defn(name="InfraSetup")
+class InfraSetupWorkflow(PhaseWorkflow):
+    @workflow.run
+    async def run(self, inp: PhaseInput) -> PhaseState:
+        return await self.run_phase(inp, lambda: self.set_up(inp))
+
+    async def set_up(self, inp: PhaseInput) -> None:
+        spec: InfraSetupPhase = inp.phase
+        plan, state = inp.plan, self.state
+
+        state.activity = f"reading {len(spec.manifests)} manifest file(s)"
+        manifests = await workflow.execute_activity_method(
+            KubeActivities.read_manifests,
+            ManifestsRequest(
+                paths=spec.manifests,
+                namespace=spec.namespace,
+                launch_id=inp.launch_id,
+                service=plan.service,
+            ),
+            **KUBE_OPTIONS,
+        )
+        # The namespace comes first, then the secrets, then everything the manifests name.
+        namespace, *objects = manifests.objects
+        state.steps = len(manifests.objects) + len(spec.secrets)
+
+        await self.apply(namespace, inp)
+        for secret in spec.secrets:
+            ref = KubeObjectRef(
+                api_version="v1", kind="Secret", name=secret.name, namespace=spec.namespace
+            )
+            await self.register_undo(ref, inp)
+            await workflow.execute_activity_method(
+                KubeActivities.apply_secret,
+                ApplySecretRequest(
+                    secret=secret,
+                    namespace=spec.namespace,
+                    launch_id=inp.launch_id,
+                    service=plan.service,
+                ),
+                **KUBE_OPTIONS,
+            )
+        for obj in objects:
+            await self.apply(obj, inp)
+
+        deployments = [
+            KubeObjectRef.of(obj).name for obj in objects if obj.get("kind") == "Deployment"
+        ]
+        if deployments:
+            state.activity = f"waiting for the rollout of {', '.join(deployments)}"
+            await self.report()
+            await workflow.execute_activity_method(
+                KubeActivities.check_rollout,
+                RolloutRequest(namespace=spec.namespace, deployments=deployments),
+                summary=f"rollout of {len(deployments)} Deployment(s)",
+                **rollout_options(spec.rollout_timeout),
+            )
+
+        if spec.prometheus_jobs and plan.targets.prometheus is not None:
+            state.activity = f"checking that Prometheus scrapes {', '.join(spec.prometheus_jobs)}"
+            await self.report()
+            await workflow.execute_activity_method(
+                MetricsActivities.check_targets_up,
+                TargetsUpRequest(prometheus=plan.targets.prometheus, jobs=spec.prometheus_jobs),
+                **targets_options(spec.targets_timeout),
+            )
+
+    async def apply(self, obj: dict[str, object], inp: PhaseInput) -> None:
+        ref = KubeObjectRef.of(obj)
+        await self.register_undo(ref, inp)
+        await workflow.execute_activity_method(
+            KubeActivities.apply_object,
+            ApplyObjectRequest(object=obj, launch_id=inp.launch_id),
+            summary=f"apply {ref.describe()}",
+            **KUBE_OPTIONS,
+        )
+
+    async def register_undo(self, ref: KubeObjectRef, inp: PhaseInput) -> None:
+        """Snapshot the object as it is, then record how to return to that, before applying."""
+        self.state.step += 1
+        self.state.activity = f"applying {ref.describe()}"
+        snapshot = await workflow.execute_activity_method(
+            KubeActivities.snapshot_object,
+            SnapshotObjectRequest(ref=ref, launch_id=inp.launch_id),
+            summary=f"snapshot {ref.describe()}",
+            **KUBE_OPTIONS,
+        )
+        verb = "put back" if snapshot.existed else "delete"
+        await self.compensations.register(
+            KubeActivities.restore_object,
+            RestoreObjectRequest(snapshot=snapshot, launch_id=inp.launch_id),
+            f"{verb} {ref.describe()}",
+        )
