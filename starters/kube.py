@@ -31,7 +31,7 @@ from phasegate.starters.local import (
     LocalProcessError,
     ManagedProcess,
     _launch,
-    _wait_until_ready,
+    wait_until_ready,
     free_port,
 )
 
@@ -437,7 +437,7 @@ def _start_etcd(plane: ControlPlane, bins: KubeBinaries, workdir: Path) -> str:
         client_port,
         client_url,
     )
-    _wait_until_ready(etcd, lambda: _get_ok(f"{client_url}/health"), 30.0)
+    wait_until_ready(etcd, lambda: _get_ok(f"{client_url}/health"), 30.0)
     return client_url
 
 
@@ -533,7 +533,7 @@ def _wait_for_api(plane: ControlPlane, timeout: float) -> None:
         except httpx.HTTPError:
             return False
 
-    _wait_until_ready(apiserver, ready, timeout)
+    wait_until_ready(apiserver, ready, timeout)
 
 
 def _get_ok(url: str) -> bool:

@@ -217,7 +217,7 @@ def start_prometheus(
     config_path.write_text(render_prometheus_config(scrape_targets, scrape_interval))
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
-    managed = _spawn(
+    managed = spawn(
         "prometheus",
         [
             executable,
@@ -230,7 +230,7 @@ def start_prometheus(
         port=port,
         url=url,
     )
-    _wait_until_ready(managed, lambda: _http_status(f"{url}/-/ready") == 200, READY_TIMEOUT_S)
+    wait_until_ready(managed, lambda: _http_status(f"{url}/-/ready") == 200, READY_TIMEOUT_S)
     return managed
 
 
@@ -280,7 +280,7 @@ def start_demo_service(
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
-    managed = _spawn(
+    managed = spawn(
         "demo-service",
         [
             sys.executable,
@@ -303,7 +303,7 @@ def start_demo_service(
         port=port,
         url=url,
     )
-    _wait_until_ready(managed, lambda: _http_status(f"{url}/healthz") == 200, READY_TIMEOUT_S)
+    wait_until_ready(managed, lambda: _http_status(f"{url}/healthz") == 200, READY_TIMEOUT_S)
     return managed
 
 
@@ -314,7 +314,7 @@ def start_load(
     prints its summary as the last line of its log."""
     workdir.mkdir(parents=True, exist_ok=True)
     target_url = httpx.URL(target)
-    return _spawn(
+    return spawn(
         "load",
         [
             sys.executable,
@@ -388,7 +388,7 @@ def start_temporal_dev_server(
         ui_port=ui_port,
         namespace=namespace,
     )
-    _wait_until_ready(
+    wait_until_ready(
         server,
         lambda: _tcp_open(LOOPBACK, port) and _http_status(server.url) is not None,
         TEMPORAL_READY_TIMEOUT_S,
@@ -427,7 +427,7 @@ def start_worker(
         log_file=log_file,
     )
     start = log_path.stat().st_size if log_path.exists() else 0
-    _wait_until_ready(
+    wait_until_ready(
         managed,
         lambda: WORKER_READY_LINE in log_path.read_bytes()[start:].decode(errors="replace"),
         READY_TIMEOUT_S,
@@ -448,7 +448,7 @@ def _find_binary(
     raise BinaryNotFoundError(f"{not_found} (tried: {', '.join(tried)})")
 
 
-def _spawn(name: str, argv: Sequence[str], *, workdir: Path, port: int, url: str) -> ManagedProcess:
+def spawn(name: str, argv: Sequence[str], *, workdir: Path, port: int, url: str) -> ManagedProcess:
     process, log_path, log_file = _launch(name, argv, workdir)
     return ManagedProcess(
         name=name, process=process, log_path=log_path, port=port, url=url, log_file=log_file
@@ -476,7 +476,7 @@ def _launch(
     return process, log_path, log_file
 
 
-def _wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
+def wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     try:
         while not probe():

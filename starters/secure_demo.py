@@ -15,8 +15,8 @@ from phasegate.starters.local import (
     LOOPBACK,
     READY_TIMEOUT_S,
     ManagedProcess,
-    _spawn,
-    _wait_until_ready,
+    spawn,
+    wait_until_ready,
     free_port,
 )
 from phasegate.starters.pki import Authority
@@ -78,7 +78,7 @@ def start_secure_demo_service(
     port = port or free_port()
     metrics_port = metrics_port or free_port()
     url = f"https://{LOOPBACK}:{port}"
-    managed = _spawn(
+    managed = spawn(
         "demo-service-tls",
         [
             sys.executable,
@@ -116,5 +116,5 @@ def start_secure_demo_service(
             return False
         return response.status_code == 200
 
-    _wait_until_ready(managed, healthy, READY_TIMEOUT_S)
+    wait_until_ready(managed, healthy, READY_TIMEOUT_S)
     return SecureService(managed, url, authority.ca_file, token_file, metrics_port)

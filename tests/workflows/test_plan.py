@@ -68,7 +68,8 @@ def test_references_and_phase_rules_are_checked() -> None:
         ({"steps": [{"weight": 100}]}, "a soft launch stays below 100%"),
         (
             {"kind": "migration"},
-            "phases[0].kind: must be one of: 'infra_setup', 'soft_launch', 'full_launch'",
+            "phases[0].kind: must be one of: 'infra_setup', 'security_validation', 'soft_launch', "
+            "'full_launch', 'migration_cutover'",
         ),
     ],
 )
