@@ -31,8 +31,8 @@ from phasegate.starters.local import (
     LocalProcessError,
     ManagedProcess,
     _launch,
-    wait_until_ready,
     free_port,
+    wait_until_ready,
 )
 
 # One source for the versions: deploy/kube/versions.env says the same (a test checks).

@@ -15,9 +15,9 @@ from phasegate.starters.local import (
     LOOPBACK,
     READY_TIMEOUT_S,
     ManagedProcess,
+    free_port,
     spawn,
     wait_until_ready,
-    free_port,
 )
 from phasegate.starters.pki import Authority
 from phasegate.workflows.plan import LaunchPlan, Phase, SecretRef, SecurityValidationPhase
