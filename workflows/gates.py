@@ -6,7 +6,7 @@ People never signal a phase directly: the launch workflow validates `approve` / 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from temporalio import workflow
 
@@ -20,18 +20,20 @@ from phasegate.workflows.messages import (
 from phasegate.workflows.plan import ResolvedGate
 
 
+class Reporter(Protocol):
+    """How a gate tells the launch about itself (implemented by `PhaseWorkflow`)."""
+
+    async def report(self) -> None: ...
+
+    async def report_delivered(self) -> None: ...
+
+    def note_change(self) -> None: ...
+
+
 class GateKeeper:
-    def __init__(
-        self,
-        state: PhaseState,
-        report: Callable[[], Awaitable[None]],
-        report_delivered: Callable[[], Awaitable[None]],
-    ) -> None:
+    def __init__(self, state: PhaseState, reporter: Reporter) -> None:
         self._state = state
-        self._report = report
-        # An open gate is announced only once the launch knows of it, so a decision that
-        # follows the announcement is never refused as "not open".
-        self._report_delivered = report_delivered
+        self._reporter = reporter
         self._relayed: RelayedDecision | None = None
 
     def receive(self, decision: RelayedDecision) -> None:
@@ -60,7 +62,9 @@ class GateKeeper:
             needs_reason=needs_reason,
         )
         self._state.status = PhaseStatusValue.WAITING
-        await self._report_delivered()
+        # Announced only once the launch knows of it, so a decision that follows the
+        # announcement is never refused as "not open".
+        await self._reporter.report_delivered()
         try:
             await workflow.wait_condition(
                 lambda: self._relayed is not None,
@@ -82,5 +86,10 @@ class GateKeeper:
         self._state.open_gate = None
         self._relayed = None
         self._state.status = PhaseStatusValue.RUNNING
-        await self._report()
+        if decision.source == "timeout":
+            await self._reporter.report()
+        else:
+            # The launch relayed this decision and has already closed the gate in its view;
+            # the change rides along with the phase's next report instead of delaying the step.
+            self._reporter.note_change()
         return decision

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         OpenGate,
         PhaseInput,
         PhaseState,
+        PhaseStatusValue,
         RelayedDecision,
     )
     from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
@@ -361,8 +362,17 @@ class LaunchWorkflow:
         )
 
     async def _relay(self, decision: RelayedDecision) -> None:
-        if self._child is not None:
-            await self._child.signal(RELAY_SIGNAL, decision)
+        if self._child is None:
+            return
+        # Close the gate in the launch's view at once; the phase confirms it with its next
+        # report (which replaces this view, should the phase have ignored the decision).
+        for phase in self._phases:
+            if phase.open_gate is not None and phase.open_gate.gate == decision.gate:
+                phase.open_gate = None
+                phase.status = PhaseStatusValue.RUNNING
+                phase.decisions.append(Decision(**decision.model_dump()))
+        self._publish()
+        await self._child.signal(RELAY_SIGNAL, decision)
 
     def _compensation_signal(self, action: str, payload: Any) -> None:
         handler = f"{action}_compensation"

@@ -46,7 +46,7 @@ class PhaseWorkflow:
 
     def __init__(self) -> None:
         self.state = PhaseState(name="", kind="")
-        self.gates = GateKeeper(self.state, self.report, self.report_delivered)
+        self.gates = GateKeeper(self.state, self)
         self.compensations = CompensationLog(self.state, self.report_delivered)
         self._launch_id = ""
         self._unsent = False
@@ -80,6 +80,12 @@ class PhaseWorkflow:
         self._unsent = True
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_reports())
+
+    def note_change(self) -> None:
+        """Record that the state changed; the next report (or the phase's result) carries it."""
+        workflow.set_current_details(self._details())
+        if not self._closed:
+            self._unsent = True
 
     async def report_delivered(self) -> None:
         """Report and wait until the launch has the state, e.g. before a change whose undo it
