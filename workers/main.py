@@ -19,24 +19,37 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from phasegate.activities.alerts import AlertActivities, AlertLedgerActivities
 from phasegate.activities.flags import FlagdFileRouter
 from phasegate.activities.metrics import MetricsActivities
 from phasegate.activities.notify import NotifyActivities
+from phasegate.activities.probes import ProbeActivities
 from phasegate.activities.routing import RouterActivities
 from phasegate.workers.client import connect
 from phasegate.workers.settings import WORKER_READY_LINE, Settings
+from phasegate.workflows.alert_ledger import AlertLedgerWorkflow
 from phasegate.workflows.full_launch import FullLaunchWorkflow
+from phasegate.workflows.health import HealthValidationWorkflow
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.soft_launch import SoftLaunchWorkflow
 
-WORKFLOWS: Sequence[type] = (LaunchWorkflow, SoftLaunchWorkflow, FullLaunchWorkflow)
+WORKFLOWS: Sequence[type] = (
+    LaunchWorkflow,
+    SoftLaunchWorkflow,
+    FullLaunchWorkflow,
+    HealthValidationWorkflow,
+    AlertLedgerWorkflow,
+)
 
 
-def activities(http: httpx.AsyncClient) -> list[Any]:
+def activities(http: httpx.AsyncClient, client: Client) -> list[Any]:
     """Every activity, bound to the clients it needs."""
     router = RouterActivities({"flagd": FlagdFileRouter()})
     metrics = MetricsActivities()
     notify = NotifyActivities(http)
+    probes = ProbeActivities(http)
+    alerts = AlertActivities(http)
+    ledger = AlertLedgerActivities(client)
     return [
         router.snapshot_exposure,
         router.set_exposure,
@@ -44,6 +57,9 @@ def activities(http: httpx.AsyncClient) -> list[Any]:
         router.promote_exposure,
         metrics.query_metric,
         notify.send_notification,
+        probes.probe_http,
+        alerts.send_alerts,
+        ledger.record_in_ledger,
     ]
 
 
@@ -60,7 +76,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(http),
+        activities=activities(http, client),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
