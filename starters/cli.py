@@ -23,6 +23,7 @@ from temporalio.service import RPCError
 from phasegate.starters import launches
 from phasegate.starters.local import LocalProcessError, start_temporal_dev_server
 from phasegate.starters.render import render_listing, render_status
+from phasegate.starters.schedules import schedule_app
 from phasegate.workers.client import TemporalUnreachable, connect
 from phasegate.workers.main import serve
 from phasegate.workers.settings import Settings
@@ -46,6 +47,7 @@ compensation_app = typer.Typer(
     help="Act on a rollback step (undo) that keeps failing.", no_args_is_help=True
 )
 app.add_typer(compensation_app, name="compensation")
+app.add_typer(schedule_app, name="schedule")
 
 LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
 Approver = Annotated[

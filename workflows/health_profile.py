@@ -122,7 +122,7 @@ class ScheduleSpec(StrictModel):
     cron: str | None = None
     jitter: Duration = timedelta(0)
     overlap: Literal["skip", "buffer_one"] = "skip"
-    catchup_window: Annotated[timedelta, AfterValidator(_catchup)] = timedelta(minutes=1)
+    catchup_window: Annotated[Duration, AfterValidator(_catchup)] = timedelta(minutes=1)
     pause_on_failure: bool = False
 
     @model_validator(mode="after")
