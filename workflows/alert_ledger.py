@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.workflows.phase import failure_reason
 
 OUTCOME_SIGNAL = "alert_outcome"
-KEEP_RECENT_RUNS = 20
+KEEP_RECENT_REQUESTS = 20
 
 
 def advance(
@@ -116,7 +116,7 @@ class AlertLedgerWorkflow:
     @workflow.run
     async def run(self, inp: LedgerInput) -> LedgerInput:
         self._alerts = dict(inp.alerts)
-        self._recent = list(inp.recent_runs)
+        self._recent = list(inp.recent_requests)
         while True:
             await workflow.wait_condition(
                 lambda: bool(self._queue) or self._retired or self._history_full(inp)
@@ -128,7 +128,7 @@ class AlertLedgerWorkflow:
                 profile=inp.profile,
                 alerts=self._alerts,
                 runs_per_history=inp.runs_per_history,
-                recent_runs=self._recent,
+                recent_requests=self._recent,
             )
             if self._retired:
                 return state
@@ -141,7 +141,9 @@ class AlertLedgerWorkflow:
 
     @workflow.signal(name=RECORD_SIGNAL, description="Internal: a health run reports its checks.")
     def record(self, request: AlertRequest) -> None:
-        if request.run_id in self._recent or any(q.run_id == request.run_id for q in self._queue):
+        if request.request_id in self._recent or any(
+            queued.request_id == request.request_id for queued in self._queue
+        ):
             return
         self._queue.append(request)
 
@@ -170,9 +172,10 @@ class AlertLedgerWorkflow:
         self._alerts = {
             name: alert for name, alert in self._alerts.items() if not settled(alert, names)
         }
-        self._recent = [*self._recent, request.run_id][-KEEP_RECENT_RUNS:]
+        self._recent = [*self._recent, request.request_id][-KEEP_RECENT_REQUESTS:]
         self._handled += 1
         outcome = AlertOutcome(
+            request_id=request.request_id,
             run_id=request.run_id,
             deliveries=[delivery for delivery in deliveries if delivery is not None],
             firing=sorted(a.check for a in self._alerts.values() if a.status == "firing"),

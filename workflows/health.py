@@ -114,6 +114,7 @@ def _bounds(low: float | None, high: float | None) -> str:
 @workflow.defn(name="HealthValidation")
 class HealthValidationWorkflow:
     def __init__(self) -> None:
+        self._request_id = ""
         self._outcome: AlertOutcome | None = None
         self._report: HealthReport | None = None
 
@@ -212,7 +213,10 @@ class HealthValidationWorkflow:
 
     async def _alert(self, inp: HealthRunInput, report: HealthReport) -> None:
         profile = inp.profile
+        # Deterministic, and the same on replay or after a reset, unlike the run id.
+        self._request_id = str(workflow.uuid4())
         request = AlertRequest(
+            request_id=self._request_id,
             run_id=report.run_id,
             reply_to=workflow.info().workflow_id,
             profile=profile.name,
@@ -253,8 +257,7 @@ class HealthValidationWorkflow:
 
     @workflow.signal(name=OUTCOME_SIGNAL, description="Internal: the alert ledger's answer.")
     def alert_outcome(self, outcome: AlertOutcome) -> None:
-        info = workflow.info()
-        if outcome.run_id == f"{info.workflow_id}/{info.run_id}":
+        if self._request_id and outcome.request_id == self._request_id:
             self._outcome = outcome
 
     @workflow.query(name="report", description="This run's checks so far.")

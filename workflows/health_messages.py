@@ -92,6 +92,7 @@ class AlertDelivery(Message):
 class AlertRequest(Message):
     """A finished run's checks, signalled to the profile's alert ledger."""
 
+    request_id: str
     run_id: str
     reply_to: str
     profile: str
@@ -113,6 +114,7 @@ class LedgerDelivery(Message):
 class AlertOutcome(Message):
     """The ledger's answer to one run: what it sent, what failed, what is firing now."""
 
+    request_id: str
     run_id: str
     deliveries: list[AlertDelivery] = Field(default_factory=list)
     firing: list[str] = Field(default_factory=list)
@@ -122,7 +124,7 @@ class LedgerInput(Message):
     profile: str
     alerts: dict[str, AlertState] = Field(default_factory=dict)
     runs_per_history: int = LEDGER_RUNS_PER_HISTORY
-    recent_runs: list[str] = Field(default_factory=list)
+    recent_requests: list[str] = Field(default_factory=list)
 
 
 class LaunchAction(Message):
