@@ -216,3 +216,36 @@ async def test_a_failing_critical_check_aborts_the_running_launch(
     assert report.launch is not None
     assert report.launch.signalled
     assert alerts_received(receiver)["am"] == ["error-rate:firing"]
+
+
+async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack, receiver: Receiver
+) -> None:
+    client = dev_env.client
+    profile = demo_profile(
+        clean_stack, receiver, schedule={"every": "1h", "pause_on_failure": True}
+    )
+    settings = Settings().model_copy(update={"task_queue": worker})
+    await health.create_schedule(client, profile, settings)
+    try:
+        expose_canary(clean_stack)
+        clean_stack.set_faults(error_rate=0.5)
+        await until(
+            lambda: (prometheus_value(clean_stack, ERROR_RATE) or 0) > 0.1,
+            30,
+            "the fault to show in Prometheus",
+        )
+        await health.trigger(client, profile.name)
+        listing = None
+        for _ in range(60):
+            listing = await health.describe(client, profile.name)
+            if listing.paused:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await health.delete(client, profile.name)
+
+    assert listing is not None
+    assert listing.paused
+    assert "failed" in listing.note.lower()
+    assert alerts_received(receiver)["am"] == ["error-rate:firing"]
