@@ -20,7 +20,7 @@ from phasegate.workflows.messages import Message
 
 # Runs the ledger handles per history before it continues as new, unless the server
 # suggests it earlier.
-LEDGER_RUNS_PER_HISTORY = 500
+LEDGER_RUNS_PER_HISTORY = 200
 
 
 class HealthRunInput(Message):

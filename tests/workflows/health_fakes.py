@@ -101,7 +101,7 @@ async def run_once(
     task_queue: str,
     profile: HealthProfile,
     *,
-    runs_per_history: int = 500,
+    runs_per_history: int = 200,
 ) -> HealthReport:
     """One run, as a schedule would start it.
 
