@@ -60,7 +60,6 @@ def alertmanager_payload(batch: AlertBatch) -> list[dict[str, Any]]:
             "labels": alert_labels(batch, alert),
             "annotations": {"summary": alert.summary, "run": batch.run_id},
             "startsAt": alert.starts_at.isoformat(),
-            "generatorURL": "",
         }
         if alert.status == "resolved" and alert.ends_at is not None:
             item["endsAt"] = alert.ends_at.isoformat()

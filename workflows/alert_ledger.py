@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         RECORD_SIGNAL,
         AlertActivities,
     )
+    from phasegate.workflows.activity_options import summarized
     from phasegate.workflows.health_messages import (
         AlertBatch,
         AlertDelivery,
@@ -218,8 +219,10 @@ class AlertLedgerWorkflow:
             await workflow.execute_activity_method(
                 AlertActivities.send_alerts,
                 batch,
-                summary=f"{delivery.status} {', '.join(delivery.alerts)} to {receiver.name}",
-                **ALERT_OPTIONS,
+                **summarized(
+                    ALERT_OPTIONS,
+                    f"{delivery.status} {', '.join(delivery.alerts)} to {receiver.name}",
+                ),
             )
         except ActivityError as err:
             reason = failure_reason(err)

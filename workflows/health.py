@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from phasegate.activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
     from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
     from phasegate.activities.probes import PROBE_OPTIONS, ProbeActivities
+    from phasegate.workflows.activity_options import summarized
     from phasegate.workflows.alert_ledger import OUTCOME_SIGNAL
     from phasegate.workflows.health_messages import (
         AlertOutcome,
@@ -83,10 +84,11 @@ def judge_probe(check: HttpCheck, probe: HttpProbeResult, now_seconds: float) ->
         findings.append(("fail", f"status {probe.status_code}, expected {expected}"))
     latency = probe.latency_seconds or 0.0
     if check.latency is not None:
-        if latency > check.latency.fail.total_seconds():
-            findings.append(("fail", f"latency {latency * 1000:.0f}ms > {check.latency.fail}"))
-        elif check.latency.warn is not None and latency > check.latency.warn.total_seconds():
-            findings.append(("warn", f"latency {latency * 1000:.0f}ms > {check.latency.warn}"))
+        fail, warn = check.latency.fail.total_seconds(), check.latency.warn
+        if latency > fail:
+            findings.append(("fail", f"latency {_ms(latency)} > {_ms(fail)}"))
+        elif warn is not None and latency > warn.total_seconds():
+            findings.append(("warn", f"latency {_ms(latency)} > {_ms(warn.total_seconds())}"))
     if check.tls_expiry is not None:
         if probe.tls_expires_at is None:
             findings.append(("fail", "no TLS certificate seen"))
@@ -99,9 +101,13 @@ def judge_probe(check: HttpCheck, probe: HttpProbeResult, now_seconds: float) ->
                 findings.append(("warn", days))
     status = worst([status for status, _ in findings])
     detail = "; ".join(text for _, text in findings) or (
-        f"status {probe.status_code} in {latency * 1000:.0f}ms"
+        f"status {probe.status_code} in {_ms(latency)}"
     )
     return result.model_copy(update={"status": status, "value": latency, "detail": detail})
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms"
 
 
 def _bounds(low: float | None, high: float | None) -> str:
@@ -165,15 +171,13 @@ class HealthValidationWorkflow:
                     canary_variant="",
                     stable_variant="",
                 ),
-                summary=f"check {check.name}",
-                **METRICS_OPTIONS,
+                **summarized(METRICS_OPTIONS, f"check {check.name}"),
             )
             return judge_metric(check, reading)
         probe = await workflow.execute_activity_method(
             ProbeActivities.probe_http,
             HttpProbe(check=check),
-            summary=f"check {check.name}",
-            **PROBE_OPTIONS,
+            **summarized(PROBE_OPTIONS, f"check {check.name}"),
         )
         return judge_probe(check, probe, workflow.now().timestamp())
 

@@ -68,7 +68,6 @@ async def test_alertmanager_gets_its_v2_alert_list() -> None:
                 "run": "health-checkout-1/abc",
             },
             "startsAt": "2026-01-02T03:04:05+00:00",
-            "generatorURL": "",
         },
         {
             "labels": {
@@ -84,7 +83,6 @@ async def test_alertmanager_gets_its_v2_alert_list() -> None:
             },
             "startsAt": "2026-01-02T03:04:05+00:00",
             "endsAt": "2026-01-02T03:09:05+00:00",
-            "generatorURL": "",
         },
     ]
 

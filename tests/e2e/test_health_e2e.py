@@ -146,7 +146,9 @@ async def test_a_schedule_alerts_once_on_a_fault_and_resolves_once_when_it_heals
             )
         except AssertionError:
             reports = await finished_reports(client, profile.schedule_id)
-            raise AssertionError(f"{receiver.posts} {reports[-1:]}") from None
+            raise AssertionError(
+                f"no firing alert within 60s; received {receiver.posts}; last report {reports[-1:]}"
+            ) from None
         await asyncio.sleep(8)  # four more failing runs: nothing is resent
         assert alerts_received(receiver) == {
             "am": ["error-rate:firing"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -9,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -40,6 +42,7 @@ class HealthWorld:
     down: set[str] = field(default_factory=set)
     sent: list[AlertBatch] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
+    ledgers: set[str] = field(default_factory=set)
     launch_world: FakeWorld = field(default_factory=FakeWorld)
 
     def received(self, receiver: str) -> list[tuple[str, str]]:
@@ -82,6 +85,19 @@ class HealthWorld:
         return [query_metric, probe_http, send_alerts, *launch_fakes]
 
 
+async def retire(client: Client, ledger_id: str) -> None:
+    handle = client.get_workflow_handle(ledger_id)
+    try:
+        await handle.signal("retire")
+    except RPCError:
+        return  # never started (no receivers) or already closed
+    for _ in range(200):
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"ledger {ledger_id} did not retire")
+
+
 @asynccontextmanager
 async def health_worker(client: Client, world: HealthWorld) -> AsyncIterator[str]:
     task_queue = f"health-{uuid.uuid4()}"
@@ -93,13 +109,20 @@ async def health_worker(client: Client, world: HealthWorld) -> AsyncIterator[str
         workflows=list(WORKFLOWS),
         activities=[*world.activities(), ledger.record_in_ledger],
     ):
-        yield task_queue
+        try:
+            yield task_queue
+        finally:
+            # A ledger left running, or terminated in the middle of a task, can hold the shared
+            # test server's time skipping for every later test: retire it and let it finish.
+            for ledger_id in world.ledgers:
+                await retire(client, ledger_id)
 
 
 async def run_once(
     env: WorkflowEnvironment,
     task_queue: str,
     profile: HealthProfile,
+    world: HealthWorld,
     *,
     runs_per_history: int = 200,
 ) -> HealthReport:
@@ -109,6 +132,7 @@ async def run_once(
     ledger's (default, ten-year) execution timeout whenever everything is idle for a moment.
     Time between runs moves with `env.sleep`.
     """
+    world.ledgers.add(profile.ledger_id)
     with env.auto_time_skipping_disabled():
         return await env.client.execute_workflow(
             HealthValidationWorkflow.run,

@@ -42,10 +42,10 @@ async def record(env: WorkflowEnvironment) -> list[tuple[str, str]]:
         )
         await gate_open(env, launch, "soft-launch.before")
         profile = make_profile(name=f"r-{uuid.uuid4().hex[:8]}", launch={"id": launch_id})
-        failing = await run_once(env, queue, profile, runs_per_history=2)
+        failing = await run_once(env, queue, profile, world, runs_per_history=2)
         world.down.clear()
         world.values["error-rate"] = 0.0
-        healed = await run_once(env, queue, profile, runs_per_history=2)
+        healed = await run_once(env, queue, profile, world, runs_per_history=2)
         await launch.result()
         ids.append(("failing", failing.run_id.split("/")[0], failing.run_id.split("/")[1]))
         ids.append(("healed", healed.run_id.split("/")[0], healed.run_id.split("/")[1]))
