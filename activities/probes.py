@@ -1,4 +1,6 @@
-"""Security probes of a deployed service: TLS, security headers, authentication, rate limiting.
+"""Probes of a deployed service: TLS, security headers, authentication, rate limiting (the
+security validation phase) and plain endpoint checks (status, latency, certificate expiry; the
+scheduled health validation).
 
 Each probe judges one check of the plan and returns its findings with the evidence. A target
 that cannot be reached is a failed finding, not an error: the phase's severity policy decides
@@ -11,6 +13,7 @@ import asyncio
 import ipaddress
 import re
 import ssl
+import time
 import warnings
 from collections import Counter
 from contextlib import suppress
@@ -24,6 +27,7 @@ from temporalio.common import RetryPolicy
 
 from phasegate.activities.errors import NON_RETRYABLE, ConfigurationError
 from phasegate.activities.secrets import resolve_secret
+from phasegate.workflows.health_messages import HttpProbe, HttpProbeResult
 from phasegate.workflows.messages import Finding
 from phasegate.workflows.plan import RateLimitCheck, SecretRef, SecurityCheck, TlsCheck
 from phasegate.workflows.probe_messages import (
@@ -117,7 +121,7 @@ def trust(ca_file: str | None) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as err:
         raise ConfigurationError(
-            f"ca_file {ca_file}: cannot load it as PEM certificates: {err}"
+            f"ca_file: cannot load {ca_file} as PEM certificates: {err}"
         ) from None
 
 
@@ -317,6 +321,42 @@ class ProbeActivities:
         return response.status_code, ""
 
     @activity.defn
+    async def probe_http(self, probe: HttpProbe) -> HttpProbeResult:
+        """One request: the status, how long it took and the certificate's expiry. A refused
+        connection or a timeout is reported in the result: the health check judges it."""
+        check = probe.check
+        headers = {
+            name: resolve_secret(ref, where=f"checks.{check.name}.headers.{name}")
+            for name, ref in check.headers.items()
+        }
+        try:
+            http = self._client(check.ca_file)
+        except ConfigurationError as err:
+            raise ConfigurationError(f"checks.{check.name}.{err}") from None
+        started = time.monotonic()
+        try:
+            async with http.stream(
+                check.method,
+                check.url,
+                headers=headers,
+                timeout=check.timeout.total_seconds(),
+                follow_redirects=False,
+            ) as response:
+                expires_at = _certificate_expiry(response)
+                await response.aread()
+        except httpx.HTTPError as err:
+            activity.logger.info("probe %s: %s", check.name, err)
+            return HttpProbeResult(
+                latency_seconds=time.monotonic() - started,
+                error=f"{type(err).__name__}: {err}"[:300],
+            )
+        return HttpProbeResult(
+            status_code=response.status_code,
+            latency_seconds=time.monotonic() - started,
+            tls_expires_at=expires_at,
+        )
+
+    @activity.defn
     async def check_tls(self, probe: TlsProbe) -> CheckReport:
         return CheckReport(findings=await probe_tls(probe.check, probe.ca_file))
 
@@ -475,3 +515,15 @@ class ProbeActivities:
         headers = _authorization("Bearer", token) if token else {}
         status, error = await self._status(request.ca_file, request.method, request.url, headers)
         return ProbeResponse(status=status, error=error)
+
+
+def _certificate_expiry(response: httpx.Response) -> datetime | None:
+    """The `notAfter` of the certificate the server presented (None over plain HTTP)."""
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    if ssl_object is None:
+        return None
+    certificate = ssl_object.getpeercert()
+    if not certificate or "notAfter" not in certificate:
+        return None
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(certificate["notAfter"]), tz=UTC)

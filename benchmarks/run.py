@@ -331,7 +331,7 @@ async def run(quick: bool) -> dict[str, Any]:
                     client,
                     task_queue=TASK_QUEUE,
                     workflows=[*WORKFLOWS, SequenceWorkflow, SignalThenActivityWorkflow],
-                    activities=[*activities(http), noop],
+                    activities=[*activities(http, client), noop],
                     activity_executor=executor,
                     interceptors=[RecordStarts(starts)],
                 ),

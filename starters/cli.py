@@ -25,6 +25,7 @@ from phasegate.starters.demo import DemoOptions, example_plan, run_demo
 from phasegate.starters.kube_cli import kube_app
 from phasegate.starters.local import LocalProcessError, start_temporal_dev_server
 from phasegate.starters.render import render_line, render_listing, render_status
+from phasegate.starters.schedules import schedule_app
 from phasegate.workers.client import TemporalUnreachable, connect
 from phasegate.workers.main import serve
 from phasegate.workers.settings import Settings
@@ -50,6 +51,7 @@ compensation_app = typer.Typer(
 app.add_typer(compensation_app, name="compensation")
 app.add_typer(migration_demo.app, name="migration")
 app.add_typer(kube_app, name="kube")
+app.add_typer(schedule_app, name="schedule")
 
 LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
 Approver = Annotated[

@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from phasegate.activities.alerts import AlertActivities, AlertLedgerActivities
 from phasegate.activities.flags import FlagdFileRouter
 from phasegate.activities.kube import KubeActivities, KubeConnection
 from phasegate.activities.kube_checks import KubeCheckActivities
@@ -30,7 +31,9 @@ from phasegate.activities.probes import ProbeActivities
 from phasegate.activities.routing import RouterActivities
 from phasegate.workers.client import connect
 from phasegate.workers.settings import WORKER_READY_LINE, Settings
+from phasegate.workflows.alert_ledger import AlertLedgerWorkflow
 from phasegate.workflows.full_launch import FullLaunchWorkflow
+from phasegate.workflows.health import HealthValidationWorkflow
 from phasegate.workflows.infra_setup import InfraSetupWorkflow
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
@@ -44,10 +47,14 @@ WORKFLOWS: Sequence[type] = (
     SoftLaunchWorkflow,
     FullLaunchWorkflow,
     MigrationCutoverWorkflow,
+    HealthValidationWorkflow,
+    AlertLedgerWorkflow,
 )
 
 
-def activities(http: httpx.AsyncClient, kube: KubeConnection | None = None) -> list[Any]:
+def activities(
+    http: httpx.AsyncClient, client: Client, kube: KubeConnection | None = None
+) -> list[Any]:
     """Every activity, bound to the clients it needs. The Kubernetes client is made on first
     use, from `kube` or else the environment (PHASEGATE_KUBECONFIG, KUBECONFIG, in-cluster)."""
     kube = kube or KubeConnection(Settings().kubeconfig)
@@ -64,6 +71,8 @@ def activities(http: httpx.AsyncClient, kube: KubeConnection | None = None) -> l
     kube_checks = KubeCheckActivities(kube.api)
     postgres = PostgresActivities()
     probes = ProbeActivities(http)
+    alerts = AlertActivities(http)
+    ledger = AlertLedgerActivities(client)
     return [
         router.snapshot_exposure,
         router.set_exposure,
@@ -93,6 +102,9 @@ def activities(http: httpx.AsyncClient, kube: KubeConnection | None = None) -> l
         probes.send_request,
         kube_checks.check_authorization,
         kube_checks.check_secret_hygiene,
+        probes.probe_http,
+        alerts.send_alerts,
+        ledger.record_in_ledger,
     ]
 
 
@@ -110,7 +122,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(http, kube),
+        activities=activities(http, client, kube),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),

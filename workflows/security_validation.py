@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         burst_options,
         finding,
     )
+    from phasegate.workflows.activity_options import summarized
     from phasegate.workflows.messages import (
         MetricQuery,
         MetricReading,
@@ -65,7 +66,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 await workflow.execute_activity_method(
                     ProbeActivities.check_rate_limit,
                     RateLimitProbe(check=check, ca_file=spec.ca_file),
-                    **labelled(burst_options(check), f"rate limit {check.id}"),
+                    **summarized(burst_options(check), f"rate limit {check.id}"),
                 )
             )
         state.findings = [item for report in reports for item in report.findings]
@@ -110,7 +111,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     ProbeActivities.check_tls,
                     TlsProbe(check=tls, ca_file=ca),
-                    **labelled(PROBE_OPTIONS, f"TLS {tls.id}"),
+                    **summarized(PROBE_OPTIONS, f"TLS {tls.id}"),
                 )
             )
         for page in spec.headers:
@@ -118,7 +119,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     ProbeActivities.check_headers,
                     HeaderProbe(check=page, ca_file=ca),
-                    **labelled(PROBE_OPTIONS, f"headers {page.id}"),
+                    **summarized(PROBE_OPTIONS, f"headers {page.id}"),
                 )
             )
         for auth in spec.authentication:
@@ -126,7 +127,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     ProbeActivities.check_authentication,
                     AuthProbe(check=auth, ca_file=ca),
-                    **labelled(PROBE_OPTIONS, f"authentication {auth.id}"),
+                    **summarized(PROBE_OPTIONS, f"authentication {auth.id}"),
                 )
             )
         for access in spec.authorization:
@@ -134,7 +135,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     KubeCheckActivities.check_authorization,
                     AuthorizationProbe(check=access),
-                    **labelled(KUBE_CHECK_OPTIONS, f"authorization {access.id}"),
+                    **summarized(KUBE_CHECK_OPTIONS, f"authorization {access.id}"),
                 )
             )
         for hygiene in spec.secret_hygiene:
@@ -142,7 +143,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 workflow.start_activity_method(
                     KubeCheckActivities.check_secret_hygiene,
                     HygieneProbe(check=hygiene),
-                    **labelled(KUBE_CHECK_OPTIONS, f"secret hygiene {hygiene.id}"),
+                    **summarized(KUBE_CHECK_OPTIONS, f"secret hygiene {hygiene.id}"),
                 )
             )
         return probes
@@ -169,7 +170,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
                 where=f"audit.{check.id}",
                 ca_file=spec.ca_file,
             ),
-            **labelled(PROBE_OPTIONS, f"audited request {check.id}"),
+            **summarized(PROBE_OPTIONS, f"audited request {check.id}"),
         )
         answered = (
             f"{check.method} answered {response.status}"
@@ -201,11 +202,6 @@ class SecurityValidationWorkflow(PhaseWorkflow):
             )
         except ActivityError as err:
             return MetricReading(error=str(err.cause or err))
-
-
-def labelled(options: workflow.ActivityConfig, summary: str) -> workflow.ActivityConfig:
-    """The activity's options with a summary for the UI's event history."""
-    return workflow.ActivityConfig(**options, summary=summary)
 
 
 def _audit_report(check: AuditCheck, passed: bool, evidence: str) -> CheckReport:

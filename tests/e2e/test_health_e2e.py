@@ -1,0 +1,253 @@
+"""Health schedules end to end: the dev server's real Schedules, a real worker, Prometheus and
+the demo service under load, and a local webhook receiver standing in for Alertmanager and Slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.activities.flags import FlagdFileRouter
+from phasegate.starters import health
+from phasegate.starters.demo import DemoStack, example_plan
+from phasegate.workers.settings import Settings
+from phasegate.workflows.health import HealthValidationWorkflow
+from phasegate.workflows.health_messages import HealthReport
+from phasegate.workflows.health_profile import HealthProfile
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import LaunchInput
+from phasegate.workflows.plan import load_plan
+from tests.health_receiver import Receiver, webhook_receiver
+
+pytestmark = pytest.mark.integration
+
+ERROR_RATE = "sum(rate(demo_request_errors_total[10s])) / sum(rate(demo_requests_total[10s]))"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with webhook_receiver() as running:
+        yield running
+
+
+def demo_profile(stack: DemoStack, receiver: Receiver, **changes: Any) -> HealthProfile:
+    data: dict[str, Any] = {
+        "name": f"e2e-{uuid.uuid4().hex[:8]}",
+        "service": "checkout",
+        "prometheus": {"url": stack.prometheus.url},
+        "schedule": {"every": "2s", "overlap": "skip"},
+        "checks": [
+            {
+                "name": "error-rate",
+                "kind": "prometheus",
+                "query": ERROR_RATE,
+                "warn": {"max": 0.01},
+                "fail": {"max": 0.05},
+                "critical": True,
+            },
+            {"name": "healthz", "kind": "http", "url": f"{stack.service.url}/healthz"},
+        ],
+        "alerts": {
+            "receivers": [
+                {"name": "am", "kind": "alertmanager", "url": f"{receiver.url}/api/v2/alerts"},
+                {"name": "chat", "kind": "slack", "url": f"{receiver.url}/slack"},
+            ]
+        },
+    }
+    data.update(changes)
+    return HealthProfile.model_validate(data)
+
+
+def alerts_received(receiver: Receiver) -> dict[str, list[str]]:
+    """What each receiver was told, in order: Alertmanager by endsAt, Slack by its text."""
+    manager = [
+        f"{item['labels']['check']}:{'resolved' if 'endsAt' in item else 'firing'}"
+        for body in receiver.bodies("/api/v2/alerts")
+        for item in body
+    ]
+    chat = [
+        f"{line.split('*')[1]}:{'firing' if 'FIRING' in line else 'resolved'}"
+        for body in receiver.bodies("/slack")
+        for line in body["attachments"][0]["text"].splitlines()
+    ]
+    return {"am": manager, "chat": chat}
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+async def finished_reports(client: Client, schedule_id: str) -> list[HealthReport]:
+    description = await client.get_schedule_handle(schedule_id).describe()
+    reports = []
+    for action in description.info.recent_actions:
+        handle = client.get_workflow_handle_for(
+            HealthValidationWorkflow.run, action.action.workflow_id
+        )
+        if (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED:
+            reports.append(await handle.result())
+    return reports
+
+
+def prometheus_value(stack: DemoStack, query: str) -> float | None:
+    response = httpx.get(
+        f"{stack.prometheus.url}/api/v1/query", params={"query": query}, timeout=5, trust_env=False
+    )
+    result = response.json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def expose_canary(stack: DemoStack, weight: float = 50.0) -> None:
+    """The demo's faults hit the new version only: put half the users on it."""
+    FlagdFileRouter().set_weight(stack.router, weight, "")
+
+
+async def test_a_schedule_alerts_once_on_a_fault_and_resolves_once_when_it_heals(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack, receiver: Receiver
+) -> None:
+    client = dev_env.client
+    expose_canary(clean_stack)
+    profile = demo_profile(clean_stack, receiver)
+    settings = Settings().model_copy(update={"task_queue": worker})
+    await health.create_schedule(client, profile, settings)
+    try:
+        # Healthy: runs pass and nobody is alerted.
+        for _ in range(40):
+            reports = await finished_reports(client, profile.schedule_id)
+            if len(reports) >= 2:
+                break
+            await asyncio.sleep(0.5)
+        assert len(reports) >= 2
+        assert {report.status for report in reports} == {"pass"}
+        assert receiver.posts == []
+
+        clean_stack.set_faults(error_rate=0.5)
+        try:
+            await until(
+                lambda: (
+                    alerts_received(receiver)
+                    == {"am": ["error-rate:firing"], "chat": ["error-rate:firing"]}
+                ),
+                60,
+                "one firing alert on each receiver",
+            )
+        except AssertionError:
+            reports = await finished_reports(client, profile.schedule_id)
+            raise AssertionError(
+                f"no firing alert within 60s; received {receiver.posts}; last report {reports[-1:]}"
+            ) from None
+        await asyncio.sleep(8)  # four more failing runs: nothing is resent
+        assert alerts_received(receiver) == {
+            "am": ["error-rate:firing"],
+            "chat": ["error-rate:firing"],
+        }
+
+        clean_stack.set_faults()
+        resolved = {
+            "am": ["error-rate:firing", "error-rate:resolved"],
+            "chat": ["error-rate:firing", "error-rate:resolved"],
+        }
+        await until(lambda: alerts_received(receiver) == resolved, 60, "one resolved alert each")
+        await asyncio.sleep(6)
+        assert alerts_received(receiver) == resolved
+
+        listing = await health.describe(client, profile.name)
+        assert (listing.paused, listing.timing) == (False, "every 2s, overlap skip")
+        reports = await finished_reports(client, profile.schedule_id)
+        assert all(report.alert_error == "" for report in reports)
+    finally:
+        await health.delete(client, profile.name)
+
+    ledger = client.get_workflow_handle(profile.ledger_id)
+    await asyncio.wait_for(ledger.result(), 20)  # retired with the schedule
+    with pytest.raises(RPCError):
+        await client.get_schedule_handle(profile.schedule_id).describe()
+
+
+async def test_a_failing_critical_check_aborts_the_running_launch(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack, receiver: Receiver
+) -> None:
+    client = dev_env.client
+    plan = clean_stack.plan_for(load_plan(example_plan()))
+    launch_id = f"e2e-health-{uuid.uuid4().hex[:8]}"
+    launch = await client.start_workflow(
+        LaunchWorkflow.run,
+        LaunchInput(launch_id=launch_id, plan=plan),
+        id=launch_id,
+        task_queue=worker,
+    )
+    profile = demo_profile(
+        clean_stack,
+        receiver,
+        schedule={"every": "1h"},
+        launch={"id": launch_id},
+    )
+    settings = Settings().model_copy(update={"task_queue": worker})
+    await health.create_schedule(client, profile, settings, paused=True)
+    try:
+        expose_canary(clean_stack)
+        clean_stack.set_faults(error_rate=0.5)
+        await until(
+            lambda: (prometheus_value(clean_stack, ERROR_RATE) or 0) > 0.1,
+            30,
+            "the fault to show in Prometheus",
+        )
+        await health.trigger(client, profile.name)
+        result = await asyncio.wait_for(launch.result(), 60)
+        (report,) = await finished_reports(client, profile.schedule_id)
+    finally:
+        await health.delete(client, profile.name)
+
+    assert result.status == "rolled_back"
+    assert result.reason.startswith(
+        f"aborted by health:{profile.name}: critical health check(s) failed: error-rate ("
+    )
+    assert report.launch is not None
+    assert report.launch.signalled
+    assert alerts_received(receiver)["am"] == ["error-rate:firing"]
+
+
+async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack, receiver: Receiver
+) -> None:
+    client = dev_env.client
+    profile = demo_profile(
+        clean_stack, receiver, schedule={"every": "1h", "pause_on_failure": True}
+    )
+    settings = Settings().model_copy(update={"task_queue": worker})
+    await health.create_schedule(client, profile, settings)
+    try:
+        expose_canary(clean_stack)
+        clean_stack.set_faults(error_rate=0.5)
+        await until(
+            lambda: (prometheus_value(clean_stack, ERROR_RATE) or 0) > 0.1,
+            30,
+            "the fault to show in Prometheus",
+        )
+        await health.trigger(client, profile.name)
+        listing = None
+        for _ in range(60):
+            listing = await health.describe(client, profile.name)
+            if listing.paused:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await health.delete(client, profile.name)
+
+    assert listing is not None
+    assert listing.paused
+    assert "failed" in listing.note.lower()
+    assert alerts_received(receiver)["am"] == ["error-rate:firing"]

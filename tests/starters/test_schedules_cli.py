@@ -1,0 +1,136 @@
+"""`phasegate schedule ...` against the dev server's real Schedules; profiles checked offline.
+
+Plain `def` tests: each command runs its own `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import Result
+from temporalio.client import ScheduleOverlapPolicy
+from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
+
+from phasegate.starters.cli import app
+from phasegate.starters.local import free_port
+from phasegate.workers.client import connect
+from phasegate.workers.settings import Settings
+from tests.health_profiles import profile_dict
+
+runner = CliRunner()
+
+
+def phasegate(settings: Settings | None, *args: str) -> Result:
+    if settings is None:
+        where = ["--address", f"127.0.0.1:{free_port()}"]
+    else:
+        where = ["--address", settings.temporal_address, "--namespace", settings.temporal_namespace]
+        where += ["--task-queue", settings.task_queue, "--ui-url", settings.ui_url]
+    return runner.invoke(app, [*where, *args], env={"COLUMNS": "200"})
+
+
+def write_profile(path: Path, **overrides: Any) -> Path:
+    path.write_text(yaml.safe_dump(profile_dict(**overrides), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def dev_settings(dev_env: WorkflowEnvironment) -> Settings:
+    return Settings().model_copy(
+        update={
+            "temporal_address": dev_env.client.service_client.config.target_host,
+            "temporal_namespace": dev_env.client.namespace,
+            "task_queue": f"cli-test-{uuid.uuid4()}",
+            "ui_url": "http://ui.example",
+        }
+    )
+
+
+def test_an_invalid_profile_lists_every_problem_and_creates_nothing(tmp_path: Path) -> None:
+    checks = [
+        {"name": "error-rate", "kind": "prometheus", "query": "x", "fail": {}},
+        {"name": "web", "kind": "http", "url": "ftp://example"},
+    ]
+    profile = write_profile(
+        tmp_path / "p.yaml", checks=checks, schedule={"every": "10s", "catchup_window": "2s"}
+    )
+
+    result = phasegate(None, "schedule", "create", str(profile))
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"{profile}: 3 problem(s)",
+        "  schedule.catchup_window: must be at least 10s (Temporal's minimum)",
+        "  checks[0].fail: give `max` and/or `min`",
+        "  checks[1].url: must match ^https?://",
+    ]
+
+
+def test_without_a_server_it_is_one_red_line(tmp_path: Path) -> None:
+    result = phasegate(None, "schedule", "create", str(write_profile(tmp_path / "p.yaml")))
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("cannot reach Temporal at 127.0.0.1:")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_schedule_is_created_listed_paused_updated_and_deleted(
+    tmp_path: Path, dev_settings: Settings, dev_env: WorkflowEnvironment
+) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    profile = write_profile(tmp_path / "p.yaml", name=name)
+
+    created = phasegate(dev_settings, "schedule", "create", str(profile), "--paused")
+    again = phasegate(dev_settings, "schedule", "create", str(profile))
+    listed = phasegate(dev_settings, "schedule", "list")
+    unpaused = phasegate(dev_settings, "schedule", "unpause", name)
+    paused = phasegate(dev_settings, "schedule", "pause", name, "-m", "maintenance")
+    write_profile(
+        tmp_path / "p.yaml",
+        name=name,
+        schedule={"cron": "*/5 * * * *", "overlap": "buffer_one", "jitter": "3s"},
+    )
+    updated = phasegate(dev_settings, "schedule", "update", str(profile), "--launch", "l-123")
+    relisted = phasegate(dev_settings, "schedule", "list")
+    description = asyncio.run(_describe(dev_settings, f"health-{name}"))
+    deleted = phasegate(dev_settings, "schedule", "delete", name)
+    missing = phasegate(dev_settings, "schedule", "trigger", name)
+
+    assert created.exit_code == 0, created.output
+    assert created.stdout.splitlines() == [
+        f"health-{name} created (paused)",
+        f"http://ui.example/namespaces/default/schedules/health-{name}",
+    ]
+    assert again.exit_code == 1
+    assert again.stderr.strip() == (
+        f"schedule health-{name} already exists; change it with `phasegate schedule update`"
+    )
+    row = next(line for line in listed.stdout.splitlines() if f"health-{name}" in line)
+    assert "paused (created by phasegate)" in row
+    assert "every 10s, overlap skip" in row
+    assert unpaused.stdout.strip() == f"health-{name} unpaused"
+    assert paused.stdout.strip() == f"health-{name} paused"
+    assert updated.exit_code == 0, updated.output
+    row = next(line for line in relisted.stdout.splitlines() if f"health-{name}" in line)
+    assert "paused (maintenance)" in row
+    assert "cron */5 * * * * ±3s, overlap buffer_one" in row
+    assert "l-123" in row
+    assert description.schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
+    assert description.schedule.spec.jitter is not None
+    assert description.schedule.spec.jitter.total_seconds() == 3
+    assert deleted.stdout.strip() == f"health-{name} deleted"
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == (
+        f"no schedule health-{name}; create it with `phasegate schedule create`"
+    )
+
+
+async def _describe(settings: Settings, schedule_id: str) -> Any:
+    client = await connect(settings)
+    return await client.get_schedule_handle(schedule_id).describe()

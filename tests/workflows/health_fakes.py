@@ -1,0 +1,142 @@
+"""Health activities mocked by name: scripted check values, receivers that can be down."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from phasegate.activities.alerts import AlertLedgerActivities
+from phasegate.workers.main import WORKFLOWS
+from phasegate.workflows.health import HealthValidationWorkflow
+from phasegate.workflows.health_messages import (
+    AlertBatch,
+    HealthReport,
+    HealthRunInput,
+    HttpProbe,
+    HttpProbeResult,
+)
+from phasegate.workflows.health_profile import HealthProfile
+from phasegate.workflows.messages import MetricQuery, MetricReading
+from tests.workflows.fakes import FakeWorld
+
+
+@dataclass
+class HealthWorld:
+    """What the checks measure now, which receivers are down, and every batch that got through."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    probe: HttpProbeResult = field(
+        default_factory=lambda: HttpProbeResult(status_code=200, latency_seconds=0.01)
+    )
+    down: set[str] = field(default_factory=set)
+    sent: list[AlertBatch] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    ledgers: set[str] = field(default_factory=set)
+    launch_world: FakeWorld = field(default_factory=FakeWorld)
+
+    def received(self, receiver: str) -> list[tuple[str, str]]:
+        """(check, firing|resolved) in the order `receiver` got them."""
+        return [
+            (alert.check, alert.status)
+            for batch in self.sent
+            if batch.receiver.name == receiver
+            for alert in batch.alerts
+        ]
+
+    def activities(self) -> list[Callable[..., Any]]:
+        world = self
+
+        @activity.defn(name="query_metric")
+        async def query_metric(request: MetricQuery) -> MetricReading:
+            if request.metric not in world.values:
+                return world.launch_world.readings(request)
+            value = world.values[request.metric]
+            return MetricReading(value=value, query=request.spec.query)
+
+        @activity.defn(name="probe_http")
+        async def probe_http(probe: HttpProbe) -> HttpProbeResult:
+            return world.probe
+
+        @activity.defn(name="send_alerts")
+        async def send_alerts(batch: AlertBatch) -> int:
+            name = batch.receiver.name
+            world.attempts[name] = world.attempts.get(name, 0) + 1
+            if name in world.down:
+                raise ApplicationError(f"connection refused by {batch.receiver.url}")
+            world.sent.append(batch)
+            return len(batch.alerts)
+
+        launch_fakes = [
+            fake
+            for fake in world.launch_world.activities()
+            if getattr(fake, "__temporal_activity_definition").name != "query_metric"
+        ]
+        return [query_metric, probe_http, send_alerts, *launch_fakes]
+
+
+async def retire(client: Client, ledger_id: str) -> None:
+    handle = client.get_workflow_handle(ledger_id)
+    try:
+        await handle.signal("retire")
+    except RPCError:
+        return  # never started (no receivers) or already closed
+    for _ in range(200):
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"ledger {ledger_id} did not retire")
+
+
+@asynccontextmanager
+async def health_worker(client: Client, world: HealthWorld) -> AsyncIterator[str]:
+    task_queue = f"health-{uuid.uuid4()}"
+    # The ledger is reached through Temporal itself, so that activity is the real one.
+    ledger = AlertLedgerActivities(client)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=[*world.activities(), ledger.record_in_ledger],
+    ):
+        try:
+            yield task_queue
+        finally:
+            # A ledger left running, or terminated in the middle of a task, can hold the shared
+            # test server's time skipping for every later test: retire it and let it finish.
+            for ledger_id in world.ledgers:
+                await retire(client, ledger_id)
+
+
+async def run_once(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    profile: HealthProfile,
+    world: HealthWorld,
+    *,
+    runs_per_history: int = 200,
+) -> HealthReport:
+    """One run, as a schedule would start it.
+
+    Automatic time skipping stays off while it runs: with it, the test server jumps to the
+    ledger's (default, ten-year) execution timeout whenever everything is idle for a moment.
+    Time between runs moves with `env.sleep`.
+    """
+    world.ledgers.add(profile.ledger_id)
+    with env.auto_time_skipping_disabled():
+        return await env.client.execute_workflow(
+            HealthValidationWorkflow.run,
+            HealthRunInput(profile=profile, ledger_runs_per_history=runs_per_history),
+            id=f"{profile.schedule_id}-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )

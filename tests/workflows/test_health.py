@@ -1,0 +1,236 @@
+"""Scheduled health validation on the time-skipping server: many runs, as a schedule drives them.
+
+The test server has no Schedules, so each test starts runs one after another exactly as a
+schedule with overlap `skip` would; the real Schedules are exercised in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from phasegate.workflows.alert_ledger import AlertLedgerWorkflow
+from phasegate.workflows.health_messages import HttpProbeResult
+from phasegate.workflows.health_profile import HealthProfile
+from phasegate.workflows.launch import LaunchWorkflow
+from phasegate.workflows.messages import LaunchInput
+from tests.health_profiles import make_profile
+from tests.plans import make_plan
+from tests.workflows.fakes import gate_open, wait_for
+from tests.workflows.health_fakes import HealthWorld, health_worker, run_once
+
+
+def unique_profile(**overrides: Any) -> HealthProfile:
+    return make_profile(name=f"t-{uuid.uuid4().hex[:10]}", **overrides)
+
+
+async def test_each_check_is_judged_pass_warn_or_fail(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = HealthWorld(values={"error-rate": 0.02})
+    world.probe = HttpProbeResult(status_code=503, latency_seconds=0.3)
+    profile = unique_profile(alerts={"receivers": []})
+    async with health_worker(time_skipping_env.client, world) as queue:
+        report = await run_once(time_skipping_env, queue, profile, world)
+
+    by_name = {check.name: check for check in report.checks}
+    assert by_name["error-rate"].status == "warn"
+    assert by_name["error-rate"].detail == "0.02 outside max 0.01"
+    assert by_name["healthz"].status == "fail"
+    assert by_name["healthz"].detail == ("status 503, expected 200; latency 300ms > 200ms")
+    assert report.status == "fail"
+    assert report.alerts is None
+
+
+async def test_no_data_and_tls_expiry_follow_the_profile(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    now = await time_skipping_env.get_current_time()
+    world = HealthWorld(values={"error-rate": None})
+    world.probe = HttpProbeResult(
+        status_code=200, latency_seconds=0.01, tls_expires_at=now + timedelta(days=5)
+    )
+    checks = [
+        {
+            "name": "error-rate",
+            "kind": "prometheus",
+            "query": "x",
+            "fail": {"max": 0.05},
+            "on_no_data": "fail",
+        },
+        {
+            "name": "cert",
+            "kind": "http",
+            "url": "https://127.0.0.1:8443/",
+            "tls_expiry": {"warn": "14d", "fail": "3d"},
+        },
+    ]
+    profile = unique_profile(checks=checks, alerts={"receivers": []})
+    async with health_worker(time_skipping_env.client, world) as queue:
+        report = await run_once(time_skipping_env, queue, profile, world)
+
+    by_name = {check.name: check for check in report.checks}
+    assert (by_name["error-rate"].status, by_name["error-rate"].detail) == (
+        "fail",
+        "no data for the query",
+    )
+    assert by_name["cert"].status == "warn"
+    assert by_name["cert"].detail.startswith("certificate expires in 5.0 days")
+
+
+async def test_many_runs_alert_once_when_firing_and_once_when_resolved(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """30 runs: healthy, failing for ten, healthy again; the ledger continues as new twice."""
+    world = HealthWorld(values={"error-rate": 0.0})
+    profile = unique_profile()
+    client = time_skipping_env.client
+    reports = []
+    async with health_worker(client, world) as queue:
+        for index in range(30):
+            world.values["error-rate"] = 0.5 if 10 <= index < 20 else 0.0
+            reports.append(
+                await run_once(time_skipping_env, queue, profile, world, runs_per_history=12)
+            )
+            await time_skipping_env.sleep(timedelta(seconds=10))
+        ledger = client.get_workflow_handle(profile.ledger_id)
+        alerts = await ledger.query(AlertLedgerWorkflow.alerts)
+        description = await ledger.describe()
+
+    for receiver in ("am", "chat"):
+        assert world.received(receiver) == [("error-rate", "firing"), ("error-rate", "resolved")]
+    assert [r.alerts.firing if r.alerts else None for r in reports[9:12]] == [
+        [],
+        ["error-rate"],
+        ["error-rate"],
+    ]
+    assert reports[10].alerts is not None
+    assert {(d.receiver, d.status, d.delivered) for d in reports[10].alerts.deliveries} == {
+        ("am", "firing", True),
+        ("chat", "firing", True),
+    }
+    assert reports[11].alerts is not None
+    assert reports[11].alerts.deliveries == []
+    assert reports[20].alerts is not None
+    assert {d.status for d in reports[20].alerts.deliveries} == {"resolved"}
+    assert alerts == []  # resolved everywhere: nothing left to remember
+    # 30 runs at 12 per history: the ledger is in its third run of the chain.
+    assert description.run_id != description.raw_description.workflow_execution_info.first_run_id
+
+
+async def test_a_receiver_that_is_down_is_recorded_and_retried_next_run(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = HealthWorld(values={"error-rate": 0.5}, down={"chat"})
+    profile = unique_profile()
+    client = time_skipping_env.client
+    async with health_worker(client, world) as queue:
+        first = await run_once(time_skipping_env, queue, profile, world)
+        second = await run_once(time_skipping_env, queue, profile, world)
+        world.down.clear()
+        third = await run_once(time_skipping_env, queue, profile, world)
+        fourth = await run_once(time_skipping_env, queue, profile, world)
+
+    assert world.attempts["chat"] == 4 + 4 + 1  # every attempt of the retry policy, twice
+    assert first.alert_error.startswith("chat: receiver down: activity send_alerts failed")
+    assert "connection refused" in first.alert_error
+    assert second.alert_error.startswith("chat: receiver down")
+    assert third.alert_error == ""
+    assert world.received("chat") == [("error-rate", "firing")]
+    assert world.received("am") == [("error-rate", "firing")]
+    assert fourth.alerts is not None
+    assert fourth.alerts.deliveries == []
+
+
+async def test_warn_alerts_only_when_asked(time_skipping_env: WorkflowEnvironment) -> None:
+    world = HealthWorld(values={"error-rate": 0.02})
+    quiet = unique_profile()
+    loud = unique_profile(
+        alerts={**make_profile().alerts.model_dump(mode="json"), "alert_on": "warn"}
+    )
+    client = time_skipping_env.client
+    async with health_worker(client, world) as queue:
+        await run_once(time_skipping_env, queue, quiet, world)
+        await run_once(time_skipping_env, queue, loud, world)
+
+    profiles = {batch.profile for batch in world.sent}
+    assert profiles == {loud.name}
+
+
+async def test_a_failing_critical_check_aborts_the_attached_launch(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = HealthWorld(values={"error-rate": 0.5})
+    client = time_skipping_env.client
+    async with health_worker(client, world) as queue:
+        launch_id = f"launch-{uuid.uuid4()}"
+        launch = await client.start_workflow(
+            LaunchWorkflow.run,
+            LaunchInput(launch_id=launch_id, plan=make_plan()),
+            id=launch_id,
+            task_queue=queue,
+        )
+        await gate_open(time_skipping_env, launch, "soft-launch.before")
+        profile = unique_profile(launch={"id": launch_id}, alerts={"receivers": []})
+
+        report = await run_once(time_skipping_env, queue, profile, world)
+        final = await launch.result()
+        after = await run_once(time_skipping_env, queue, profile, world)
+        await wait_for(time_skipping_env, launch, lambda s: s.finished_at is not None)
+
+    assert report.launch is not None
+    assert report.launch.signalled
+    assert final.status == "rolled_back"
+    assert final.reason.startswith(
+        f"aborted by health:{profile.name}: critical health check(s) failed: error-rate (0.5 outside max 0.05)"
+    )
+    assert after.launch is not None
+    assert not after.launch.signalled
+    assert after.launch.detail.startswith(f"launch {launch_id} is not running")
+
+
+async def test_healthy_runs_leave_the_launch_alone(time_skipping_env: WorkflowEnvironment) -> None:
+    world = HealthWorld(values={"error-rate": 0.0})
+    client = time_skipping_env.client
+    async with health_worker(client, world) as queue:
+        launch_id = f"launch-{uuid.uuid4()}"
+        launch = await client.start_workflow(
+            LaunchWorkflow.run,
+            LaunchInput(launch_id=launch_id, plan=make_plan()),
+            id=launch_id,
+            task_queue=queue,
+        )
+        await gate_open(time_skipping_env, launch, "soft-launch.before")
+        profile = unique_profile(launch={"id": launch_id}, alerts={"receivers": []})
+        report = await run_once(time_skipping_env, queue, profile, world)
+        current = await launch.query(LaunchWorkflow.status)
+        # Ended the ordinary way: a terminated launch leaves its phase's timers to the test server.
+        await launch.signal(LaunchWorkflow.abort, {"reason": "test over", "by": "test"})
+        await launch.result()
+
+    assert report.launch is not None
+    assert report.launch.action == "none"
+    assert current.status == "waiting"
+
+
+async def test_pause_on_failure_fails_the_run_with_its_report(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = HealthWorld(values={"error-rate": 0.5})
+    profile = unique_profile(
+        schedule={"every": "10s", "pause_on_failure": True}, alerts={"receivers": []}
+    )
+    async with health_worker(time_skipping_env.client, world) as queue:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await run_once(time_skipping_env, queue, profile, world)
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.message == "critical check(s) failed: error-rate"
+    assert cause.details[0]["status"] == "fail"

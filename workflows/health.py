@@ -1,0 +1,280 @@
+"""One scheduled health validation: run the profile's checks, guard the attached launch, alert.
+
+A schedule starts this short workflow every interval; it reads like the on-call runbook it
+replaces: measure every check side by side, judge each pass / warn / fail, abort the launch
+it guards when a critical check fails, then hand the checks to the profile's alert ledger,
+which alerts only on what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from phasegate.activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
+    from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
+    from phasegate.activities.probes import PROBE_OPTIONS, ProbeActivities
+    from phasegate.workflows.activity_options import summarized
+    from phasegate.workflows.alert_ledger import OUTCOME_SIGNAL
+    from phasegate.workflows.health_messages import (
+        AlertOutcome,
+        AlertRequest,
+        CheckResult,
+        HealthReport,
+        HealthRunInput,
+        HttpProbe,
+        HttpProbeResult,
+        LaunchAction,
+        LedgerDelivery,
+    )
+    from phasegate.workflows.health_profile import (
+        CheckStatus,
+        HealthProfile,
+        HttpCheck,
+        PrometheusCheck,
+    )
+    from phasegate.workflows.messages import MetricQuery, MetricReading
+    from phasegate.workflows.plan import MetricSpec
+
+# How long a run waits for its ledger's answer: alert retries with backoff fit well inside.
+ALERT_ANSWER_TIMEOUT = timedelta(minutes=2)
+SEVERITY: dict[CheckStatus, int] = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def worst(statuses: list[CheckStatus]) -> CheckStatus:
+    return max(statuses, key=SEVERITY.__getitem__, default="pass")
+
+
+def judge_metric(check: PrometheusCheck, reading: MetricReading) -> CheckResult:
+    result = CheckResult(name=check.name, kind=check.kind, status="pass", critical=check.critical)
+    if reading.error:
+        return result.model_copy(
+            update={"status": check.on_error, "detail": f"Prometheus error: {reading.error}"}
+        )
+    if reading.value is None:
+        return result.model_copy(
+            update={"status": check.on_no_data, "detail": "no data for the query"}
+        )
+    value = reading.value
+    for status, bounds in (("fail", check.fail), ("warn", check.warn)):
+        if bounds is not None and bounds.breached_by(value):
+            return result.model_copy(
+                update={
+                    "status": status,
+                    "value": value,
+                    "detail": f"{value:.4g} outside {_bounds(bounds.min, bounds.max)}",
+                }
+            )
+    return result.model_copy(update={"value": value, "detail": f"{value:.4g}"})
+
+
+def judge_probe(check: HttpCheck, probe: HttpProbeResult, now_seconds: float) -> CheckResult:
+    result = CheckResult(name=check.name, kind=check.kind, status="pass", critical=check.critical)
+    if probe.error or probe.status_code is None:
+        return result.model_copy(
+            update={"status": "fail", "detail": f"unreachable: {probe.error or 'no answer'}"}
+        )
+    findings: list[tuple[CheckStatus, str]] = []
+    if probe.status_code not in check.expect_status:
+        expected = ", ".join(str(code) for code in check.expect_status)
+        findings.append(("fail", f"status {probe.status_code}, expected {expected}"))
+    latency = probe.latency_seconds or 0.0
+    if check.latency is not None:
+        fail, warn = check.latency.fail.total_seconds(), check.latency.warn
+        if latency > fail:
+            findings.append(("fail", f"latency {_ms(latency)} > {_ms(fail)}"))
+        elif warn is not None and latency > warn.total_seconds():
+            findings.append(("warn", f"latency {_ms(latency)} > {_ms(warn.total_seconds())}"))
+    if check.tls_expiry is not None:
+        if probe.tls_expires_at is None:
+            findings.append(("fail", "no TLS certificate seen"))
+        else:
+            left = timedelta(seconds=probe.tls_expires_at.timestamp() - now_seconds)
+            days = f"certificate expires in {left.total_seconds() / 86400:.1f} days"
+            if left < check.tls_expiry.fail:
+                findings.append(("fail", days))
+            elif check.tls_expiry.warn is not None and left < check.tls_expiry.warn:
+                findings.append(("warn", days))
+    status = worst([status for status, _ in findings])
+    detail = "; ".join(text for _, text in findings) or (
+        f"status {probe.status_code} in {_ms(latency)}"
+    )
+    return result.model_copy(update={"status": status, "value": latency, "detail": detail})
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms"
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    parts = ([f"min {low:g}"] if low is not None else []) + (
+        [f"max {high:g}"] if high is not None else []
+    )
+    return ", ".join(parts)
+
+
+@workflow.defn(name="HealthValidation")
+class HealthValidationWorkflow:
+    def __init__(self) -> None:
+        self._request_id = ""
+        self._outcome: AlertOutcome | None = None
+        self._report: HealthReport | None = None
+
+    @workflow.run
+    async def run(self, inp: HealthRunInput) -> HealthReport:
+        profile = inp.profile
+        info = workflow.info()
+        checks = await asyncio.gather(*(self._evaluate(profile, check) for check in profile.checks))
+        report = HealthReport(
+            profile=profile.name,
+            service=profile.service,
+            run_id=f"{info.workflow_id}/{info.run_id}",
+            started_at=workflow.now(),
+            status=worst([check.status for check in checks]),
+            checks=list(checks),
+        )
+        self._show(report)
+        if profile.launch is not None:
+            report.launch = await self._guard_launch(profile, report)
+        if profile.alerts.receivers:
+            await self._alert(inp, report)
+        report.finished_at = workflow.now()
+        self._show(report)
+        failing = report.failing_critical()
+        if profile.schedule.pause_on_failure and failing:
+            # A failed run is what makes the schedule pause itself.
+            raise ApplicationError(
+                f"critical check(s) failed: {', '.join(check.name for check in failing)}",
+                report.model_dump(mode="json"),
+                type="CriticalCheckFailed",
+                non_retryable=True,
+            )
+        return report
+
+    # --- checks -------------------------------------------------------------------------
+
+    async def _evaluate(
+        self, profile: HealthProfile, check: PrometheusCheck | HttpCheck
+    ) -> CheckResult:
+        if isinstance(check, PrometheusCheck):
+            assert profile.prometheus is not None
+            reading = await workflow.execute_activity_method(
+                MetricsActivities.query_metric,
+                MetricQuery(
+                    prometheus=profile.prometheus,
+                    metric=check.name,
+                    spec=MetricSpec(query=check.query, max=check.fail.max, min=check.fail.min),
+                    canary_variant="",
+                    stable_variant="",
+                ),
+                **summarized(METRICS_OPTIONS, f"check {check.name}"),
+            )
+            return judge_metric(check, reading)
+        probe = await workflow.execute_activity_method(
+            ProbeActivities.probe_http,
+            HttpProbe(check=check),
+            **summarized(PROBE_OPTIONS, f"check {check.name}"),
+        )
+        return judge_probe(check, probe, workflow.now().timestamp())
+
+    # --- the launch it guards ----------------------------------------------------------
+
+    async def _guard_launch(self, profile: HealthProfile, report: HealthReport) -> LaunchAction:
+        assert profile.launch is not None
+        launch_id = profile.launch.id
+        failing = report.failing_critical()
+        if not failing:
+            return LaunchAction(
+                launch_id=launch_id,
+                action="none",
+                signalled=False,
+                detail="no critical check failed",
+            )
+        reason = "critical health check(s) failed: " + "; ".join(
+            f"{check.name} ({check.detail})" for check in failing
+        )
+        try:
+            await workflow.get_external_workflow_handle(launch_id).signal(
+                "abort",
+                {"reason": reason, "by": f"health:{profile.name}", "id": report.run_id},
+            )
+        except FailureError as err:
+            return LaunchAction(
+                launch_id=launch_id,
+                action="abort",
+                signalled=False,
+                detail=f"launch {launch_id} is not running ({err}); alerted only",
+            )
+        return LaunchAction(
+            launch_id=launch_id, action="abort", signalled=True, detail=f"abort sent: {reason}"
+        )
+
+    # --- alerts -------------------------------------------------------------------------
+
+    async def _alert(self, inp: HealthRunInput, report: HealthReport) -> None:
+        profile = inp.profile
+        # Deterministic, and the same on replay or after a reset, unlike the run id.
+        self._request_id = str(workflow.uuid4())
+        request = AlertRequest(
+            request_id=self._request_id,
+            run_id=report.run_id,
+            reply_to=workflow.info().workflow_id,
+            profile=profile.name,
+            service=profile.service,
+            receivers=profile.alerts.receivers,
+            alert_on=profile.alerts.alert_on,
+            repeat_after_seconds=profile.alerts.repeat_after.total_seconds()
+            if profile.alerts.repeat_after is not None
+            else None,
+            checks=report.checks,
+        )
+        try:
+            await workflow.execute_activity_method(
+                AlertLedgerActivities.record_in_ledger,
+                LedgerDelivery(
+                    ledger_id=profile.ledger_id,
+                    runs_per_history=inp.ledger_runs_per_history,
+                    request=request,
+                ),
+                **LEDGER_OPTIONS,
+            )
+        except ActivityError as err:
+            report.alert_error = f"cannot reach the alert ledger {profile.ledger_id}: {err.cause}"
+            return
+        try:
+            await workflow.wait_condition(
+                lambda: self._outcome is not None, timeout=ALERT_ANSWER_TIMEOUT
+            )
+        except TimeoutError:
+            report.alert_error = (
+                f"the alert ledger {profile.ledger_id} did not answer within {ALERT_ANSWER_TIMEOUT}"
+            )
+            return
+        report.alerts = self._outcome
+        failed = [d for d in self._outcome.deliveries if not d.delivered] if self._outcome else []
+        if failed:
+            report.alert_error = "; ".join(f"{d.receiver}: {d.error}" for d in failed)
+
+    @workflow.signal(name=OUTCOME_SIGNAL, description="Internal: the alert ledger's answer.")
+    def alert_outcome(self, outcome: AlertOutcome) -> None:
+        if self._request_id and outcome.request_id == self._request_id:
+            self._outcome = outcome
+
+    @workflow.query(name="report", description="This run's checks so far.")
+    def report(self) -> HealthReport | None:
+        return self._report
+
+    def _show(self, report: HealthReport) -> None:
+        self._report = report
+        lines = [f"{report.profile}: {report.status}"] + [
+            f"{check.status:4} {check.name}: {check.detail}" for check in report.checks
+        ]
+        if report.launch is not None:
+            lines.append(f"launch {report.launch.launch_id}: {report.launch.detail}")
+        if report.alert_error:
+            lines.append(f"alerts: {report.alert_error}")
+        workflow.set_current_details("\n".join(lines))

@@ -1,0 +1,243 @@
+"""The health profile: which checks a scheduled health validation runs, how often, whom it alerts.
+
+Strict like the launch plan, so a typo is caught by `phasegate schedule create` before a
+schedule exists. Kubernetes checks are not part of it yet: there is no control plane to test
+them against.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, Field, ValidationError, model_validator
+
+from phasegate.workflows.plan import (
+    Duration,
+    Name,
+    PlanError,
+    PositiveDuration,
+    PrometheusTarget,
+    SecretRef,
+    StrictModel,
+    describe_errors,
+)
+
+CheckStatus = Literal["pass", "warn", "fail"]
+
+# pydantic names the discriminated branch (`checks[0].http.url`); the user wrote `checks[0].url`.
+_CHECK_BRANCH = re.compile(r"\]\.(?:prometheus|http)(?=[.:])")
+
+# The server refuses a shorter catch-up window.
+MIN_CATCHUP_WINDOW = timedelta(seconds=10)
+
+
+class Bounds(StrictModel):
+    """A value is out of bounds when it is above `max` or below `min`."""
+
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> Bounds:
+        if self.max is None and self.min is None:
+            raise ValueError("give `max` and/or `min`")
+        return self
+
+    def breached_by(self, value: float) -> bool:
+        return (self.max is not None and value > self.max) or (
+            self.min is not None and value < self.min
+        )
+
+
+class _Check(StrictModel):
+    name: Name
+    critical: bool = False
+    description: str = ""
+
+
+class PrometheusCheck(_Check):
+    """An SLO as one PromQL expression that returns a single number."""
+
+    kind: Literal["prometheus"]
+    query: Annotated[str, Field(min_length=1)]
+    warn: Bounds | None = None
+    fail: Bounds
+    on_no_data: CheckStatus = "warn"
+    on_error: CheckStatus = "warn"
+
+
+class LatencyBounds(StrictModel):
+    warn: PositiveDuration | None = None
+    fail: PositiveDuration
+
+
+class ExpiryBounds(StrictModel):
+    """Certificate lifetime left: `warn` / `fail` when fewer than this remain."""
+
+    warn: PositiveDuration | None = None
+    fail: PositiveDuration
+
+
+class HttpCheck(_Check):
+    """An endpoint answering with the expected status, in time, with a certificate far from expiry."""
+
+    kind: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [200]
+    )
+    timeout: PositiveDuration = timedelta(seconds=5)
+    latency: LatencyBounds | None = None
+    tls_expiry: ExpiryBounds | None = None
+    ca_file: str | None = None
+    headers: dict[str, SecretRef] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> HttpCheck:
+        if self.tls_expiry is not None and not self.url.startswith("https://"):
+            raise ValueError("tls_expiry needs an https:// url")
+        return self
+
+
+HealthCheck = Annotated[PrometheusCheck | HttpCheck, Field(discriminator="kind")]
+CHECK_KINDS = ("prometheus", "http")
+
+
+def _catchup(value: timedelta) -> timedelta:
+    if value < MIN_CATCHUP_WINDOW:
+        raise ValueError(f"must be at least {MIN_CATCHUP_WINDOW.seconds}s (Temporal's minimum)")
+    return value
+
+
+class ScheduleSpec(StrictModel):
+    """When runs start. Runs never pile up: `skip` drops a start while one runs, `buffer_one`
+    keeps at most one waiting."""
+
+    every: PositiveDuration | None = None
+    cron: str | None = None
+    jitter: Duration = timedelta(0)
+    overlap: Literal["skip", "buffer_one"] = "skip"
+    catchup_window: Annotated[Duration, AfterValidator(_catchup)] = timedelta(minutes=1)
+    pause_on_failure: bool = False
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleSpec:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of `every` (e.g. 10s) or `cron`")
+        return self
+
+
+class AlertReceiver(StrictModel):
+    """A webhook: `alertmanager` posts Alertmanager's v2 alert list, `slack` a Slack message."""
+
+    name: Name
+    kind: Literal["alertmanager", "slack"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    headers: dict[str, SecretRef] = Field(default_factory=dict)
+
+
+class AlertSettings(StrictModel):
+    receivers: list[AlertReceiver] = Field(default_factory=list)
+    alert_on: Literal["fail", "warn"] = "fail"
+    # Resend a still-firing alert after this long (Alertmanager forgets one after its
+    # resolve_timeout); never when left out.
+    repeat_after: PositiveDuration | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertSettings:
+        names = [receiver.name for receiver in self.receivers]
+        if len(names) != len(set(names)):
+            raise ValueError("receiver names must be unique")
+        return self
+
+
+class LaunchLink(StrictModel):
+    """A running launch this profile guards: a failing critical check aborts it.
+
+    Launches have no pause; `abort` (stop and roll back) is the one action."""
+
+    id: Annotated[str, Field(min_length=1)]
+    on_critical_failure: Literal["abort"] = "abort"
+
+
+class HealthProfile(StrictModel):
+    name: Name
+    service: Name
+    description: str = ""
+    prometheus: PrometheusTarget | None = None
+    schedule: ScheduleSpec
+    checks: list[HealthCheck] = Field(min_length=1)
+    alerts: AlertSettings = AlertSettings()
+    launch: LaunchLink | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HealthProfile:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, check in enumerate(self.checks):
+            if check.name in seen:
+                problems.append(f"checks[{index}].name: {check.name!r} is used by an earlier check")
+            seen.add(check.name)
+            if check.kind == "prometheus" and self.prometheus is None:
+                problems.append(f"checks[{index}]: a prometheus check needs `prometheus` to query")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def schedule_id(self) -> str:
+        return f"health-{self.name}"
+
+    @property
+    def ledger_id(self) -> str:
+        return f"health-alerts-{self.name}"
+
+
+def parse_profile(
+    text: str, *, source: str = "<profile>", base_dir: Path | None = None
+) -> HealthProfile:
+    """Parse and validate a profile; a relative `ca_file` is made absolute against `base_dir`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PlanError(source, [f"(yaml): {err}"]) from None
+    if not isinstance(data, dict):
+        raise PlanError(source, ["(profile): must be a mapping with name, service, checks, ..."])
+    try:
+        profile = HealthProfile.model_validate(data)
+    except ValidationError as err:
+        raise PlanError(source, _split_problems(describe_errors(err))) from None
+    if base_dir is None:
+        return profile
+    checks = [
+        check.model_copy(update={"ca_file": str((base_dir / check.ca_file).resolve())})
+        if isinstance(check, HttpCheck) and check.ca_file and not Path(check.ca_file).is_absolute()
+        else check
+        for check in profile.checks
+    ]
+    return profile.model_copy(update={"checks": checks})
+
+
+def _split_problems(lines: list[str]) -> list[str]:
+    """The cross-field validator joins its problems with `; `; give each its own line."""
+    out: list[str] = []
+    for line in (_CHECK_BRANCH.sub("]", line) for line in lines):
+        path, _, message = line.partition(": ")
+        if path == "(plan)" and message.startswith("checks["):
+            out.extend(message.split("; "))
+        else:
+            out.append(line.replace("(plan)", "(profile)", 1))
+    return out
+
+
+def load_profile(path: Path) -> HealthProfile:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise PlanError(str(path), [f"(file): cannot read: {err.strerror}"]) from None
+    return parse_profile(text, source=str(path), base_dir=path.parent)
