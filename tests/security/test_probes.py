@@ -136,7 +136,7 @@ async def test_a_missing_ca_file_is_a_configuration_error(
 ) -> None:
     target = https_target()
     check = TlsCheck(id="api", url=target.url)
-    with pytest.raises(ConfigurationError, match=r"ca_file /nonexistent/ca\.pem"):
+    with pytest.raises(ConfigurationError, match=r"ca_file: cannot load /nonexistent/ca\.pem"):
         await run(probes.check_tls, TlsProbe(check=check, ca_file="/nonexistent/ca.pem"))
 
 
