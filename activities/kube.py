@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import urllib3
 import yaml
 from kubernetes import client, config, dynamic
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
@@ -32,6 +33,9 @@ from phasegate.workflows.kube_messages import (
     AppliedObject,
     ApplyObjectRequest,
     ApplySecretRequest,
+    DeploymentHealth,
+    DeploymentHealthReport,
+    DeploymentHealthRequest,
     KubeObjectRef,
     Manifests,
     ManifestsRequest,
@@ -60,6 +64,19 @@ KUBE_OPTIONS = workflow.ActivityConfig(
         non_retryable_error_types=NON_RETRYABLE,
     ),
 )
+
+
+# A health reading reports what it cannot read instead of raising; a hanging API server is
+# cut off by HEALTH_REQUEST_TIMEOUT_S and reported like a refused connection.
+KUBE_HEALTH_OPTIONS = workflow.ActivityConfig(
+    start_to_close_timeout=timedelta(seconds=60),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_attempts=3,
+        non_retryable_error_types=NON_RETRYABLE,
+    ),
+)
+HEALTH_REQUEST_TIMEOUT_S = 10.0
 
 
 def rollout_options(timeout: timedelta) -> workflow.ActivityConfig:
@@ -142,6 +159,9 @@ class KubeConnection:
 
     def apps(self) -> client.AppsV1Api:
         return client.AppsV1Api(self.api())
+
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api())
 
     def networking(self) -> client.NetworkingV1Api:
         return client.NetworkingV1Api(self.api())
@@ -361,7 +381,64 @@ class KubeActivities:
             raise RolloutPending("waiting for " + "; ".join(pending))
         return RolloutStatus(ready=ready)
 
+    @activity.defn
+    def check_deployment_health(self, request: DeploymentHealthRequest) -> DeploymentHealthReport:
+        """Replicas, rollout state and container restarts of each Deployment, read once.
+        Never raises for what it finds: a missing Deployment is `found=False`, an unreachable
+        or refusing API server an `error`; the health workflow judges the result."""
+        return DeploymentHealthReport(
+            namespace=request.namespace,
+            deployments=[
+                self._deployment_health(request.namespace, name) for name in request.deployments
+            ],
+        )
+
     # --- helpers -------------------------------------------------------------------------
+
+    def _deployment_health(self, namespace: str, name: str) -> DeploymentHealth:
+        where = f"Deployment {namespace}/{name}"
+        try:
+            deployment = self._kube.apps().read_namespaced_deployment(
+                name, namespace, _request_timeout=HEALTH_REQUEST_TIMEOUT_S
+            )
+            pods = self._kube.core().list_namespaced_pod(
+                namespace,
+                label_selector=label_selector(deployment.spec.selector),
+                _request_timeout=HEALTH_REQUEST_TIMEOUT_S,
+            )
+        except client.ApiException as err:
+            if err.status == 404:
+                return DeploymentHealth(name=name, found=False)
+            return DeploymentHealth(
+                name=name,
+                error=f"reading {where}: {err.status} {err.reason}: {server_message(err)}",
+            )
+        except (urllib3.exceptions.HTTPError, ConfigurationError) as err:
+            return DeploymentHealth(name=name, error=f"reading {where}: {err}")
+        rollout: Literal["complete", "progressing", "failed"]
+        try:
+            done, detail = rollout_state(deployment)
+            rollout = "complete" if done else "progressing"
+        except KubeRejected as err:  # past its progress deadline
+            rollout, detail = "failed", str(err)
+        status = deployment.status or client.V1DeploymentStatus()
+        restarts = 0
+        for pod in pods.items:
+            pod_status = pod.status or client.V1PodStatus()
+            containers = [
+                *(pod_status.container_statuses or []),
+                *(pod_status.init_container_statuses or []),
+            ]
+            restarts += sum(int(container.restart_count or 0) for container in containers)
+        return DeploymentHealth(
+            name=name,
+            desired=deployment.spec.replicas if deployment.spec.replicas is not None else 1,
+            available=status.available_replicas or 0,
+            updated=status.updated_replicas or 0,
+            rollout=rollout,
+            rollout_detail=detail,
+            restarts=restarts,
+        )
 
     def _get(self, ref: KubeObjectRef) -> dict[str, Any] | None:
         resource = self._kube.resource(ref.api_version, ref.kind)
@@ -464,6 +541,22 @@ def rollout_state(deployment: Any) -> tuple[bool, str]:
     if available < updated:
         return False, f"{available} of {updated} updated replicas available"
     return True, f"{available}/{wanted} available"
+
+
+def label_selector(selector: client.V1LabelSelector) -> str:
+    """A Deployment's selector as the `labelSelector` query string `list` takes."""
+    terms = [f"{key}={value}" for key, value in sorted((selector.match_labels or {}).items())]
+    for expression in selector.match_expressions or []:
+        values = ",".join(expression.values or [])
+        terms.append(
+            {
+                "In": f"{expression.key} in ({values})",
+                "NotIn": f"{expression.key} notin ({values})",
+                "Exists": expression.key,
+                "DoesNotExist": f"!{expression.key}",
+            }[expression.operator]
+        )
+    return ",".join(terms)
 
 
 def _json(obj: dict[str, Any]) -> str:

@@ -87,6 +87,7 @@ def activities(
         kubernetes.apply_secret,
         kubernetes.restore_object,
         kubernetes.check_rollout,
+        kubernetes.check_deployment_health,
         postgres.preflight_migration,
         postgres.backup_database,
         postgres.apply_migrations,

@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from phasegate.activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
+    from phasegate.activities.kube import KUBE_HEALTH_OPTIONS, KubeActivities
     from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
     from phasegate.activities.probes import PROBE_OPTIONS, ProbeActivities
     from phasegate.workflows.activity_options import summarized
@@ -35,8 +36,10 @@ with workflow.unsafe.imports_passed_through():
         CheckStatus,
         HealthProfile,
         HttpCheck,
+        KubernetesCheck,
         PrometheusCheck,
     )
+    from phasegate.workflows.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
     from phasegate.workflows.messages import MetricQuery, MetricReading
     from phasegate.workflows.plan import MetricSpec
 
@@ -106,6 +109,50 @@ def judge_probe(check: HttpCheck, probe: HttpProbeResult, now_seconds: float) ->
     return result.model_copy(update={"status": status, "value": latency, "detail": detail})
 
 
+def judge_deployments(check: KubernetesCheck, report: DeploymentHealthReport) -> CheckResult:
+    """Each Deployment's numbers in the detail; the worst finding over all of them decides."""
+    findings: list[CheckStatus] = []
+    details: list[str] = []
+    for deployment in report.deployments:
+        where = f"{report.namespace}/{deployment.name}"
+        if deployment.error:
+            findings.append(check.on_error)
+            details.append(f"{where}: {deployment.error}")
+            continue
+        if not deployment.found:
+            findings.append("fail")
+            details.append(f"Deployment {where} not found")
+            continue
+        available, desired = deployment.available, deployment.desired
+        notes = [f"{available}/{desired} available"]
+        if check.min_available is not None and available < check.min_available:
+            findings.append("fail")
+            notes.append(f"below min_available {check.min_available}")
+        elif available < desired:
+            findings.append("warn" if check.min_available is not None else "fail")
+        if deployment.rollout == "failed":
+            findings.append("fail")
+            notes.append(f"rollout failed: {deployment.rollout_detail}")
+        elif deployment.rollout == "progressing":
+            findings.append("warn")
+            notes.append(f"rolling out: {deployment.rollout_detail}")
+        restarts = f"{deployment.restarts} restarts"
+        if check.max_restarts_fail is not None and deployment.restarts > check.max_restarts_fail:
+            findings.append("fail")
+            restarts += f" > {check.max_restarts_fail}"
+        elif check.max_restarts_warn is not None and deployment.restarts > check.max_restarts_warn:
+            findings.append("warn")
+            restarts += f" > {check.max_restarts_warn}"
+        details.append(f"{deployment.name}: {', '.join([*notes, restarts])}")
+    return CheckResult(
+        name=check.name,
+        kind=check.kind,
+        status=worst(findings),
+        critical=check.critical,
+        detail="; ".join(details),
+    )
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}ms"
 
@@ -158,7 +205,7 @@ class HealthValidationWorkflow:
     # --- checks -------------------------------------------------------------------------
 
     async def _evaluate(
-        self, profile: HealthProfile, check: PrometheusCheck | HttpCheck
+        self, profile: HealthProfile, check: PrometheusCheck | HttpCheck | KubernetesCheck
     ) -> CheckResult:
         if isinstance(check, PrometheusCheck):
             assert profile.prometheus is not None
@@ -174,6 +221,13 @@ class HealthValidationWorkflow:
                 **summarized(METRICS_OPTIONS, f"check {check.name}"),
             )
             return judge_metric(check, reading)
+        if isinstance(check, KubernetesCheck):
+            deployments = await workflow.execute_activity_method(
+                KubeActivities.check_deployment_health,
+                DeploymentHealthRequest(namespace=check.namespace, deployments=check.deployments),
+                **summarized(KUBE_HEALTH_OPTIONS, f"check {check.name}"),
+            )
+            return judge_deployments(check, deployments)
         probe = await workflow.execute_activity_method(
             ProbeActivities.probe_http,
             HttpProbe(check=check),

@@ -1,8 +1,7 @@
 """The health profile: which checks a scheduled health validation runs, how often, whom it alerts.
 
 Strict like the launch plan, so a typo is caught by `phasegate schedule create` before a
-schedule exists. Kubernetes checks are not part of it yet: there is no control plane to test
-them against.
+schedule exists.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from phasegate.workflows.plan import (
 CheckStatus = Literal["pass", "warn", "fail"]
 
 # pydantic names the discriminated branch (`checks[0].http.url`); the user wrote `checks[0].url`.
-_CHECK_BRANCH = re.compile(r"\]\.(?:prometheus|http)(?=[.:])")
+_CHECK_BRANCH = re.compile(r"\]\.(?:prometheus|http|kubernetes)(?=[.:])")
 
 # The server refuses a shorter catch-up window.
 MIN_CATCHUP_WINDOW = timedelta(seconds=10)
@@ -104,8 +103,33 @@ class HttpCheck(_Check):
         return self
 
 
-HealthCheck = Annotated[PrometheusCheck | HttpCheck, Field(discriminator="kind")]
-CHECK_KINDS = ("prometheus", "http")
+class KubernetesCheck(_Check):
+    """Deployments serving their replicas: available vs desired, rollout state, restarts.
+
+    Fails when fewer replicas are available than desired or, with `min_available`, only below
+    that (fewer than desired but at least `min_available` warns). Restarts count every
+    container of the Deployment's pods; either restart bound may be left out."""
+
+    kind: Literal["kubernetes"]
+    namespace: Name
+    deployments: list[Name] = Field(min_length=1)
+    min_available: Annotated[int, Field(ge=0)] | None = None
+    max_restarts_warn: Annotated[int, Field(ge=0)] | None = None
+    max_restarts_fail: Annotated[int, Field(ge=0)] | None = None
+    on_error: CheckStatus = "warn"
+
+    @model_validator(mode="after")
+    def _restart_bounds_ordered(self) -> KubernetesCheck:
+        warn, fail = self.max_restarts_warn, self.max_restarts_fail
+        if warn is not None and fail is not None and warn > fail:
+            raise ValueError("max_restarts_warn must not be above max_restarts_fail")
+        if len(set(self.deployments)) != len(self.deployments):
+            raise ValueError("deployments must not repeat a name")
+        return self
+
+
+HealthCheck = Annotated[PrometheusCheck | HttpCheck | KubernetesCheck, Field(discriminator="kind")]
+CHECK_KINDS = ("prometheus", "http", "kubernetes")
 
 
 def _catchup(value: timedelta) -> timedelta:

@@ -7,7 +7,7 @@ backup Secret in the cluster, not in workflow history.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -103,3 +103,29 @@ class TargetsUpRequest(Message):
 
 class TargetsUp(Message):
     up: dict[str, int] = Field(default_factory=dict)
+
+
+class DeploymentHealthRequest(Message):
+    namespace: str
+    deployments: list[str]
+
+
+class DeploymentHealth(Message):
+    """One Deployment as the API server sees it now; the health workflow judges it."""
+
+    name: str
+    found: bool = True
+    desired: int = 0
+    available: int = 0
+    updated: int = 0
+    rollout: Literal["complete", "progressing", "failed"] = "progressing"
+    rollout_detail: str = ""
+    restarts: int = 0
+    # Reading this Deployment or its pods failed (connection, forbidden, ...): nothing above
+    # is known.
+    error: str = ""
+
+
+class DeploymentHealthReport(Message):
+    namespace: str
+    deployments: list[DeploymentHealth] = Field(default_factory=list)

@@ -27,6 +27,11 @@ from phasegate.workflows.health_messages import (
     HttpProbeResult,
 )
 from phasegate.workflows.health_profile import HealthProfile
+from phasegate.workflows.kube_messages import (
+    DeploymentHealth,
+    DeploymentHealthReport,
+    DeploymentHealthRequest,
+)
 from phasegate.workflows.messages import MetricQuery, MetricReading
 from tests.workflows.fakes import FakeWorld
 
@@ -39,6 +44,8 @@ class HealthWorld:
     probe: HttpProbeResult = field(
         default_factory=lambda: HttpProbeResult(status_code=200, latency_seconds=0.01)
     )
+    # What the API server says of each Deployment by name; a name left out is not found.
+    deployments: dict[str, DeploymentHealth] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     sent: list[AlertBatch] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
@@ -68,6 +75,18 @@ class HealthWorld:
         async def probe_http(probe: HttpProbe) -> HttpProbeResult:
             return world.probe
 
+        @activity.defn(name="check_deployment_health")
+        async def check_deployment_health(
+            request: DeploymentHealthRequest,
+        ) -> DeploymentHealthReport:
+            return DeploymentHealthReport(
+                namespace=request.namespace,
+                deployments=[
+                    world.deployments.get(name, DeploymentHealth(name=name, found=False))
+                    for name in request.deployments
+                ],
+            )
+
         @activity.defn(name="send_alerts")
         async def send_alerts(batch: AlertBatch) -> int:
             name = batch.receiver.name
@@ -82,7 +101,7 @@ class HealthWorld:
             for fake in world.launch_world.activities()
             if getattr(fake, "__temporal_activity_definition").name != "query_metric"
         ]
-        return [query_metric, probe_http, send_alerts, *launch_fakes]
+        return [query_metric, probe_http, check_deployment_health, send_alerts, *launch_fakes]
 
 
 async def retire(client: Client, ledger_id: str) -> None:

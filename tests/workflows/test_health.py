@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from phasegate.workflows.alert_ledger import AlertLedgerWorkflow
 from phasegate.workflows.health_messages import HttpProbeResult
 from phasegate.workflows.health_profile import HealthProfile
+from phasegate.workflows.kube_messages import DeploymentHealth
 from phasegate.workflows.launch import LaunchWorkflow
 from phasegate.workflows.messages import LaunchInput
 from tests.health_profiles import make_profile
@@ -82,6 +83,65 @@ async def test_no_data_and_tls_expiry_follow_the_profile(
     )
     assert by_name["cert"].status == "warn"
     assert by_name["cert"].detail.startswith("certificate expires in 5.0 days")
+
+
+async def test_deployments_are_judged_on_replicas_rollout_and_restarts(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = HealthWorld()
+    world.deployments = {
+        "web": DeploymentHealth(
+            name="web", desired=3, available=3, updated=3, rollout="complete", restarts=2
+        ),
+        "api": DeploymentHealth(
+            name="api",
+            desired=3,
+            available=2,
+            updated=3,
+            rollout_detail="2 of 3 updated replicas available",
+            restarts=7,
+        ),
+        "worker": DeploymentHealth(
+            name="worker", desired=2, available=1, updated=2, rollout_detail="1 of 2 available"
+        ),
+        "cron": DeploymentHealth(name="cron", error="reading Deployment shop/cron: 403 Forbidden"),
+    }
+    limits = {"namespace": "shop", "max_restarts_warn": 5, "max_restarts_fail": 10}
+    checks = [
+        {"name": "web", "kind": "kubernetes", "deployments": ["web"], **limits},
+        {"name": "api", "kind": "kubernetes", "deployments": ["api"], **limits},
+        {
+            "name": "worker",
+            "kind": "kubernetes",
+            "namespace": "shop",
+            "deployments": ["worker"],
+            "min_available": 1,
+        },
+        {"name": "gone", "kind": "kubernetes", "namespace": "shop", "deployments": ["web", "gone"]},
+        {
+            "name": "cron",
+            "kind": "kubernetes",
+            "namespace": "shop",
+            "deployments": ["cron"],
+            "on_error": "fail",
+        },
+    ]
+    profile = unique_profile(prometheus=None, checks=checks, alerts={"receivers": []})
+    async with health_worker(time_skipping_env.client, world) as queue:
+        report = await run_once(time_skipping_env, queue, profile, world)
+
+    judged = {check.name: (check.status, check.detail) for check in report.checks}
+    assert judged == {
+        "web": ("pass", "web: 3/3 available, 2 restarts"),
+        "api": (
+            "fail",
+            "api: 2/3 available, rolling out: 2 of 3 updated replicas available, 7 restarts > 5",
+        ),
+        "worker": ("warn", "worker: 1/2 available, rolling out: 1 of 2 available, 0 restarts"),
+        "gone": ("fail", "web: 3/3 available, 2 restarts; Deployment shop/gone not found"),
+        "cron": ("fail", "shop/cron: reading Deployment shop/cron: 403 Forbidden"),
+    }
+    assert report.status == "fail"
 
 
 async def test_many_runs_alert_once_when_firing_and_once_when_resolved(
