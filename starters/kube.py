@@ -8,7 +8,6 @@ cluster instead" (`control_plane_from_env`).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import os
 import shutil
@@ -20,10 +19,8 @@ from pathlib import Path
 
 import httpx
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from phasegate.starters.local import (
     LOOPBACK,
@@ -34,6 +31,7 @@ from phasegate.starters.local import (
     free_port,
     wait_until_ready,
 )
+from phasegate.starters.pki import Authority
 
 # One source for the versions: deploy/kube/versions.env says the same (a test checks).
 KUBE_VERSION = "v1.34.4"
@@ -97,102 +95,9 @@ class KubeBinaries:
 # --- certificates -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CertificateAuthority:
-    cert_path: Path
-    key_path: Path
-
-    def issue(
-        self,
-        directory: Path,
-        name: str,
-        *,
-        common_name: str,
-        organizations: Sequence[str] = (),
-        server_names: Sequence[str] = (),
-        server_ips: Sequence[str] = (),
-    ) -> tuple[Path, Path]:
-        """A client certificate (and a serving one when names or IPs are given): (cert, key)."""
-        ca_cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-        ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
-        assert isinstance(ca_key, rsa.RSAPrivateKey)
-        key = _new_key()
-        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-        subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-        builder = _certificate(x509.Name(subject), ca_cert.subject, key).add_extension(
-            x509.BasicConstraints(ca=False, path_length=None), critical=True
-        )
-        if server_names or server_ips:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-            alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
-            alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
-            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return _write_pair(directory, name, cert, key)
-
-
-def create_certificate_authority(directory: Path) -> CertificateAuthority:
-    key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "phasegate-local-ca")])
-    cert = (
-        _certificate(name, name, key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = _write_pair(directory, "ca", cert, key)
-    return CertificateAuthority(cert_path, key_path)
-
-
 def _new_key() -> rsa.RSAPrivateKey:
+    """The service-account signing key."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _certificate(
-    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
-) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-    )
-
-
-def _write_pair(
-    directory: Path, name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey
-) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def write_kubeconfig(
@@ -224,7 +129,7 @@ class ControlPlane:
     kubeconfig: Path
     server: str
     workdir: Path | None = None
-    ca: CertificateAuthority | None = None
+    ca: Authority | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @property
@@ -239,12 +144,13 @@ class ControlPlane:
                 "user_kubeconfig needs the CA of a control plane started by phasegate, not "
                 f"the borrowed cluster at {self.server}"
             )
-        directory = self.workdir / "pki" / "users"
-        cert, key = self.ca.issue(directory, user, common_name=user, organizations=groups)
+        cert, key = self.ca.issue(
+            f"user-{user}", dns=(), ips=(), common_name=user, organizations=groups
+        )
         return write_kubeconfig(
-            directory / f"{user}.kubeconfig",
+            self.ca.directory / f"{user}.kubeconfig",
             server=self.server,
-            ca=self.ca.cert_path,
+            ca=self.ca.ca_file,
             cert=cert,
             key=key,
             user=user,
@@ -281,16 +187,15 @@ def start_control_plane(
     bins = binaries or KubeBinaries.find()
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
-    ca = create_certificate_authority(pki)
+    ca = Authority.create(pki, name="phasegate-local-ca")
     serving_cert, serving_key = ca.issue(
-        pki,
         "apiserver",
         common_name="kube-apiserver",
-        server_names=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-        server_ips=[LOOPBACK, str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))],
+        dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+        ips=(LOOPBACK, str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))),
     )
     admin_cert, admin_key = ca.issue(
-        pki, "admin", common_name="phasegate-admin", organizations=["system:masters"]
+        "admin", dns=(), ips=(), common_name="phasegate-admin", organizations=["system:masters"]
     )
     sa_key_path = pki / "service-account.key"
     sa_pub_path = pki / "service-account.pub"
@@ -311,7 +216,7 @@ def start_control_plane(
     api_port = free_port()
     server = f"https://{LOOPBACK}:{api_port}"
     kubeconfig = write_kubeconfig(
-        workdir / "admin.kubeconfig", server=server, ca=ca.cert_path, cert=admin_cert, key=admin_key
+        workdir / "admin.kubeconfig", server=server, ca=ca.ca_file, cert=admin_cert, key=admin_key
     )
     plane = ControlPlane(kubeconfig=kubeconfig, server=server, workdir=workdir, ca=ca)
     try:
@@ -328,7 +233,7 @@ def start_control_plane(
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={serving_cert}",
                 f"--tls-private-key-file={serving_key}",
-                f"--client-ca-file={ca.cert_path}",
+                f"--client-ca-file={ca.ca_file}",
                 f"--service-account-key-file={sa_pub_path}",
                 f"--service-account-signing-key-file={sa_key_path}",
                 "--service-account-issuer=https://kubernetes.default.svc",
@@ -351,9 +256,9 @@ def start_control_plane(
                 bins.controller_manager,
                 [
                     f"--service-account-private-key-file={sa_key_path}",
-                    f"--root-ca-file={ca.cert_path}",
-                    f"--cluster-signing-cert-file={ca.cert_path}",
-                    f"--cluster-signing-key-file={ca.key_path}",
+                    f"--root-ca-file={ca.ca_file}",
+                    f"--cluster-signing-cert-file={ca.ca_file}",
+                    f"--cluster-signing-key-file={ca.key_file}",
                     "--use-service-account-credentials=false",
                     "--concurrent-deployment-syncs=5",
                 ],
@@ -517,9 +422,9 @@ def _create_fake_nodes(plane: ControlPlane, count: int) -> None:
 def _admin_client(plane: ControlPlane) -> httpx.Client:
     assert plane.workdir is not None
     assert plane.ca is not None
-    context = ssl.create_default_context(cafile=str(plane.ca.cert_path))
+    context = ssl.create_default_context(cafile=str(plane.ca.ca_file))
     pki = plane.workdir / "pki"
-    context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    context.load_cert_chain(str(pki / "admin.pem"), str(pki / "admin.key"))
     return httpx.Client(base_url=plane.server, verify=context, timeout=5.0, trust_env=False)
 
 
