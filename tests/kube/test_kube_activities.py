@@ -93,6 +93,8 @@ def cluster_state(api: client.ApiClient, namespace: str) -> dict[str, Any]:
         "configmaps": {
             c.metadata.name: (c.data, c.metadata.labels)
             for c in core.list_namespaced_config_map(namespace).items
+            # Published into every namespace by the controller-manager, whenever it gets to it.
+            if c.metadata.name != "kube-root-ca.crt"
         },
         "secrets": {
             s.metadata.name: (s.data, s.metadata.labels)
