@@ -14,14 +14,9 @@ from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.activities.secrets import resolve_secret
-from phasegate.workflows.health_messages import (
-    AlertBatch,
-    AlertState,
-    LedgerDelivery,
-    LedgerInput,
-)
+from activities.errors import ConfigurationError
+from activities.secrets import resolve_secret
+from schemas.health_messages import AlertBatch, AlertState, LedgerDelivery, LedgerInput
 
 ALERT_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=15),

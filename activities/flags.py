@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from phasegate.activities.errors import ConfigurationError, RouterError
-from phasegate.workflows.messages import RouterSnapshot
-from phasegate.workflows.plan import FlagdRouter
+from activities.errors import ConfigurationError, RouterError
+from schemas.routing_messages import RouterSnapshot
+from schemas.targets import FlagdRouter
 
 FLAGD_SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 # flagd weights are integers; thousandths of a percent give 0.001% resolution.

@@ -27,9 +27,9 @@ from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, Resour
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import NON_RETRYABLE, ConfigurationError, KubeRejected
-from phasegate.activities.secrets import resolve_secret
-from phasegate.workflows.kube_messages import (
+from activities.errors import NON_RETRYABLE, ConfigurationError, KubeRejected
+from activities.secrets import resolve_secret
+from schemas.kube_messages import (
     AppliedObject,
     ApplyObjectRequest,
     ApplySecretRequest,

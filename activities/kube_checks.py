@@ -17,10 +17,10 @@ from kubernetes.client.exceptions import ApiException
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import NON_RETRYABLE
-from phasegate.activities.probes import finding
-from phasegate.workflows.plan import AccessRule, AuthorizationCheck, SecretHygieneCheck
-from phasegate.workflows.probe_messages import AuthorizationProbe, CheckReport, HygieneProbe
+from activities.errors import NON_RETRYABLE
+from activities.probes import finding
+from schemas.probe_messages import AuthorizationProbe, CheckReport, HygieneProbe
+from schemas.security_validation_spec import AccessRule, AuthorizationCheck, SecretHygieneCheck
 
 KUBE_CHECK_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(minutes=1),

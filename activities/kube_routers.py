@@ -16,8 +16,8 @@ from typing import Any
 
 from kubernetes import client
 
-from phasegate.activities.errors import ConfigurationError, RouterError
-from phasegate.activities.kube import (
+from activities.errors import ConfigurationError, RouterError
+from activities.kube import (
     FIELD_MANAGER,
     KubeConnection,
     RolloutPending,
@@ -27,8 +27,8 @@ from phasegate.activities.kube import (
     restorable,
     rollout_state,
 )
-from phasegate.workflows.messages import RouterSnapshot
-from phasegate.workflows.plan import IngressCanaryRouter, ReplicaCanaryRouter
+from schemas.routing_messages import RouterSnapshot
+from schemas.targets import IngressCanaryRouter, ReplicaCanaryRouter
 
 VARIANT_LABEL = "phasegate.dev/variant"
 TOTAL_REPLICAS = "phasegate.dev/total-replicas"

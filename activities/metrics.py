@@ -16,10 +16,15 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from urllib3.util.retry import Retry
 
-from phasegate.activities.secrets import resolve_secret
-from phasegate.workflows.kube_messages import TargetsUp, TargetsUpRequest
-from phasegate.workflows.messages import MetricQuery, MetricReading
-from phasegate.workflows.plan import VARIANT_PLACEHOLDER, PrometheusTarget
+from activities.secrets import resolve_secret
+from schemas.analysis_spec import VARIANT_PLACEHOLDER
+from schemas.metrics_messages import (
+    MetricQuery,
+    MetricReading,
+    TargetsUp,
+    TargetsUpRequest,
+)
+from schemas.targets import PrometheusTarget
 
 METRICS_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=20),

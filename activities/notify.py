@@ -12,9 +12,9 @@ import httpx
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.activities.secrets import resolve_secret
-from phasegate.workflows.messages import Notification, NotificationResult
+from activities.errors import ConfigurationError
+from activities.secrets import resolve_secret
+from schemas.notify_messages import Notification, NotificationResult
 
 NOTIFY_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=30),

@@ -29,14 +29,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import (
-    NON_RETRYABLE,
-    ConfigurationError,
-    MigrationError,
-    WritesAfterCutover,
-)
-from phasegate.activities.secrets import resolve_secret
-from phasegate.workflows.migration_messages import (
+from activities.errors import NON_RETRYABLE, ConfigurationError, MigrationError, WritesAfterCutover
+from activities.secrets import resolve_secret
+from schemas.basics import SecretRef
+from schemas.migration_messages import (
     AppliedScript,
     BackupRecord,
     BackupRequest,
@@ -58,7 +54,6 @@ from phasegate.workflows.migration_messages import (
     WritesGuardRequest,
     WritesGuardResult,
 )
-from phasegate.workflows.plan import SecretRef
 
 # Quick checks: a few retries for a database that is restarting, then the launch hears of it.
 POSTGRES_OPTIONS = workflow.ActivityConfig(

@@ -25,20 +25,21 @@ from cryptography import x509
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import NON_RETRYABLE, ConfigurationError
-from phasegate.activities.secrets import resolve_secret
-from phasegate.workflows.health_messages import HttpProbe, HttpProbeResult
-from phasegate.workflows.messages import Finding
-from phasegate.workflows.plan import RateLimitCheck, SecretRef, SecurityCheck, TlsCheck
-from phasegate.workflows.probe_messages import (
+from activities.errors import NON_RETRYABLE, ConfigurationError
+from activities.secrets import resolve_secret
+from schemas.basics import SecretRef
+from schemas.health_messages import HttpProbe, HttpProbeResult
+from schemas.probe_messages import (
     AuthProbe,
     CheckReport,
+    Finding,
     HeaderProbe,
     ProbeRequest,
     ProbeResponse,
     RateLimitProbe,
     TlsProbe,
 )
+from schemas.security_validation_spec import RateLimitCheck, SecurityCheck, TlsCheck
 
 PROBE_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(minutes=2),

@@ -13,8 +13,8 @@ from typing import Protocol
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.activities.errors import NON_RETRYABLE, ConfigurationError
-from phasegate.workflows.messages import (
+from activities.errors import NON_RETRYABLE, ConfigurationError
+from schemas.routing_messages import (
     ExposureRequest,
     ExposureState,
     PromoteRequest,
@@ -22,7 +22,7 @@ from phasegate.workflows.messages import (
     RouterSnapshot,
     SnapshotRequest,
 )
-from phasegate.workflows.plan import TrafficRouter as RouterSpec
+from schemas.targets import TrafficRouter as RouterSpec
 
 ROUTING_OPTIONS = workflow.ActivityConfig(
     start_to_close_timeout=timedelta(seconds=30),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.workflows.plan import SecretRef
+from activities.errors import ConfigurationError
+from schemas.basics import SecretRef
 
 
 def resolve_secret(ref: SecretRef, *, where: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from phasegate.starters.kube import KubeBinaries, kube_cache, start_control_plane
+from devstack.kube_cluster import KubeBinaries, kube_cache, start_control_plane
 
 
 def _build_stats() -> dict[str, dict[str, float]]:

@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 import psutil
 from temporalio.testing import ActivityEnvironment
 
-from phasegate.activities.postgres import PostgresActivities
-from phasegate.examples.checkout_db import seed_checkout
-from phasegate.starters.postgres import postgres_cluster
-from phasegate.workflows.migration_messages import (
+from activities.postgres import PostgresActivities
+from devstack.checkout_db import seed_checkout
+from devstack.postgres_cluster import postgres_cluster
+from schemas.basics import SecretRef
+from schemas.migration_cutover_spec import TableCheck
+from schemas.migration_messages import (
     BackupRequest,
     MigrateRequest,
     MigrationTarget,
@@ -39,7 +41,6 @@ from phasegate.workflows.migration_messages import (
     RestoreDatabaseRequest,
     VerifyRequest,
 )
-from phasegate.workflows.plan import SecretRef, TableCheck
 
 EXAMPLE_SCRIPTS = Path(__file__).resolve().parent.parent / "examples" / "migrations" / "checkout"
 T = TypeVar("T")

@@ -44,17 +44,17 @@ from temporalio.worker import (
     Worker,
 )
 
+from activities.flags import FlagdFileRouter
 from benchmarks.baseline import SequenceWorkflow, SignalThenActivityWorkflow, noop
-from phasegate.activities.flags import FlagdFileRouter
-from phasegate.starters.demo import demo_stack, example_plan
-from phasegate.starters.local import start_temporal_dev_server
-from phasegate.workers.client import connect
-from phasegate.workers.main import WORKFLOWS, activities
-from phasegate.workers.settings import Settings
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput, LaunchResult, LaunchStatus
-from phasegate.workflows.plan import LaunchPlan, load_plan
-from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
+from devstack.demo import demo_stack, example_plan
+from devstack.processes import start_temporal_dev_server
+from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.plan import LaunchPlan, load_plan
+from workers.client import connect
+from workers.main import WORKFLOWS, activities
+from workers.settings import Settings
+from workflows.launch import LaunchWorkflow
+from workflows.visibility import SEARCH_ATTRIBUTES
 
 TASK_QUEUE = "phasegate-bench"
 APPROVER = "bench"

@@ -20,18 +20,20 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from phasegate.starters import launches, migration_demo
-from phasegate.starters.demo import DemoOptions, example_plan, run_demo
-from phasegate.starters.kube_cli import kube_app
-from phasegate.starters.local import LocalProcessError, start_temporal_dev_server
-from phasegate.starters.render import render_line, render_listing, render_status
-from phasegate.starters.schedules import schedule_app
-from phasegate.workers.client import TemporalUnreachable, connect
-from phasegate.workers.main import serve
-from phasegate.workers.settings import Settings
-from phasegate.workflows.messages import LaunchStatus, LaunchStatusValue
-from phasegate.workflows.plan import LaunchPlan, PlanError
-from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
+from devstack import migration_demo
+from devstack.demo import DemoOptions, example_plan, run_demo
+from devstack.kube_demo import kube_app
+from devstack.processes import LocalProcessError, start_temporal_dev_server
+from schemas.launch_messages import LaunchStatus, LaunchStatusValue
+from schemas.plan import LaunchPlan
+from schemas.problems import PlanError
+from starters import launches
+from starters.render import render_line, render_listing, render_status
+from starters.schedule_cli import schedule_app
+from workers.client import TemporalUnreachable, connect
+from workers.main import serve
+from workers.settings import Settings
+from workflows.visibility import SEARCH_ATTRIBUTES
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ Errors, all one clear line for the CLI to print:
     LaunchError            the server answered, but the operation cannot be done
     ├── LaunchNotFound     no launch with that id in this namespace
     └── DecisionError      the `decide` update refused: unknown gate, not open, not an approver
-    TemporalUnreachable    (phasegate.workers.client) no server at the configured address
+    TemporalUnreachable    (workers.client) no server at the configured address
 """
 
 from __future__ import annotations
@@ -32,29 +32,17 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from phasegate.workers.settings import Settings
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import (
-    AbortRequest,
-    CompensationAction,
-    DecideRequest,
-    Decision,
-    LaunchInput,
-    LaunchStatus,
-    LaunchStatusValue,
-)
-from phasegate.workflows.plan import (
-    FlagdRouter,
-    GateSpec,
-    InfraSetupPhase,
-    LaunchPlan,
-    MigrationCutoverPhase,
-    Phase,
-    SecurityValidationPhase,
-    describe_router,
-    load_plan,
-)
-from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
+from schemas.decision_messages import AbortRequest, CompensationAction, DecideRequest
+from schemas.gate_spec import GateSpec
+from schemas.infra_setup_spec import InfraSetupPhase
+from schemas.launch_messages import Decision, LaunchInput, LaunchStatus, LaunchStatusValue
+from schemas.migration_cutover_spec import MigrationCutoverPhase
+from schemas.plan import LaunchPlan, Phase, load_plan
+from schemas.security_validation_spec import SecurityValidationPhase
+from schemas.targets import FlagdRouter, describe_router
+from workers.settings import Settings
+from workflows.launch import LaunchWorkflow
+from workflows.visibility import PHASE, SERVICE, STATUS
 
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
 LAUNCH_WORKFLOW_TYPE = "Launch"

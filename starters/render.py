@@ -15,17 +15,17 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from phasegate.starters.launches import LaunchListing
-from phasegate.workflows.messages import (
+from schemas.launch_messages import (
     AuditEntry,
     CompensationRecord,
     Decision,
-    Finding,
     LaunchStatus,
     LaunchStatusValue,
     MetricResult,
     PhaseState,
 )
+from schemas.probe_messages import Finding
+from starters.launches import LaunchListing
 
 STATUS_STYLES = {
     "running": "cyan",

@@ -1,178 +1,221 @@
-"""`phasegate schedule ...`: health profiles as Temporal Schedules, visible and controllable in the UI.
+"""Client-side health schedules: create, update, pause, unpause, trigger, delete, list. No printing.
 
-Each command parses its arguments, calls one function of `starters/health.py` and prints;
-anything that goes wrong ends as one red line on stderr and exit code 1 (2 for a bad profile).
+A profile `NAME` becomes the Temporal Schedule `health-NAME`; each of its runs is a short
+`HealthValidation` workflow, and `health-alerts-NAME` is the profile's alert ledger.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TypeVar
 
-import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.api.common.v1 import Payload
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleHandle,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.service import RPCError, RPCStatusCode
 
-from phasegate.starters import health
-from phasegate.workers.client import TemporalUnreachable, connect
-from phasegate.workers.settings import Settings
-from phasegate.workflows.health_profile import HealthProfile
-from phasegate.workflows.plan import PlanError
+from schemas.health_messages import HealthRunInput
+from schemas.health_profile import HealthProfile, LaunchLink, load_profile
+from workers.settings import Settings
+from workflows.health import HealthValidationWorkflow
 
 T = TypeVar("T")
-EXIT_FAILED = 1
-EXIT_INVALID_PROFILE = 2
-
-schedule_app = typer.Typer(
-    help="Run a health profile on a Temporal Schedule: SLO and endpoint checks, alerts, "
-    "and the launch it guards.",
-    no_args_is_help=True,
-)
-
-ProfilePath = Annotated[
-    Path, typer.Argument(help="The health profile (YAML).", dir_okay=False, show_default=False)
-]
-Name = Annotated[str, typer.Argument(help="The profile name (or its schedule id, health-NAME).")]
-LaunchOption = Annotated[
-    str | None,
-    typer.Option(
-        "--launch",
-        metavar="LAUNCH_ID",
-        help="Guard this running launch: a failing critical check aborts it.",
-        show_default=False,
-    ),
-]
-Note = Annotated[str, typer.Option("--note", "-m", help="Why; shown on the schedule in the UI.")]
+SCHEDULE_PREFIX = "health-"
+# A run that hangs must not hold the schedule: with overlap `skip` it would block every later run.
+RUN_TIMEOUT = timedelta(minutes=10)
+OVERLAP = {"skip": ScheduleOverlapPolicy.SKIP, "buffer_one": ScheduleOverlapPolicy.BUFFER_ONE}
 
 
-@schedule_app.command("create")
-def create(
-    ctx: typer.Context,
-    profile: ProfilePath,
-    launch: LaunchOption = None,
-    paused: Annotated[bool, typer.Option(help="Create it paused.")] = False,
-) -> None:
-    """Validate a profile and create its schedule (health-NAME)."""
-    valid = _valid_profile(profile, launch)
-    settings = _settings(ctx)
-    _run(settings, lambda client: health.create_schedule(client, valid, settings, paused=paused))
-    _done(valid, settings, "created" + (" (paused)" if paused else ""))
+class ScheduleError(RuntimeError):
+    """The server answered, but the schedule operation cannot be done; the message says why."""
 
 
-@schedule_app.command("update")
-def update(ctx: typer.Context, profile: ProfilePath, launch: LaunchOption = None) -> None:
-    """Replace an existing schedule's checks and timing from the profile; paused stays paused."""
-    valid = _valid_profile(profile, launch)
-    settings = _settings(ctx)
-    _run(settings, lambda client: health.update_schedule(client, valid, settings))
-    _done(valid, settings, "updated")
+@dataclass(frozen=True)
+class ScheduleListing:
+    name: str
+    schedule_id: str
+    paused: bool
+    note: str
+    timing: str
+    launch: str
+    next_run: datetime | None
+    last_run: datetime | None
 
 
-@schedule_app.command("pause")
-def pause(ctx: typer.Context, name: Name, note: Note = "paused from the CLI") -> None:
-    """Stop starting runs until unpaused."""
-    _run(_settings(ctx), lambda client: health.pause(client, name, note))
-    _out().print(f"{health.schedule_id(name)} paused")
+def schedule_id(name: str) -> str:
+    return name if name.startswith(SCHEDULE_PREFIX) else f"{SCHEDULE_PREFIX}{name}"
 
 
-@schedule_app.command("unpause")
-def unpause(ctx: typer.Context, name: Name, note: Note = "unpaused from the CLI") -> None:
-    """Start runs again (also after the schedule paused itself on a failed run)."""
-    _run(_settings(ctx), lambda client: health.unpause(client, name, note))
-    _out().print(f"{health.schedule_id(name)} unpaused")
+def validate_profile(path: Path, launch_id: str | None = None) -> HealthProfile:
+    """Load a profile (raising `PlanError` with every problem); `launch_id` attaches a launch."""
+    profile = load_profile(path)
+    if launch_id:
+        profile = profile.model_copy(update={"launch": LaunchLink(id=launch_id)})
+    return profile
 
 
-@schedule_app.command("trigger")
-def trigger(ctx: typer.Context, name: Name) -> None:
-    """Run the checks now (skipped if a run is in progress)."""
-    _run(_settings(ctx), lambda client: health.trigger(client, name))
-    _out().print(f"{health.schedule_id(name)} triggered")
-
-
-@schedule_app.command("delete")
-def delete(ctx: typer.Context, name: Name) -> None:
-    """Delete the schedule and retire its alert ledger."""
-    _run(_settings(ctx), lambda client: health.delete(client, name))
-    _out().print(f"{health.schedule_id(name)} deleted")
-
-
-@schedule_app.command("list")
-def list_(ctx: typer.Context) -> None:
-    """Every health schedule: timing, paused or not, last and next run."""
-    found = _run(_settings(ctx), health.list_schedules)
-    table = Table(box=None, header_style="bold")
-    for column in ("schedule", "state", "timing", "launch", "last run", "next run"):
-        table.add_column(column)
-    for item in found:
-        state = Text("paused", style="yellow") if item.paused else Text("active", style="green")
-        if item.paused and item.note:
-            state.append(f" ({item.note})", style="dim")
-        table.add_row(
-            item.schedule_id,
-            state,
-            item.timing,
-            item.launch or "-",
-            _when(item.last_run),
-            _when(item.next_run),
-        )
-    _out().print(table if found else Text("no health schedules", style="dim"))
-
-
-# --- glue --------------------------------------------------------------------------------
-
-
-def _valid_profile(path: Path, launch: str | None) -> HealthProfile:
-    try:
-        return health.validate_profile(path, launch)
-    except PlanError as err:
-        console = Console(stderr=True, highlight=False)
-        console.print(Text(f"{path}: {len(err.problems)} problem(s)", style="bold red"))
-        for problem in err.problems:
-            console.print(Text(f"  {problem}", style="red"), soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID_PROFILE) from None
-
-
-def _done(profile: HealthProfile, settings: Settings, what: str) -> None:
-    out = _out()
-    out.print(Text.assemble((profile.schedule_id, "bold"), f" {what}"), soft_wrap=True)
-    out.print(
-        f"{settings.ui_url}/namespaces/{settings.temporal_namespace}/schedules/{profile.schedule_id}",
-        soft_wrap=True,
+def build_schedule(
+    profile: HealthProfile, settings: Settings, *, paused: bool = False, note: str = ""
+) -> Schedule:
+    timing = profile.schedule
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            HealthValidationWorkflow.run,
+            HealthRunInput(profile=profile),
+            id=profile.schedule_id,
+            task_queue=settings.task_queue,
+            execution_timeout=RUN_TIMEOUT,
+            static_summary=f"health check of {profile.service} ({profile.name})",
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timing.every)] if timing.every else [],
+            cron_expressions=[timing.cron] if timing.cron else [],
+            jitter=timing.jitter or None,
+        ),
+        policy=SchedulePolicy(
+            overlap=OVERLAP[timing.overlap],
+            catchup_window=timing.catchup_window,
+            pause_on_failure=timing.pause_on_failure,
+        ),
+        state=ScheduleState(paused=paused, note=note),
     )
 
 
-def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
-    async def connected() -> T:
-        return await work(await connect(settings))
-
+async def create_schedule(
+    client: Client, profile: HealthProfile, settings: Settings, *, paused: bool = False
+) -> ScheduleHandle:
     try:
-        return asyncio.run(connected())
-    except (TemporalUnreachable, health.ScheduleError) as err:
-        _fail(str(err))
+        return await client.create_schedule(
+            profile.schedule_id,
+            build_schedule(profile, settings, paused=paused, note="created by phasegate"),
+            memo={"phasegate_profile": profile.name, "service": profile.service},
+        )
+    except ScheduleAlreadyRunningError:
+        raise ScheduleError(
+            f"schedule {profile.schedule_id} already exists; change it with "
+            f"`phasegate schedule update`"
+        ) from None
+
+
+async def update_schedule(client: Client, profile: HealthProfile, settings: Settings) -> None:
+    """Replace what runs and when; paused or not stays as it is."""
+
+    def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        state = current.description.schedule.state
+        return ScheduleUpdate(
+            schedule=build_schedule(profile, settings, paused=state.paused, note=state.note or "")
+        )
+
+    await _call(client, profile.schedule_id, lambda handle: handle.update(replace))
+
+
+async def pause(client: Client, name: str, note: str) -> None:
+    await _call(client, schedule_id(name), lambda handle: handle.pause(note=note))
+
+
+async def unpause(client: Client, name: str, note: str) -> None:
+    await _call(client, schedule_id(name), lambda handle: handle.unpause(note=note))
+
+
+async def trigger(client: Client, name: str) -> None:
+    """Run now; still never alongside a running one (overlap `skip`)."""
+    await _call(
+        client, schedule_id(name), lambda handle: handle.trigger(overlap=ScheduleOverlapPolicy.SKIP)
+    )
+
+
+async def delete(client: Client, name: str) -> None:
+    """Delete the schedule and retire its alert ledger; runs already started finish."""
+    sid = schedule_id(name)
+    await _call(client, sid, lambda handle: handle.delete())
+    ledger = client.get_workflow_handle(f"health-alerts-{sid.removeprefix(SCHEDULE_PREFIX)}")
+    try:
+        await ledger.signal("retire")
     except RPCError as err:
-        _fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    assert isinstance(settings, Settings)
-    return settings
+async def describe(client: Client, name: str) -> ScheduleListing:
+    sid = schedule_id(name)
+    description = await _call(client, sid, lambda handle: handle.describe())
+    schedule = description.schedule
+    info = description.info
+    profile = await _profile(client, schedule)
+    return ScheduleListing(
+        name=sid.removeprefix(SCHEDULE_PREFIX),
+        schedule_id=sid,
+        paused=schedule.state.paused,
+        note=schedule.state.note or "",
+        timing=_timing(profile),
+        launch=profile.launch.id if profile is not None and profile.launch else "",
+        next_run=info.next_action_times[0] if info.next_action_times else None,
+        last_run=info.recent_actions[-1].started_at if info.recent_actions else None,
+    )
 
 
-def _when(moment: datetime | None) -> str:
-    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment else "-"
+async def list_schedules(client: Client) -> list[ScheduleListing]:
+    found = []
+    async for entry in await client.list_schedules():
+        if entry.id.startswith(SCHEDULE_PREFIX):
+            found.append(await describe(client, entry.id))
+    return sorted(found, key=lambda listing: listing.schedule_id)
 
 
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True, highlight=False).print(Text(message, style="red"), soft_wrap=True)
-    raise typer.Exit(EXIT_FAILED)
+async def _profile(client: Client, schedule: Schedule) -> HealthProfile | None:
+    """The profile a schedule runs, decoded from its action's argument."""
+    action = schedule.action
+    if not isinstance(action, ScheduleActionStartWorkflow) or not action.args:
+        return None
+    payloads = [arg for arg in action.args if isinstance(arg, Payload)]
+    if not payloads:
+        return None
+    try:
+        (run_input,) = await client.data_converter.decode(payloads, [HealthRunInput])
+    except Exception:  # a schedule of ours from an incompatible version: show it anyway
+        return None
+    return run_input.profile if isinstance(run_input, HealthRunInput) else None
 
 
-def _out() -> Console:
-    return Console(highlight=False)
+def _timing(profile: HealthProfile | None) -> str:
+    if profile is None:
+        return "?"
+    timing = profile.schedule
+    text = f"every {_duration(timing.every)}" if timing.every else f"cron {timing.cron}"
+    if timing.jitter:
+        text += f" ±{_duration(timing.jitter)}"
+    return f"{text}, overlap {timing.overlap}"
+
+
+def _duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+async def _call(client: Client, sid: str, work: Callable[[ScheduleHandle], Awaitable[T]]) -> T:
+    try:
+        return await work(client.get_schedule_handle(sid))
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise ScheduleError(
+                f"no schedule {sid}; create it with `phasegate schedule create`"
+            ) from None
+        raise

@@ -17,12 +17,12 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.flags import FlagdFileRouter
-from phasegate.starters.demo import DemoStack, demo_stack
-from phasegate.starters.local import free_port
-from phasegate.workers.main import build_worker
-from phasegate.workflows.plan import FlagdRouter
-from phasegate.workflows.visibility import PHASE, SERVICE, STATUS
+from activities.flags import FlagdFileRouter
+from devstack.demo import DemoStack, demo_stack
+from devstack.processes import free_port
+from schemas.targets import FlagdRouter
+from workers.main import build_worker
+from workflows.visibility import PHASE, SERVICE, STATUS
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

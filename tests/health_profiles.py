@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phasegate.workflows.health_profile import HealthProfile
+from schemas.health_profile import HealthProfile
 
 
 def profile_dict(**overrides: Any) -> dict[str, Any]:

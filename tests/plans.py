@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from phasegate.workflows.plan import LaunchPlan
+from schemas.plan import LaunchPlan
 
 
 def plan_dict(

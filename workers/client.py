@@ -6,7 +6,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 
-from phasegate.workers.settings import Settings
+from workers.settings import Settings
 
 
 class TemporalUnreachable(RuntimeError):

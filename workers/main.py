@@ -19,26 +19,26 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from phasegate.activities.alerts import AlertActivities, AlertLedgerActivities
-from phasegate.activities.flags import FlagdFileRouter
-from phasegate.activities.kube import KubeActivities, KubeConnection
-from phasegate.activities.kube_checks import KubeCheckActivities
-from phasegate.activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter
-from phasegate.activities.metrics import MetricsActivities
-from phasegate.activities.notify import NotifyActivities
-from phasegate.activities.postgres import PostgresActivities
-from phasegate.activities.probes import ProbeActivities
-from phasegate.activities.routing import RouterActivities
-from phasegate.workers.client import connect
-from phasegate.workers.settings import WORKER_READY_LINE, Settings
-from phasegate.workflows.alert_ledger import AlertLedgerWorkflow
-from phasegate.workflows.full_launch import FullLaunchWorkflow
-from phasegate.workflows.health import HealthValidationWorkflow
-from phasegate.workflows.infra_setup import InfraSetupWorkflow
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
-from phasegate.workflows.security_validation import SecurityValidationWorkflow
-from phasegate.workflows.soft_launch import SoftLaunchWorkflow
+from activities.alerts import AlertActivities, AlertLedgerActivities
+from activities.flags import FlagdFileRouter
+from activities.kube import KubeActivities, KubeConnection
+from activities.kube_checks import KubeCheckActivities
+from activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter
+from activities.metrics import MetricsActivities
+from activities.notify import NotifyActivities
+from activities.postgres import PostgresActivities
+from activities.probes import ProbeActivities
+from activities.routing import RouterActivities
+from workers.client import connect
+from workers.settings import WORKER_READY_LINE, Settings
+from workflows.alert_ledger import AlertLedgerWorkflow
+from workflows.full_launch import FullLaunchWorkflow
+from workflows.health import HealthValidationWorkflow
+from workflows.infra_setup import InfraSetupWorkflow
+from workflows.launch import LaunchWorkflow
+from workflows.migration_cutover import MigrationCutoverWorkflow
+from workflows.security_validation import SecurityValidationWorkflow
+from workflows.soft_launch import SoftLaunchWorkflow
 
 WORKFLOWS: Sequence[type] = (
     LaunchWorkflow,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from phasegate.workflows.messages import TASK_QUEUE
+# The task queue of every Phasegate workflow and activity, unless PHASEGATE_TASK_QUEUE says otherwise.
+TASK_QUEUE = "phasegate"
 
 # Logged once the worker polls its task queue; process supervisors wait for it.
 WORKER_READY_LINE = "phasegate worker polling"

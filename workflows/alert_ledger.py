@@ -16,14 +16,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.alerts import (
-        ALERT_OPTIONS,
-        LEDGER_WORKFLOW,
-        RECORD_SIGNAL,
-        AlertActivities,
-    )
-    from phasegate.workflows.activity_options import summarized
-    from phasegate.workflows.health_messages import (
+    from activities.alerts import ALERT_OPTIONS, LEDGER_WORKFLOW, RECORD_SIGNAL, AlertActivities
+    from schemas.health_messages import (
         AlertBatch,
         AlertDelivery,
         AlertOutcome,
@@ -32,8 +26,9 @@ with workflow.unsafe.imports_passed_through():
         CheckResult,
         LedgerInput,
     )
-    from phasegate.workflows.health_profile import AlertReceiver
-    from phasegate.workflows.phase import failure_reason
+    from schemas.health_profile import AlertReceiver
+    from workflows.activity_options import summarized
+    from workflows.phase import failure_reason
 
 OUTCOME_SIGNAL = "alert_outcome"
 KEEP_RECENT_REQUESTS = 20

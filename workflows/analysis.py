@@ -16,15 +16,11 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
-    from phasegate.workflows.messages import (
-        Measurement,
-        MetricQuery,
-        MetricReading,
-        MetricResult,
-        PhaseState,
-    )
-    from phasegate.workflows.plan import LaunchPlan, MetricSpec
+    from activities.metrics import METRICS_OPTIONS, MetricsActivities
+    from schemas.analysis_spec import MetricSpec
+    from schemas.launch_messages import Measurement, MetricResult, PhaseState
+    from schemas.metrics_messages import MetricQuery, MetricReading
+    from schemas.plan import LaunchPlan
 
 Verdict = Literal["successful", "failed", "inconclusive"]
 KEEP_MEASUREMENTS = 20

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from phasegate.workflows.messages import CompensationRecord, PhaseState
+from schemas.launch_messages import CompensationRecord, PhaseState
 
 # An undo is retried with backoff; if it still fails, a person is alerted and asked to
 # retry or skip it explicitly. It is never dropped silently.

@@ -10,17 +10,18 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.routing import ROUTING_OPTIONS, RouterActivities
-    from phasegate.workflows.analysis import run_analysis, summarize
-    from phasegate.workflows.messages import (
+    from activities.routing import ROUTING_OPTIONS, RouterActivities
+    from schemas.gate_spec import GateSpec
+    from schemas.launch_messages import PhaseInput
+    from schemas.routing_messages import (
         ExposureRequest,
-        PhaseInput,
         PromoteRequest,
         RestoreRequest,
         SnapshotRequest,
     )
-    from phasegate.workflows.phase import PhaseWorkflow
-    from phasegate.workflows.plan import GateSpec, describe_router
+    from schemas.targets import describe_router
+    from workflows.analysis import run_analysis, summarize
+    from workflows.phase import PhaseWorkflow
 
 
 async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: bool) -> None:

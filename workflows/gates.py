@@ -10,14 +10,9 @@ from typing import Protocol
 
 from temporalio import workflow
 
-from phasegate.workflows.messages import (
-    Decision,
-    OpenGate,
-    PhaseState,
-    PhaseStatusValue,
-    RelayedDecision,
-)
-from phasegate.workflows.plan import ResolvedGate
+from schemas.decision_messages import RelayedDecision
+from schemas.gate_spec import ResolvedGate
+from schemas.launch_messages import Decision, OpenGate, PhaseState, PhaseStatusValue
 
 
 class Reporter(Protocol):

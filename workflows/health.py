@@ -15,13 +15,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
-    from phasegate.activities.kube import KUBE_HEALTH_OPTIONS, KubeActivities
-    from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
-    from phasegate.activities.probes import PROBE_OPTIONS, ProbeActivities
-    from phasegate.workflows.activity_options import summarized
-    from phasegate.workflows.alert_ledger import OUTCOME_SIGNAL
-    from phasegate.workflows.health_messages import (
+    from activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
+    from activities.kube import KUBE_HEALTH_OPTIONS, KubeActivities
+    from activities.metrics import METRICS_OPTIONS, MetricsActivities
+    from activities.probes import PROBE_OPTIONS, ProbeActivities
+    from schemas.analysis_spec import MetricSpec
+    from schemas.health_messages import (
         AlertOutcome,
         AlertRequest,
         CheckResult,
@@ -32,16 +31,17 @@ with workflow.unsafe.imports_passed_through():
         LaunchAction,
         LedgerDelivery,
     )
-    from phasegate.workflows.health_profile import (
+    from schemas.health_profile import (
         CheckStatus,
         HealthProfile,
         HttpCheck,
         KubernetesCheck,
         PrometheusCheck,
     )
-    from phasegate.workflows.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
-    from phasegate.workflows.messages import MetricQuery, MetricReading
-    from phasegate.workflows.plan import MetricSpec
+    from schemas.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
+    from schemas.metrics_messages import MetricQuery, MetricReading
+    from workflows.activity_options import summarized
+    from workflows.alert_ledger import OUTCOME_SIGNAL
 
 # How long a run waits for its ledger's answer: alert retries with backoff fit well inside.
 ALERT_ANSWER_TIMEOUT = timedelta(minutes=2)

@@ -8,9 +8,10 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.kube import KUBE_OPTIONS, KubeActivities, rollout_options
-    from phasegate.activities.metrics import MetricsActivities, targets_options
-    from phasegate.workflows.kube_messages import (
+    from activities.kube import KUBE_OPTIONS, KubeActivities, rollout_options
+    from activities.metrics import MetricsActivities, targets_options
+    from schemas.infra_setup_spec import InfraSetupPhase
+    from schemas.kube_messages import (
         ApplyObjectRequest,
         ApplySecretRequest,
         KubeObjectRef,
@@ -18,11 +19,12 @@ with workflow.unsafe.imports_passed_through():
         RestoreObjectRequest,
         RolloutRequest,
         SnapshotObjectRequest,
+    )
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.metrics_messages import (
         TargetsUpRequest,
     )
-    from phasegate.workflows.messages import PhaseInput, PhaseState
-    from phasegate.workflows.phase import PhaseWorkflow
-    from phasegate.workflows.plan import InfraSetupPhase
+    from workflows.phase import PhaseWorkflow
 
 
 @workflow.defn(name="InfraSetup")

@@ -22,35 +22,37 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.notify import NOTIFY_OPTIONS, NotifyActivities
-    from phasegate.workflows.compensation import compensation_options
-    from phasegate.workflows.full_launch import FullLaunchWorkflow
-    from phasegate.workflows.infra_setup import InfraSetupWorkflow
-    from phasegate.workflows.messages import (
+    from activities.notify import NOTIFY_OPTIONS, NotifyActivities
+    from schemas.decision_messages import (
         AbortRequest,
-        AuditEntry,
         CompensationAction,
-        CompensationRecord,
         DecideRequest,
-        Decision,
         GateDecision,
+        RelayedDecision,
+    )
+    from schemas.launch_messages import (
+        AuditEntry,
+        CompensationRecord,
+        Decision,
         LaunchInput,
         LaunchResult,
         LaunchStatus,
         LaunchStatusValue,
-        Notification,
         OpenGate,
         PhaseInput,
         PhaseState,
         PhaseStatusValue,
-        RelayedDecision,
     )
-    from phasegate.workflows.migration_cutover import MigrationCutoverWorkflow
-    from phasegate.workflows.phase import PROGRESS_SIGNAL, RELAY_SIGNAL, failure_reason
-    from phasegate.workflows.plan import NotificationEvent
-    from phasegate.workflows.security_validation import SecurityValidationWorkflow
-    from phasegate.workflows.soft_launch import SoftLaunchWorkflow
-    from phasegate.workflows.visibility import PHASE, SERVICE, STATUS, describe_gate, percent
+    from schemas.notification_spec import NotificationEvent
+    from schemas.notify_messages import Notification
+    from workflows.compensation import compensation_options
+    from workflows.full_launch import FullLaunchWorkflow
+    from workflows.infra_setup import InfraSetupWorkflow
+    from workflows.migration_cutover import MigrationCutoverWorkflow
+    from workflows.phase import PROGRESS_SIGNAL, RELAY_SIGNAL, failure_reason
+    from workflows.security_validation import SecurityValidationWorkflow
+    from workflows.soft_launch import SoftLaunchWorkflow
+    from workflows.visibility import PHASE, SERVICE, STATUS, describe_gate, percent
 
 PHASE_WORKFLOWS: dict[str, Any] = {
     "infra_setup": InfraSetupWorkflow.run,

@@ -14,21 +14,12 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.postgres import (
-        LONG_POSTGRES_OPTIONS,
-        POSTGRES_OPTIONS,
-        PostgresActivities,
-    )
-    from phasegate.activities.routing import ROUTING_OPTIONS, RouterActivities
-    from phasegate.workflows.analysis import run_analysis, summarize
-    from phasegate.workflows.messages import (
-        ExposureRequest,
-        PhaseInput,
-        PhaseState,
-        RestoreRequest,
-        SnapshotRequest,
-    )
-    from phasegate.workflows.migration_messages import (
+    from activities.postgres import LONG_POSTGRES_OPTIONS, POSTGRES_OPTIONS, PostgresActivities
+    from activities.routing import ROUTING_OPTIONS, RouterActivities
+    from schemas.gate_spec import GateSpec
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.migration_cutover_spec import MigrationCutoverPhase
+    from schemas.migration_messages import (
         BackupRequest,
         MigrateRequest,
         MigrationTarget,
@@ -38,8 +29,9 @@ with workflow.unsafe.imports_passed_through():
         VerifyRequest,
         WritesGuardRequest,
     )
-    from phasegate.workflows.phase import PhaseWorkflow
-    from phasegate.workflows.plan import GateSpec, MigrationCutoverPhase
+    from schemas.routing_messages import ExposureRequest, RestoreRequest, SnapshotRequest
+    from workflows.analysis import run_analysis, summarize
+    from workflows.phase import PhaseWorkflow
 
 # A restore of a large database outlives the launch's default two minutes for an undo.
 RESTORE_TIMEOUT = timedelta(hours=6)

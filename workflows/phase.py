@@ -14,17 +14,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.workflows.compensation import CompensationLog
-    from phasegate.workflows.gates import GateKeeper
-    from phasegate.workflows.messages import (
-        Decision,
-        PhaseInput,
-        PhaseState,
-        PhaseStatusValue,
-        RelayedDecision,
-    )
-    from phasegate.workflows.plan import GateSpec
-    from phasegate.workflows.visibility import describe_gate, percent
+    from schemas.decision_messages import RelayedDecision
+    from schemas.gate_spec import GateSpec
+    from schemas.launch_messages import Decision, PhaseInput, PhaseState, PhaseStatusValue
+    from workflows.compensation import CompensationLog
+    from workflows.gates import GateKeeper
+    from workflows.visibility import describe_gate, percent
 
 PROGRESS_SIGNAL = "phase_progress"
 RELAY_SIGNAL = "relay_decision"

@@ -14,24 +14,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.activities.kube_checks import KUBE_CHECK_OPTIONS, KubeCheckActivities
-    from phasegate.activities.metrics import METRICS_OPTIONS, MetricsActivities
-    from phasegate.activities.probes import (
-        PROBE_OPTIONS,
-        ProbeActivities,
-        burst_options,
-        finding,
-    )
-    from phasegate.workflows.activity_options import summarized
-    from phasegate.workflows.messages import (
-        MetricQuery,
-        MetricReading,
-        PhaseInput,
-        PhaseState,
-    )
-    from phasegate.workflows.phase import PhaseWorkflow
-    from phasegate.workflows.plan import AuditCheck, MetricSpec, SecurityValidationPhase
-    from phasegate.workflows.probe_messages import (
+    from activities.kube_checks import KUBE_CHECK_OPTIONS, KubeCheckActivities
+    from activities.metrics import METRICS_OPTIONS, MetricsActivities
+    from activities.probes import PROBE_OPTIONS, ProbeActivities, burst_options, finding
+    from schemas.analysis_spec import MetricSpec
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.metrics_messages import MetricQuery, MetricReading
+    from schemas.probe_messages import (
         AuthorizationProbe,
         AuthProbe,
         CheckReport,
@@ -41,6 +30,9 @@ with workflow.unsafe.imports_passed_through():
         RateLimitProbe,
         TlsProbe,
     )
+    from schemas.security_validation_spec import AuditCheck, SecurityValidationPhase
+    from workflows.activity_options import summarized
+    from workflows.phase import PhaseWorkflow
 
 
 @workflow.defn(name="SecurityValidation")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from phasegate.workflows.exposure import run_exposure_steps
-    from phasegate.workflows.messages import PhaseInput, PhaseState
-    from phasegate.workflows.phase import PhaseWorkflow
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from workflows.exposure import run_exposure_steps
+    from workflows.phase import PhaseWorkflow
 
 
 @workflow.defn(name="SoftLaunch")

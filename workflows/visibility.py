@@ -6,7 +6,7 @@ import json
 
 from temporalio.common import SearchAttributeKey
 
-from phasegate.workflows.messages import OpenGate
+from schemas.launch_messages import OpenGate
 
 SERVICE = SearchAttributeKey.for_keyword("PhasegateService")
 PHASE = SearchAttributeKey.for_keyword("PhasegatePhase")

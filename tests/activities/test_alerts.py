@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from phasegate.activities.alerts import AlertActivities
-from phasegate.starters.local import free_port
-from phasegate.workflows.health_messages import AlertBatch, AlertState
-from phasegate.workflows.health_profile import AlertReceiver
+from activities.alerts import AlertActivities
+from devstack.processes import free_port
+from schemas.health_messages import AlertBatch, AlertState
+from schemas.health_profile import AlertReceiver
 from tests.health_receiver import webhook_receiver
 
 STARTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

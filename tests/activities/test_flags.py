@@ -10,9 +10,9 @@ import pytest
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
 
-from phasegate.activities.errors import ConfigurationError, RouterError
-from phasegate.activities.flags import FlagdFileRouter, canary_weight
-from phasegate.workflows.plan import FlagdRouter
+from activities.errors import ConfigurationError, RouterError
+from activities.flags import FlagdFileRouter, canary_weight
+from schemas.targets import FlagdRouter
 
 USERS = [f"user-{n}" for n in range(4000)]
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.activities.metrics import MetricsActivities
-from phasegate.starters.demo import DemoStack
-from phasegate.starters.local import free_port
-from phasegate.workflows.messages import MetricQuery
-from phasegate.workflows.plan import MetricSpec, PrometheusTarget, SecretRef
+from activities.errors import ConfigurationError
+from activities.metrics import MetricsActivities
+from devstack.demo import DemoStack
+from devstack.processes import free_port
+from schemas.analysis_spec import MetricSpec
+from schemas.basics import SecretRef
+from schemas.metrics_messages import MetricQuery
+from schemas.targets import PrometheusTarget
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from phasegate.activities.notify import NotifyActivities
-from phasegate.starters.local import free_port
-from phasegate.workflows.messages import Notification
-from phasegate.workflows.plan import Webhook
+from activities.notify import NotifyActivities
+from devstack.processes import free_port
+from schemas.notification_spec import Webhook
+from schemas.notify_messages import Notification
 
 
 class Receiver(ThreadingHTTPServer):

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.activities.probes import ProbeActivities
-from phasegate.starters.local import free_port
-from phasegate.workflows.health_messages import HttpProbe
-from phasegate.workflows.health_profile import HttpCheck
+from activities.errors import ConfigurationError
+from activities.probes import ProbeActivities
+from devstack.processes import free_port
+from schemas.health_messages import HttpProbe
+from schemas.health_profile import HttpCheck
 
 
 class Handler(BaseHTTPRequestHandler):

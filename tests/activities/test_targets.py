@@ -8,15 +8,12 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from phasegate.activities.metrics import MetricsActivities, TargetsDown
-from phasegate.starters.local import (
-    ManagedProcess,
-    free_port,
-    start_prometheus,
-    wait_for_first_scrape,
+from activities.metrics import MetricsActivities, TargetsDown
+from devstack.processes import ManagedProcess, free_port, start_prometheus, wait_for_first_scrape
+from schemas.metrics_messages import (
+    TargetsUpRequest,
 )
-from phasegate.workflows.kube_messages import TargetsUpRequest
-from phasegate.workflows.plan import PrometheusTarget
+from schemas.targets import PrometheusTarget
 
 pytestmark = pytest.mark.integration
 

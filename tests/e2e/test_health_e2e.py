@@ -16,17 +16,17 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.flags import FlagdFileRouter
-from phasegate.starters import health
-from phasegate.starters.demo import DemoStack, example_plan
-from phasegate.workers.settings import Settings
-from phasegate.workflows.health import HealthValidationWorkflow
-from phasegate.workflows.health_messages import HealthReport
-from phasegate.workflows.health_profile import HealthProfile
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput
-from phasegate.workflows.plan import load_plan
+from activities.flags import FlagdFileRouter
+from devstack.demo import DemoStack, example_plan
+from schemas.health_messages import HealthReport
+from schemas.health_profile import HealthProfile
+from schemas.launch_messages import LaunchInput
+from schemas.plan import load_plan
+from starters import schedules
 from tests.health_receiver import Receiver, webhook_receiver
+from workers.settings import Settings
+from workflows.health import HealthValidationWorkflow
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ async def test_a_schedule_alerts_once_on_a_fault_and_resolves_once_when_it_heals
     expose_canary(clean_stack)
     profile = demo_profile(clean_stack, receiver)
     settings = Settings().model_copy(update={"task_queue": worker})
-    await health.create_schedule(client, profile, settings)
+    await schedules.create_schedule(client, profile, settings)
     try:
         # Healthy: runs pass and nobody is alerted.
         for _ in range(40):
@@ -164,12 +164,12 @@ async def test_a_schedule_alerts_once_on_a_fault_and_resolves_once_when_it_heals
         await asyncio.sleep(6)
         assert alerts_received(receiver) == resolved
 
-        listing = await health.describe(client, profile.name)
+        listing = await schedules.describe(client, profile.name)
         assert (listing.paused, listing.timing) == (False, "every 2s, overlap skip")
         reports = await finished_reports(client, profile.schedule_id)
         assert all(report.alert_error == "" for report in reports)
     finally:
-        await health.delete(client, profile.name)
+        await schedules.delete(client, profile.name)
 
     ledger = client.get_workflow_handle(profile.ledger_id)
     await asyncio.wait_for(ledger.result(), 20)  # retired with the schedule
@@ -196,7 +196,7 @@ async def test_a_failing_critical_check_aborts_the_running_launch(
         launch={"id": launch_id},
     )
     settings = Settings().model_copy(update={"task_queue": worker})
-    await health.create_schedule(client, profile, settings, paused=True)
+    await schedules.create_schedule(client, profile, settings, paused=True)
     try:
         expose_canary(clean_stack)
         clean_stack.set_faults(error_rate=0.5)
@@ -205,11 +205,11 @@ async def test_a_failing_critical_check_aborts_the_running_launch(
             30,
             "the fault to show in Prometheus",
         )
-        await health.trigger(client, profile.name)
+        await schedules.trigger(client, profile.name)
         result = await asyncio.wait_for(launch.result(), 60)
         (report,) = await finished_reports(client, profile.schedule_id)
     finally:
-        await health.delete(client, profile.name)
+        await schedules.delete(client, profile.name)
 
     assert result.status == "rolled_back"
     assert result.reason.startswith(
@@ -228,7 +228,7 @@ async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(
         clean_stack, receiver, schedule={"every": "1h", "pause_on_failure": True}
     )
     settings = Settings().model_copy(update={"task_queue": worker})
-    await health.create_schedule(client, profile, settings)
+    await schedules.create_schedule(client, profile, settings)
     try:
         expose_canary(clean_stack)
         clean_stack.set_faults(error_rate=0.5)
@@ -237,15 +237,15 @@ async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(
             30,
             "the fault to show in Prometheus",
         )
-        await health.trigger(client, profile.name)
+        await schedules.trigger(client, profile.name)
         listing = None
         for _ in range(60):
-            listing = await health.describe(client, profile.name)
+            listing = await schedules.describe(client, profile.name)
             if listing.paused:
                 break
             await asyncio.sleep(0.5)
     finally:
-        await health.delete(client, profile.name)
+        await schedules.delete(client, profile.name)
 
     assert listing is not None
     assert listing.paused

@@ -13,12 +13,13 @@ import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.starters.demo import DemoStack, example_plan
-from phasegate.starters.local import start_worker
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import DecideRequest, LaunchInput, LaunchResult, LaunchStatus
-from phasegate.workflows.plan import LaunchPlan, load_plan
+from devstack.demo import DemoStack, example_plan
+from devstack.processes import start_worker
+from schemas.decision_messages import DecideRequest
+from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.plan import LaunchPlan, load_plan
 from tests.conftest import canary_share
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 

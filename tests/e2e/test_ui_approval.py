@@ -17,13 +17,13 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.flags import FlagdFileRouter, promoted_definition
-from phasegate.starters.launches import start_launch, ui_link
-from phasegate.workers.settings import Settings
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.plan import LaunchPlan
+from activities.flags import FlagdFileRouter, promoted_definition
+from schemas.plan import LaunchPlan
+from starters.launches import start_launch, ui_link
 from tests.plans import make_plan
 from tests.workflows.fakes import gate_open, wait_for
+from workers.settings import Settings
+from workflows.launch import LaunchWorkflow
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 

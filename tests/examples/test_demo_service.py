@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from phasegate.examples.demo_service.load import run_load
-from phasegate.starters.local import (
+from devstack.demo_service.load import run_load
+from devstack.processes import (
     BinaryNotFoundError,
     ManagedProcess,
     start_demo_service,

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
-from phasegate.starters.kube import ControlPlane, control_plane
-from phasegate.starters.local import BinaryNotFoundError, LocalProcessError
+from devstack.kube_cluster import ControlPlane, control_plane
+from devstack.processes import BinaryNotFoundError, LocalProcessError
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from phasegate.starters import kube as kube_starter
-from phasegate.starters.kube import ControlPlane
+from devstack.kube_cluster import ControlPlane
+from devstack import kube_cluster
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.integration
@@ -25,9 +25,9 @@ def test_pinned_versions_match_the_build_script() -> None:
         if line and not line.startswith("#")
     )
     assert pinned == {
-        "KUBE_VERSION": kube_starter.KUBE_VERSION,
-        "ETCD_VERSION": kube_starter.ETCD_VERSION,
-        "KWOK_VERSION": kube_starter.KWOK_VERSION,
+        "KUBE_VERSION": kube_cluster.KUBE_VERSION,
+        "ETCD_VERSION": kube_cluster.ETCD_VERSION,
+        "KWOK_VERSION": kube_cluster.KWOK_VERSION,
     }
 
 
@@ -36,7 +36,7 @@ def test_api_server_reports_its_version_and_nodes_are_ready(
 ) -> None:
     version = client.VersionApi(kube_api).get_code()
     if kube.local:
-        assert version.git_version == kube_starter.KUBE_VERSION
+        assert version.git_version == kube_cluster.KUBE_VERSION
     nodes = client.CoreV1Api(kube_api).list_node().items
     assert nodes
     assert all(

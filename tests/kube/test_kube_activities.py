@@ -14,9 +14,10 @@ import yaml
 from kubernetes import client
 from temporalio.testing import ActivityEnvironment
 
-from phasegate.activities.errors import KubeRejected
-from phasegate.activities.kube import KubeActivities, KubeConnection, RolloutPending
-from phasegate.workflows.kube_messages import (
+from activities.errors import KubeRejected
+from activities.kube import KubeActivities, KubeConnection, RolloutPending
+from schemas.infra_setup_spec import SecretSpec
+from schemas.kube_messages import (
     ApplyObjectRequest,
     ApplySecretRequest,
     KubeObjectRef,
@@ -26,7 +27,6 @@ from phasegate.workflows.kube_messages import (
     RolloutRequest,
     SnapshotObjectRequest,
 )
-from phasegate.workflows.plan import SecretSpec
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -11,11 +11,11 @@ import pytest
 from kubernetes import client
 from temporalio.testing import ActivityEnvironment
 
-from phasegate.activities.kube import KubeActivities, KubeConnection
-from phasegate.workflows.health import judge_deployments
-from phasegate.workflows.health_messages import CheckResult
-from phasegate.workflows.health_profile import KubernetesCheck
-from phasegate.workflows.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
+from activities.kube import KubeActivities, KubeConnection
+from schemas.health_messages import CheckResult
+from schemas.health_profile import KubernetesCheck
+from schemas.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
+from workflows.health import judge_deployments
 
 pytestmark = pytest.mark.integration
 

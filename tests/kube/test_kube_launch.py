@@ -18,13 +18,13 @@ from kubernetes import client
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.kube import LAUNCH_ANNOTATION, KubeConnection
-from phasegate.starters.kube import ControlPlane
-from phasegate.starters.local import start_worker
-from phasegate.workers.main import build_worker
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput, LaunchResult, LaunchStatus
-from phasegate.workflows.plan import LaunchPlan
+from activities.kube import LAUNCH_ANNOTATION, KubeConnection
+from devstack.kube_cluster import ControlPlane
+from devstack.processes import start_worker
+from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.plan import LaunchPlan
+from workers.main import build_worker
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from typing import TypeVar
 import pytest
 from kubernetes import client
 
-from phasegate.activities.kube import KubeConnection, RolloutPending
-from phasegate.activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter, split_replicas
-from phasegate.workflows.plan import IngressCanaryRouter, ReplicaCanaryRouter
+from activities.kube import KubeConnection, RolloutPending
+from activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter, split_replicas
+from schemas.targets import IngressCanaryRouter, ReplicaCanaryRouter
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

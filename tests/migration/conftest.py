@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from phasegate.examples.checkout_db import seed_checkout
-from phasegate.starters.local import BinaryNotFoundError
-from phasegate.starters.postgres import PostgresCluster, postgres_cluster
+from devstack.checkout_db import seed_checkout
+from devstack.postgres_cluster import PostgresCluster, postgres_cluster
+from devstack.processes import BinaryNotFoundError
 from tests.plans import plan_dict
 
 EXAMPLE_MIGRATIONS = Path(__file__).resolve().parents[2] / "examples" / "migrations" / "checkout"
@@ -106,7 +106,7 @@ def migrations(tmp_path: Path, *, downs: bool = True, **scripts: str) -> Path:
 
 def migration_plan(db: CheckoutDatabase, folder: Path, **phase: Any) -> dict[str, Any]:
     """A plan whose only phase migrates `db` with the scripts in `folder`."""
-    from phasegate.examples.checkout_db import VIEW_ON_V1, VIEW_ON_V2
+    from devstack.checkout_db import VIEW_ON_V1, VIEW_ON_V2
 
     flags = db.workdir / "flags"
     flags.mkdir(exist_ok=True)

@@ -13,12 +13,12 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.starters.local import start_worker
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput, LaunchResult, LaunchStatus
-from phasegate.workflows.plan import LaunchPlan
+from devstack.processes import start_worker
+from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.plan import LaunchPlan
 from tests.conftest import canary_share
 from tests.migration.conftest import SEEDED_ROWS, CheckoutDatabase, migration_plan, migrations
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.activities.postgres import discover_scripts
-from phasegate.workflows.plan import MigrationCutoverPhase, PlanError, parse_plan
+from activities.errors import ConfigurationError
+from activities.postgres import discover_scripts
+from schemas.migration_cutover_spec import MigrationCutoverPhase
+from schemas.plan import parse_plan
+from schemas.problems import PlanError
 from tests.plans import plan_dict
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

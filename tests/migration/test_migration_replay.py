@@ -12,11 +12,11 @@ import uuid
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput
-from phasegate.workflows.plan import LaunchPlan
+from schemas.launch_messages import LaunchInput
+from schemas.plan import LaunchPlan
 from tests.migration.conftest import CheckoutDatabase, migration_plan, migrations
 from tests.workflows.test_replay import HISTORIES, replay
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 

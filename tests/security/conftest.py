@@ -12,13 +12,8 @@ import pytest
 from kubernetes import client
 from prometheus_client import start_http_server
 
-from phasegate.starters.local import (
-    ManagedProcess,
-    free_port,
-    start_prometheus,
-    wait_for_first_scrape,
-)
-from phasegate.starters.pki import Authority
+from devstack.pki import Authority
+from devstack.processes import ManagedProcess, free_port, start_prometheus, wait_for_first_scrape
 from tests.kube import conftest as kube_fixtures
 from tests.security.target import LOOPBACK, AuditLog, Behaviour, HttpsTarget, serve
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from phasegate.starters.local import free_port
-from phasegate.starters.pki import LOOPBACK
+from devstack.pki import LOOPBACK
+from devstack.processes import free_port
 
 VALID_TOKEN = "orders-token-4f9c2a"
 SECURITY_HEADERS = {

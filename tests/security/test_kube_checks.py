@@ -8,14 +8,9 @@ import pytest
 from kubernetes import client
 from temporalio.testing import ActivityEnvironment
 
-from phasegate.activities.kube_checks import (
-    KubeCheckActivities,
-    credential_reason,
-    shannon_entropy,
-)
-from phasegate.workflows.messages import Finding
-from phasegate.workflows.plan import AuthorizationCheck, SecretHygieneCheck
-from phasegate.workflows.probe_messages import AuthorizationProbe, HygieneProbe
+from activities.kube_checks import KubeCheckActivities, credential_reason, shannon_entropy
+from schemas.probe_messages import AuthorizationProbe, Finding, HygieneProbe
+from schemas.security_validation_spec import AuthorizationCheck, SecretHygieneCheck
 
 GITHUB_TOKEN = "ghp_" + "Zq8rT2vW9xY4bN7mK3pL6sD1fG5hJ0aQcE2u"
 DB_PASSWORD = "Xk9#mP2$vL7qR4!wZ8"

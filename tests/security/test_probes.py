@@ -9,18 +9,18 @@ import httpx
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from phasegate.activities.errors import ConfigurationError
-from phasegate.activities.probes import ProbeActivities
-from phasegate.workflows.messages import Finding
-from phasegate.workflows.plan import AuthCheck, HeaderCheck, RateLimitCheck, TlsCheck
-from phasegate.workflows.probe_messages import (
+from activities.errors import ConfigurationError
+from activities.probes import ProbeActivities
+from schemas.probe_messages import (
     AuthProbe,
     CheckReport,
+    Finding,
     HeaderProbe,
     ProbeRequest,
     RateLimitProbe,
     TlsProbe,
 )
+from schemas.security_validation_spec import AuthCheck, HeaderCheck, RateLimitCheck, TlsCheck
 from tests.security.conftest import Certificates, TargetFactory
 from tests.security.target import VALID_TOKEN
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phasegate.starters.demo import FLAG_KEY
+from devstack.demo import FLAG_KEY
 from tests.conftest import canary_share
 
 pytestmark = pytest.mark.integration

@@ -17,17 +17,18 @@ from rich.console import Console
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.starters.kube import ControlPlane
-from phasegate.starters.local import ManagedProcess
-from phasegate.starters.render import render_status
-from phasegate.workers.main import build_worker
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import DecideRequest, LaunchInput, LaunchResult, LaunchStatus
-from phasegate.workflows.plan import LaunchPlan
+from devstack.kube_cluster import ControlPlane
+from devstack.processes import ManagedProcess
+from schemas.decision_messages import DecideRequest
+from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.plan import LaunchPlan
+from starters.render import render_status
 from tests.conftest import canary_share
 from tests.plans import plan_dict
 from tests.security.conftest import Certificates, TargetFactory
 from tests.security.target import VALID_TOKEN, HttpsTarget
+from workers.main import build_worker
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 

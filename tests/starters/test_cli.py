@@ -23,12 +23,12 @@ from click.testing import Result
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from phasegate.starters.cli import app
-from phasegate.starters.local import free_port
-from phasegate.workers.client import connect
-from phasegate.workers.main import build_worker
-from phasegate.workers.settings import Settings
+from devstack.processes import free_port
+from starters.cli import app
 from tests.plans import plan_dict
+from workers.client import connect
+from workers.main import build_worker
+from workers.settings import Settings
 
 runner = CliRunner()
 

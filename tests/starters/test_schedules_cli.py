@@ -17,11 +17,11 @@ from temporalio.client import ScheduleOverlapPolicy
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from phasegate.starters.cli import app
-from phasegate.starters.local import free_port
-from phasegate.workers.client import connect
-from phasegate.workers.settings import Settings
+from devstack.processes import free_port
+from starters.cli import app
 from tests.health_profiles import profile_dict
+from workers.client import connect
+from workers.settings import Settings
 
 runner = CliRunner()
 

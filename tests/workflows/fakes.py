@@ -15,23 +15,20 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from phasegate.workers.main import WORKFLOWS
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import (
+from schemas.launch_messages import LaunchInput, LaunchStatus
+from schemas.metrics_messages import MetricQuery, MetricReading
+from schemas.notify_messages import Notification, NotificationResult
+from schemas.plan import LaunchPlan
+from schemas.routing_messages import (
     ExposureRequest,
     ExposureState,
-    LaunchInput,
-    LaunchStatus,
-    MetricQuery,
-    MetricReading,
-    Notification,
-    NotificationResult,
     PromoteRequest,
     RestoreRequest,
     RouterSnapshot,
     SnapshotRequest,
 )
-from phasegate.workflows.plan import LaunchPlan
+from workers.main import WORKFLOWS
+from workflows.launch import LaunchWorkflow
 
 # Workflow time skipped per poll: far below any gate timeout a test relies on.
 POLL_SKIP = timedelta(milliseconds=500)

@@ -16,24 +16,20 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from phasegate.activities.alerts import AlertLedgerActivities
-from phasegate.workers.main import WORKFLOWS
-from phasegate.workflows.health import HealthValidationWorkflow
-from phasegate.workflows.health_messages import (
+from activities.alerts import AlertLedgerActivities
+from schemas.health_messages import (
     AlertBatch,
     HealthReport,
     HealthRunInput,
     HttpProbe,
     HttpProbeResult,
 )
-from phasegate.workflows.health_profile import HealthProfile
-from phasegate.workflows.kube_messages import (
-    DeploymentHealth,
-    DeploymentHealthReport,
-    DeploymentHealthRequest,
-)
-from phasegate.workflows.messages import MetricQuery, MetricReading
+from schemas.health_profile import HealthProfile
+from schemas.kube_messages import DeploymentHealth, DeploymentHealthReport, DeploymentHealthRequest
+from schemas.metrics_messages import MetricQuery, MetricReading
 from tests.workflows.fakes import FakeWorld
+from workers.main import WORKFLOWS
+from workflows.health import HealthValidationWorkflow
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from phasegate.workflows.kube_messages import (
+from schemas.kube_messages import (
     AppliedObject,
     ApplyObjectRequest,
     ApplySecretRequest,
@@ -21,6 +21,8 @@ from phasegate.workflows.kube_messages import (
     RolloutRequest,
     RolloutStatus,
     SnapshotObjectRequest,
+)
+from schemas.metrics_messages import (
     TargetsUp,
     TargetsUpRequest,
 )

@@ -15,16 +15,16 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.workflows.alert_ledger import AlertLedgerWorkflow
-from phasegate.workflows.health_messages import HttpProbeResult
-from phasegate.workflows.health_profile import HealthProfile
-from phasegate.workflows.kube_messages import DeploymentHealth
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput
+from schemas.health_messages import HttpProbeResult
+from schemas.health_profile import HealthProfile
+from schemas.kube_messages import DeploymentHealth
+from schemas.launch_messages import LaunchInput
 from tests.health_profiles import make_profile
 from tests.plans import make_plan
 from tests.workflows.fakes import gate_open, wait_for
 from tests.workflows.health_fakes import HealthWorld, health_worker, run_once
+from workflows.alert_ledger import AlertLedgerWorkflow
+from workflows.launch import LaunchWorkflow
 
 
 def unique_profile(**overrides: Any) -> HealthProfile:

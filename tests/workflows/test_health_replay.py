@@ -16,13 +16,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from phasegate.workers.main import WORKFLOWS
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput
+from schemas.launch_messages import LaunchInput
 from tests.health_profiles import make_profile
 from tests.plans import make_plan
 from tests.workflows.fakes import gate_open
 from tests.workflows.health_fakes import HealthWorld, health_worker, run_once
+from workers.main import WORKFLOWS
+from workflows.launch import LaunchWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories" / "health"
 

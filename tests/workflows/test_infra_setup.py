@@ -11,12 +11,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from phasegate.workers.main import WORKFLOWS
-from phasegate.workflows.plan import LaunchPlan
+from schemas.plan import LaunchPlan
 from tests.plans import plan_dict
 from tests.workflows.fakes import running_launch, wait_for
 from tests.workflows.kube_fakes import KubeFakeWorld, config_map, deployment
 from tests.workflows.test_replay import HISTORIES
+from workers.main import WORKFLOWS
 
 
 def infra_plan(**phase: Any) -> LaunchPlan:

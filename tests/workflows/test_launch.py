@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import MetricReading
+from schemas.metrics_messages import MetricReading
 from tests.plans import exposure_only, make_plan
 from tests.workflows.fakes import FakeWorld, gate_open, running_launch, status, wait_for
+from workflows.launch import LaunchWorkflow
 
 APPROVE = {"gate": "soft-launch.before", "approver": "alice", "comment": "go"}
 
@@ -100,6 +100,8 @@ async def test_abort_cancels_the_phase_and_rolls_back(
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         await wait_for(time_skipping_env, handle, lambda s: s.exposure == 20)
         await handle.signal(LaunchWorkflow.abort, {"reason": "pager went off", "by": "carol"})
+        # Only once the abort is taken may time skip on: else the hour's bake could end first.
+        await wait_for(time_skipping_env, handle, lambda s: s.status != "running")
         result = await handle.result()
 
     assert result.status == "rolled_back"

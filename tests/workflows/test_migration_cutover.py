@@ -11,10 +11,9 @@ from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from phasegate.workers.main import WORKFLOWS
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import LaunchInput, MetricReading
-from phasegate.workflows.migration_messages import (
+from schemas.launch_messages import LaunchInput
+from schemas.metrics_messages import MetricReading
+from schemas.migration_messages import (
     BackupRecord,
     BackupRequest,
     DatabaseFingerprint,
@@ -33,9 +32,11 @@ from phasegate.workflows.migration_messages import (
     WritesGuardRequest,
     WritesGuardResult,
 )
-from phasegate.workflows.plan import LaunchPlan
+from schemas.plan import LaunchPlan
 from tests.plans import plan_dict
 from tests.workflows.fakes import FakeWorld, gate_open, wait_for
+from workers.main import WORKFLOWS
+from workflows.launch import LaunchWorkflow
 
 
 def migration_plan(**phase: Any) -> LaunchPlan:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from phasegate.workflows.plan import PlanError, load_plan, parse_plan
+from schemas.plan import load_plan, parse_plan
+from schemas.problems import PlanError
 from tests.plans import plan_dict
 
 

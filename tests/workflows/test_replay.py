@@ -18,11 +18,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from phasegate.workers.main import WORKFLOWS
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import MetricReading
+from schemas.metrics_messages import MetricReading
 from tests.plans import exposure_only, make_plan
 from tests.workflows.fakes import FakeWorld, gate_open, running_launch, wait_for
+from workers.main import WORKFLOWS
+from workflows.launch import LaunchWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 Scenario = Callable[[WorkflowEnvironment, WorkflowHandle[LaunchWorkflow, Any]], Awaitable[None]]

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from phasegate.workflows.plan import PlanError, SecurityValidationPhase, load_plan, parse_plan
+from schemas.plan import load_plan, parse_plan
+from schemas.problems import PlanError
+from schemas.security_validation_spec import SecurityValidationPhase
 from tests.plans import plan_dict
 
 

@@ -11,11 +11,11 @@ from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from phasegate.activities.probes import finding
-from phasegate.workflows.launch import LaunchWorkflow
-from phasegate.workflows.messages import DecideRequest, MetricReading
-from phasegate.workflows.plan import LaunchPlan, SecurityCheck
-from phasegate.workflows.probe_messages import (
+from activities.probes import finding
+from schemas.decision_messages import DecideRequest
+from schemas.metrics_messages import MetricReading
+from schemas.plan import LaunchPlan
+from schemas.probe_messages import (
     AuthorizationProbe,
     AuthProbe,
     CheckReport,
@@ -26,9 +26,11 @@ from phasegate.workflows.probe_messages import (
     RateLimitProbe,
     TlsProbe,
 )
+from schemas.security_validation_spec import SecurityCheck
 from tests.plans import make_plan
 from tests.workflows.fakes import FakeWorld, gate_open, running_launch, wait_for
 from tests.workflows.test_replay import HISTORIES, replay
+from workflows.launch import LaunchWorkflow
 
 SECURITY_PHASE: dict[str, Any] = {
     "name": "security",

@@ -3,17 +3,18 @@ the findings out. Secrets stay `SecretRef`s; the probe resolves them."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from phasegate.workflows.messages import Finding, Message
-from phasegate.workflows.plan import (
+from schemas.basics import Message, SecretRef
+from schemas.security_validation_spec import (
     AuthCheck,
     AuthorizationCheck,
     HeaderCheck,
     HttpMethod,
     RateLimitCheck,
     SecretHygieneCheck,
-    SecretRef,
     TlsCheck,
 )
 
@@ -63,3 +64,16 @@ class AuthorizationProbe(Message):
 
 class HygieneProbe(Message):
     check: SecretHygieneCheck
+
+
+class Finding(Message):
+    """One judged aspect of a security check: what was probed, the verdict and the evidence."""
+
+    id: str
+    check: str
+    target: str
+    severity: Literal["critical", "warning"]
+    passed: bool
+    evidence: str
+    waived_by: str = ""
+    waiver_reason: str = ""

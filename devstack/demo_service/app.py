@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from phasegate.examples.demo_service.secure import SecureEndpoints, SecurityHeaders, SecurityOptions
+from devstack.demo_service.secure import SecureEndpoints, SecurityHeaders, SecurityOptions
 
 Variant = Literal["stable", "canary"]
 VARIANTS: tuple[Variant, ...] = ("stable", "canary")
@@ -50,7 +50,7 @@ DURATION_BUCKETS = (
 # The stable path's own work: a few milliseconds, so latency analysis has a real baseline.
 NATURAL_LATENCY_S = (0.001, 0.004)
 
-logger = logging.getLogger("phasegate.examples.demo_service")
+logger = logging.getLogger("devstack.demo_service")
 
 
 class FaultsError(ValueError):

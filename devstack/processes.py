@@ -21,7 +21,7 @@ from typing import IO, Self
 import httpx
 import yaml
 
-from phasegate.workers.settings import WORKER_READY_LINE
+from workers.settings import WORKER_READY_LINE
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
@@ -285,7 +285,7 @@ def start_demo_service(
         [
             sys.executable,
             "-m",
-            "phasegate.examples.demo_service",
+            "devstack.demo_service",
             "--host",
             LOOPBACK,
             "--port",
@@ -319,7 +319,7 @@ def start_load(
         [
             sys.executable,
             "-m",
-            "phasegate.examples.demo_service.load",
+            "devstack.demo_service.load",
             "--target",
             target,
             "--rps",
@@ -416,7 +416,7 @@ def start_worker(
         **(extra_env or {}),
     }
     process, log_path, log_file = _launch(
-        "worker", [sys.executable, "-m", "phasegate.workers.main"], workdir, env=env
+        "worker", [sys.executable, "-m", "workers.main"], workdir, env=env
     )
     managed = ManagedProcess(
         name="worker",

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from phasegate.workflows.messages import Message
-from phasegate.workflows.plan import PrometheusTarget, SecretSpec
+from schemas.basics import Message
+from schemas.infra_setup_spec import SecretSpec
 
 
 class KubeObjectRef(Message):
@@ -94,15 +94,6 @@ class RolloutRequest(Message):
 
 class RolloutStatus(Message):
     ready: dict[str, str] = Field(default_factory=dict)
-
-
-class TargetsUpRequest(Message):
-    prometheus: PrometheusTarget
-    jobs: list[str]
-
-
-class TargetsUp(Message):
-    up: dict[str, int] = Field(default_factory=dict)
 
 
 class DeploymentHealthRequest(Message):

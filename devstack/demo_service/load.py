@@ -162,7 +162,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m phasegate.examples.demo_service.load",
+        prog="python -m devstack.demo_service.load",
         description="Send checkout requests from random users at a steady rate, then summarise.",
     )
     parser.add_argument("--target", default="http://127.0.0.1:8080", help="the demo service URL")

@@ -14,16 +14,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from phasegate.workflows.plan import (
-    Duration,
-    Name,
-    PlanError,
-    PositiveDuration,
-    PrometheusTarget,
-    SecretRef,
-    StrictModel,
-    describe_errors,
-)
+from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel
+from schemas.problems import PlanError, describe_errors
+from schemas.targets import PrometheusTarget
 
 CheckStatus = Literal["pass", "warn", "fail"]
 

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from phasegate.workflows.messages import Message
-from phasegate.workflows.plan import InvariantCheck, SecretRef, SqlSwitch, TableCheck
+from schemas.basics import Message, SecretRef
+from schemas.migration_cutover_spec import InvariantCheck, SqlSwitch, TableCheck
 
 
 class MigrationScript(Message):

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-from phasegate.activities.flags import FlagdFileRouter
-from phasegate.starters import launches
-from phasegate.starters.local import (
+from activities.flags import FlagdFileRouter
+from devstack.processes import (
     ManagedProcess,
     free_port,
     start_demo_service,
@@ -27,18 +26,15 @@ from phasegate.starters.local import (
     start_worker,
     wait_for_first_scrape,
 )
-from phasegate.starters.secure_demo import SecureService, start_secure_demo_service
-from phasegate.workers.client import connect
-from phasegate.workers.settings import Settings
-from phasegate.workflows.messages import LaunchStatus
-from phasegate.workflows.plan import (
-    FlagdRouter,
-    LaunchPlan,
-    MigrationCutoverPhase,
-    Phase,
-    PrometheusTarget,
-)
-from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
+from devstack.secure_demo import SecureService, start_secure_demo_service
+from schemas.launch_messages import LaunchStatus
+from schemas.migration_cutover_spec import MigrationCutoverPhase
+from schemas.plan import LaunchPlan, Phase
+from schemas.targets import FlagdRouter, PrometheusTarget
+from starters import launches
+from workers.client import connect
+from workers.settings import Settings
+from workflows.visibility import SEARCH_ATTRIBUTES
 
 FLAG_KEY = "checkout-v2"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plans"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from phasegate.starters.local import (
+from devstack.pki import Authority
+from devstack.processes import (
     LOOPBACK,
     READY_TIMEOUT_S,
     ManagedProcess,
@@ -19,8 +20,9 @@ from phasegate.starters.local import (
     spawn,
     wait_until_ready,
 )
-from phasegate.starters.pki import Authority
-from phasegate.workflows.plan import LaunchPlan, Phase, SecretRef, SecurityValidationPhase
+from schemas.basics import SecretRef
+from schemas.plan import LaunchPlan, Phase
+from schemas.security_validation_spec import SecurityValidationPhase
 
 
 @dataclass
@@ -83,7 +85,7 @@ def start_secure_demo_service(
         [
             sys.executable,
             "-m",
-            "phasegate.examples.demo_service",
+            "devstack.demo_service",
             "--host",
             LOOPBACK,
             "--port",

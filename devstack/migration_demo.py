@@ -14,10 +14,10 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from phasegate.examples.checkout_db import seed_checkout
-from phasegate.starters.demo import DemoOptions, example_plan, run_demo
-from phasegate.starters.postgres import postgres_cluster
-from phasegate.workflows.messages import LaunchStatus
+from devstack.checkout_db import seed_checkout
+from devstack.demo import DemoOptions, example_plan, run_demo
+from devstack.postgres_cluster import postgres_cluster
+from schemas.launch_messages import LaunchStatus
 
 app = typer.Typer(
     help="The migration cutover phase against a local PostgreSQL.", no_args_is_help=True

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from phasegate.starters.local import LOOPBACK, BinaryNotFoundError, LocalProcessError, free_port
+from devstack.processes import LOOPBACK, BinaryNotFoundError, LocalProcessError, free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "phasegate"

@@ -10,13 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from phasegate.workflows.health_profile import (
-    AlertReceiver,
-    CheckStatus,
-    HealthProfile,
-    HttpCheck,
-)
-from phasegate.workflows.messages import Message
+from schemas.basics import Message
+from schemas.health_profile import AlertReceiver, CheckStatus, HealthProfile, HttpCheck
 
 # Runs the ledger handles per history before it continues as new, unless the server
 # suggests it earlier.

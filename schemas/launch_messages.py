@@ -1,35 +1,20 @@
-"""Every message that crosses a boundary: workflow inputs and state, signals, activity I/O.
-
-Each activity takes one model and returns one model, so fields can be added without
-breaking running workflows. Secrets never appear here, only `SecretRef`s.
-"""
+"""The launch and its phases: workflow inputs, state, results, and what the `status` query shows."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from phasegate.workflows.plan import (
-    LaunchPlan,
-    MetricSpec,
-    NotificationEvent,
-    PrometheusTarget,
-    ResolvedGate,
-    TrafficRouter,
-    Webhook,
+from pydantic import (
+    Field,
 )
 
-TASK_QUEUE = "phasegate"
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-# --- launch and phase state -------------------------------------------------------------
+from schemas.basics import (
+    Message,
+)
+from schemas.plan import LaunchPlan
+from schemas.probe_messages import Finding
 
 
 class LaunchInput(Message):
@@ -138,19 +123,6 @@ class MetricResult(Message):
         return self.measurements[-1] if self.measurements else None
 
 
-class Finding(Message):
-    """One judged aspect of a security check: what was probed, the verdict and the evidence."""
-
-    id: str
-    check: str
-    target: str
-    severity: Literal["critical", "warning"]
-    passed: bool
-    evidence: str
-    waived_by: str = ""
-    waiver_reason: str = ""
-
-
 class PhaseState(Message):
     name: str
     kind: str
@@ -194,131 +166,3 @@ class LaunchResult(Message):
     status: LaunchStatusValue
     reason: str = ""
     final: LaunchStatus
-
-
-# --- signals and updates ----------------------------------------------------------------
-
-
-class GateDecision(Message):
-    """Payload of the `approve` / `reject` signals and of the `decide` update."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    gate: str = Field(min_length=1)
-    approver: str = Field(min_length=1)
-    comment: str = ""
-    id: str = ""
-
-
-class DecideRequest(GateDecision):
-    decision: Literal["approve", "reject"]
-
-
-class AbortRequest(Message):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(min_length=1)
-    by: str = Field(min_length=1)
-    id: str = ""
-
-
-class CompensationAction(Message):
-    """Payload of `retry_compensation` / `skip_compensation` when an undo keeps failing."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    compensation: str = Field(min_length=1)
-    by: str = Field(min_length=1)
-    comment: str = ""
-    id: str = ""
-
-
-class RelayedDecision(Message):
-    """A validated decision the launch workflow forwards to the phase that owns the gate."""
-
-    gate: str
-    outcome: Literal["approved", "rejected"]
-    by: str
-    comment: str = ""
-    at: datetime
-    source: Literal["signal", "update"]
-
-
-# --- activities: traffic routing ----------------------------------------------------------
-
-
-class RouterSnapshot(Message):
-    """The routing state before a phase touched it, enough to put it back exactly."""
-
-    kind: str
-    existed: bool
-    definition: dict[str, Any] | None = None
-
-
-class SnapshotRequest(Message):
-    router: TrafficRouter
-
-
-class ExposureRequest(Message):
-    router: TrafficRouter
-    weight: float
-    launch_id: str = ""
-
-
-class ExposureState(Message):
-    weight: float
-    changed: bool
-
-
-class RestoreRequest(Message):
-    router: TrafficRouter
-    snapshot: RouterSnapshot
-
-
-class PromoteRequest(Message):
-    router: TrafficRouter
-    launch_id: str = ""
-
-
-# --- activities: metrics ----------------------------------------------------------------
-
-
-class MetricQuery(Message):
-    prometheus: PrometheusTarget
-    metric: str
-    spec: MetricSpec
-    canary_variant: str
-    stable_variant: str
-
-
-class MetricReading(Message):
-    value: float | None = None
-    baseline: float | None = None
-    error: str = ""
-    query: str = ""
-
-
-# --- activities: notifications ---------------------------------------------------------
-
-
-class Notification(Message):
-    event: NotificationEvent
-    launch_id: str
-    service: str
-    version: str
-    summary: str
-    details: dict[str, Any] = Field(default_factory=dict)
-    webhooks: list[Webhook]
-
-
-class NotificationResult(Message):
-    delivered: list[str] = Field(default_factory=list)
-    failed: dict[str, str] = Field(default_factory=dict)
-
-
-def gate_question(gate: ResolvedGate, default: str) -> str:
-    return gate.description or default
-
-
-def seconds(value: timedelta) -> float:
-    return value.total_seconds()

@@ -14,14 +14,14 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import start_http_server
 
-from phasegate.examples.demo_service.app import (
+from devstack.demo_service.app import (
     DEFAULT_POLL_MS,
     MAX_LATENCY_MS,
     Faults,
     FaultsError,
     create_app,
 )
-from phasegate.examples.demo_service.secure import SecurityOptions
+from devstack.demo_service.secure import SecurityOptions
 
 # Long enough for in-flight requests with injected latency, short enough for test teardown.
 GRACEFUL_SHUTDOWN_S = 5
@@ -46,7 +46,7 @@ def _in_range(kind: Callable[[str], float], low: float, high: float) -> Callable
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m phasegate.examples.demo_service",
+        prog="python -m devstack.demo_service",
         description="Checkout demo: routes each user to the stable or canary path by a flagd "
         "flag file, with injectable canary faults and Prometheus metrics on /metrics.",
     )

@@ -22,7 +22,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from phasegate.starters.local import (
+from devstack.pki import Authority
+from devstack.processes import (
     LOOPBACK,
     BinaryNotFoundError,
     LocalProcessError,
@@ -31,7 +32,6 @@ from phasegate.starters.local import (
     free_port,
     wait_until_ready,
 )
-from phasegate.starters.pki import Authority
 
 # One source for the versions: deploy/kube/versions.env says the same (a test checks).
 KUBE_VERSION = "v1.34.4"
@@ -542,7 +542,7 @@ spec:
 
 
 def main() -> None:
-    """`python -m phasegate.starters.kube [workdir]`: start, print the kubeconfig, wait."""
+    """`python -m devstack.kube_cluster [workdir]`: start, print the kubeconfig, wait."""
     import signal
     import sys
 

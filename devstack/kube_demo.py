@@ -21,19 +21,15 @@ from kubernetes import client, config
 from rich.console import Console
 from temporalio.client import Client
 
-from phasegate.starters import launches
-from phasegate.starters.demo import auto_approve, example_plan
-from phasegate.starters.kube import ControlPlane, control_plane, start_control_plane
-from phasegate.starters.local import (
-    LocalProcessError,
-    start_temporal_dev_server,
-    start_worker,
-)
-from phasegate.workers.client import connect
-from phasegate.workers.settings import Settings
-from phasegate.workflows.messages import LaunchStatus
-from phasegate.workflows.plan import InfraSetupPhase
-from phasegate.workflows.visibility import SEARCH_ATTRIBUTES
+from devstack.demo import auto_approve, example_plan
+from devstack.kube_cluster import ControlPlane, control_plane, start_control_plane
+from devstack.processes import LocalProcessError, start_temporal_dev_server, start_worker
+from schemas.infra_setup_spec import InfraSetupPhase
+from schemas.launch_messages import LaunchStatus
+from starters import launches
+from workers.client import connect
+from workers.settings import Settings
+from workflows.visibility import SEARCH_ATTRIBUTES
 
 kube_app = typer.Typer(
     help="The local Kubernetes control plane and the Kubernetes demo.", no_args_is_help=True

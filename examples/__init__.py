@@ -1,1 +1,0 @@
-"""Runnable examples Phasegate launches against: a demo service and its load generator."""

@@ -1,0 +1,160 @@
+"""The launch plan: what a release engineer writes in YAML, validated before anything starts.
+
+Every model here is strict (unknown fields are errors) so a typo in a plan is caught by
+`phasegate validate` instead of being silently ignored on launch day.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import (
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from schemas.analysis_spec import MetricSpec
+from schemas.basics import (
+    Name,
+    StrictModel,
+)
+from schemas.full_launch_spec import FullLaunchPhase
+from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
+from schemas.infra_setup_spec import InfraSetupPhase
+from schemas.migration_cutover_spec import MigrationCutoverPhase
+from schemas.notification_spec import Webhook
+from schemas.problems import PlanError, describe_errors
+from schemas.security_validation_spec import SecurityValidationPhase
+from schemas.soft_launch_spec import SoftLaunchPhase
+from schemas.targets import FlagdRouter, Targets
+
+Phase = Annotated[
+    InfraSetupPhase
+    | SecurityValidationPhase
+    | SoftLaunchPhase
+    | FullLaunchPhase
+    | MigrationCutoverPhase,
+    Field(discriminator="kind"),
+]
+PHASE_KINDS = (
+    "infra_setup",
+    "security_validation",
+    "soft_launch",
+    "full_launch",
+    "migration_cutover",
+)
+
+
+class LaunchPlan(StrictModel):
+    service: Name
+    version: Annotated[str, Field(min_length=1, max_length=128)]
+    description: str = ""
+    targets: Targets
+    approvals: ApprovalDefaults
+    analysis: dict[Name, MetricSpec] = Field(default_factory=dict)
+    notifications: list[Webhook] = Field(default_factory=list)
+    phases: list[Phase] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> LaunchPlan:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, phase in enumerate(self.phases):
+            if phase.name in seen:
+                problems.append(f"phases[{index}].name: {phase.name!r} is used by an earlier phase")
+            seen.add(phase.name)
+            if (
+                isinstance(phase, SecurityValidationPhase)
+                and phase.audit
+                and self.targets.prometheus is None
+            ):
+                problems.append(
+                    f"phases[{index}].audit: needs targets.prometheus to query for audit records"
+                )
+            if (
+                isinstance(phase, InfraSetupPhase)
+                and phase.prometheus_jobs
+                and self.targets.prometheus is None
+            ):
+                problems.append(
+                    f"phases[{index}].prometheus_jobs: needs targets.prometheus to query"
+                )
+            for where, names in phase.analysis_references():
+                for name in names:
+                    if name not in self.analysis:
+                        problems.append(
+                            f"phases[{index}].{where}: no analysis named "
+                            f"{name!r} (defined: {', '.join(sorted(self.analysis)) or 'none'})"
+                        )
+                if names and self.targets.prometheus is None:
+                    problems.append(f"phases[{index}].{where}: needs targets.prometheus to query")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def gate(self, spec: GateSpec) -> ResolvedGate:
+        """Fill a gate's missing fields from the plan's approval defaults."""
+        defaults = self.approvals
+        return ResolvedGate(
+            approvers=spec.approvers or defaults.approvers,
+            timeout=spec.timeout or defaults.timeout,
+            on_timeout=spec.on_timeout or defaults.on_timeout,
+            description=spec.description,
+        )
+
+
+def parse_plan(text: str, *, source: str = "<plan>", base_dir: Path | None = None) -> LaunchPlan:
+    """Parse and validate a plan; relative file paths are made absolute against `base_dir`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise PlanError(source, [f"(yaml) {where}: {getattr(err, 'problem', err)}"]) from None
+    if not isinstance(data, dict):
+        raise PlanError(source, ["(plan): must be a mapping with service, version, phases, ..."])
+    try:
+        plan = LaunchPlan.model_validate(data)
+    except ValidationError as err:
+        raise PlanError(source, describe_errors(err, PHASE_KINDS)) from None
+    if base_dir is not None:
+        plan = _resolve_paths(plan, base_dir)
+    return plan
+
+
+def _resolve_paths(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:
+    """Files the plan names relative to itself (flag file, manifests, migration folders,
+    CA bundles) become absolute, so the worker finds them wherever it runs from."""
+
+    def absolute(path: str) -> str:
+        return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+
+    def resolved(phase: Phase) -> Phase:
+        if isinstance(phase, InfraSetupPhase):
+            return phase.model_copy(update={"manifests": [absolute(p) for p in phase.manifests]})
+        if isinstance(phase, MigrationCutoverPhase):
+            return phase.with_paths_under(base_dir)
+        if isinstance(phase, SecurityValidationPhase) and phase.ca_file is not None:
+            return phase.model_copy(update={"ca_file": absolute(phase.ca_file)})
+        return phase
+
+    router = plan.targets.router
+    if isinstance(router, FlagdRouter):
+        router = router.model_copy(update={"flag_file": absolute(router.flag_file)})
+    return plan.model_copy(
+        update={
+            "targets": plan.targets.model_copy(update={"router": router}),
+            "phases": [resolved(phase) for phase in plan.phases],
+        }
+    )
+
+
+def load_plan(path: Path) -> LaunchPlan:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise PlanError(str(path), [f"(file): cannot read: {err.strerror}"]) from None
+    return parse_plan(text, source=str(path), base_dir=path.parent)

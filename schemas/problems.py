@@ -1,0 +1,69 @@
+"""Validation problems in the user's own terms: one `path: message` line each."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from pydantic import ValidationError
+
+
+class PlanError(ValueError):
+    """A plan that cannot start; `problems` holds one `path: message` line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
+
+
+_MESSAGES = {
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "too_short": "must have at least {min_length} item(s)",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "must match {pattern}",
+    "union_tag_invalid": "must be one of: {expected_tags}",
+    "union_tag_not_found": "is required",
+}
+
+
+def _path(loc: tuple[int | str, ...], branches: Collection[str]) -> str:
+    path = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in branches and isinstance(previous, int):
+            pass  # the discriminator's branch name is not part of the user's path
+        else:
+            path += f".{part}" if path else str(part)
+        previous = part
+    return path or "(plan)"
+
+
+def describe_errors(error: ValidationError, branches: Collection[str] = ()) -> list[str]:
+    """One `path: message` line per problem, in the plan's own terms; `branches` are the tags
+    of discriminated unions, left out of paths (`phases[0].steps`, not `phases[0].soft_launch.steps`)."""
+    lines: list[str] = []
+    for item in error.errors():
+        template = _MESSAGES.get(item["type"])
+        context = {
+            key: f"{value:g}" if isinstance(value, float) else value
+            for key, value in (item.get("ctx") or {}).items()
+        }
+        if template is not None:
+            message = template.format(**context)
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+        path = _path(tuple(item["loc"]), branches)
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path += "." + str(context.get("discriminator", "kind")).strip("'")
+        if item["type"] == "value_error" and message.startswith("phases["):
+            lines.extend(message.split("; "))
+            continue
+        lines.append(f"{path}: {message}")
+    return lines

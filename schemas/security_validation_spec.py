@@ -1,0 +1,253 @@
+"""The security validation phase: probes of the deployed service and their severity policy."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from schemas.basics import (
+    Duration,
+    Name,
+    PositiveDuration,
+    SecretRef,
+    StrictModel,
+)
+from schemas.gate_spec import GateSpec, PhaseGates
+
+Severity = Literal["critical", "warning"]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+HttpsUrl = Annotated[str, Field(pattern=r"^https://")]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+# A rate-limit burst never sends more than this many requests, whatever the plan says.
+MAX_BURST = 500
+
+
+class SecurityCheck(StrictModel):
+    """One probe of the deployed service; each aspect it judges becomes a finding `<id>.<aspect>`."""
+
+    id: Name
+    severity: Severity = "critical"
+
+    def aspects(self) -> list[str]:
+        raise NotImplementedError
+
+    def warning_aspects(self) -> list[str]:
+        """The aspects whose failure is a warning (waivable) rather than critical."""
+        return self.aspects() if self.severity == "warning" else []
+
+
+class TlsCheck(SecurityCheck):
+    """Protocol versions offered, certificate chain and validity, hostname, days to expiry."""
+
+    url: HttpsUrl
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    expiry_warning: PositiveDuration = timedelta(days=30)
+
+    def aspects(self) -> list[str]:
+        return ["protocol", "certificate", "hostname", "expiry"]
+
+    def warning_aspects(self) -> list[str]:
+        return self.aspects() if self.severity == "warning" else ["expiry"]
+
+
+class HeaderCheck(SecurityCheck):
+    """Security headers on one page; a check left at null/false is not judged."""
+
+    url: HttpUrl
+    hsts_min_max_age: Duration | None = timedelta(days=180)
+    content_type_options: bool = True
+    frame_protection: bool = True
+    csp_directives: list[Annotated[str, Field(pattern=r"^[a-z-]+$")]] | None = None
+
+    def aspects(self) -> list[str]:
+        wanted = {
+            "hsts": self.hsts_min_max_age is not None,
+            "content-type-options": self.content_type_options,
+            "frame-protection": self.frame_protection,
+            "csp": self.csp_directives is not None,
+        }
+        return [aspect for aspect, on in wanted.items() if on]
+
+    @model_validator(mode="after")
+    def _judges_something(self) -> HeaderCheck:
+        if not self.aspects():
+            raise ValueError("every header check is switched off; enable at least one")
+        return self
+
+
+class AuthCheck(SecurityCheck):
+    """A protected endpoint refuses no credentials and a bad token, and accepts a valid one."""
+
+    url: HttpUrl
+    method: HttpMethod = "GET"
+    token: SecretRef
+    scheme: Annotated[str, Field(min_length=1)] = "Bearer"
+    denied_status: list[Annotated[int, Field(ge=400, le=499)]] = Field(
+        default_factory=lambda: [401, 403], min_length=1
+    )
+
+    def aspects(self) -> list[str]:
+        return ["no-credentials", "bad-token", "valid-token"]
+
+
+class RateLimitCheck(SecurityCheck):
+    """A bounded burst is limited before more than `limit + margin` requests get through."""
+
+    url: HttpUrl
+    method: HttpMethod = "GET"
+    token: SecretRef | None = None
+    limit: Annotated[int, Field(ge=1)]
+    margin: Annotated[int, Field(ge=0)] = 0
+    status: Annotated[int, Field(ge=400, le=599)] = 429
+    max_duration: PositiveDuration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RateLimitCheck:
+        if self.burst > MAX_BURST:
+            raise ValueError(
+                f"limit + margin + 1 = {self.burst} requests; a burst is capped at {MAX_BURST}"
+            )
+        return self
+
+    @property
+    def burst(self) -> int:
+        """Requests sent at most: one past the most the endpoint may let through."""
+        return self.limit + self.margin + 1
+
+    def aspects(self) -> list[str]:
+        return ["limited"]
+
+
+class AuditCheck(SecurityCheck):
+    """A request to an audited endpoint shows up in a PromQL query (the value goes up)."""
+
+    url: HttpUrl
+    method: HttpMethod = "GET"
+    token: SecretRef | None = None
+    query: Annotated[str, Field(min_length=1)]
+    within: PositiveDuration = timedelta(seconds=30)
+    interval: PositiveDuration = timedelta(seconds=2)
+
+    def aspects(self) -> list[str]:
+        return ["recorded"]
+
+
+class AccessRule(StrictModel):
+    """One request a service account may or may not make, as Kubernetes authorizes it."""
+
+    verb: Annotated[str, Field(pattern=r"^([a-z]+|\*)$")]
+    resource: Annotated[str, Field(pattern=r"^([a-z]+|\*)$")]  # plural: secrets, pods
+    group: str = ""  # API group: "" is the core group, e.g. apps, batch
+    subresource: str = ""
+    namespace: Name | None = None  # None: in every namespace (cluster-wide)
+
+    def label(self) -> str:
+        where = f"in-{self.namespace}" if self.namespace else "cluster-wide"
+        resource = self.resource.replace("*", "all")
+        sub = f"-{self.subresource}" if self.subresource else ""
+        return f"{self.verb.replace('*', 'all')}-{resource}{sub}-{where}"
+
+
+class AuthorizationCheck(SecurityCheck):
+    """SubjectAccessReviews for a service account: what it needs is allowed, the rest refused."""
+
+    service_account: Name
+    namespace: Name
+    can: list[AccessRule] = Field(default_factory=list)
+    cannot: list[AccessRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rules(self) -> AuthorizationCheck:
+        if not self.can and not self.cannot:
+            raise ValueError("give at least one rule in `can` or `cannot`")
+        aspects = self.aspects()
+        repeated = sorted({a for a in aspects if aspects.count(a) > 1})
+        if repeated:
+            raise ValueError(f"rules given twice: {', '.join(repeated)}")
+        return self
+
+    def aspects(self) -> list[str]:
+        return [f"can-{rule.label()}" for rule in self.can] + [
+            f"cannot-{rule.label()}" for rule in self.cannot
+        ]
+
+
+class SecretHygieneCheck(SecurityCheck):
+    """No credential-looking literal in the namespace's ConfigMaps or Deployment env, and every
+    Secret the plan or a Deployment refers to exists."""
+
+    namespace: Name
+    required_secrets: list[Name] = Field(default_factory=list)
+    min_length: Annotated[int, Field(ge=4)] = 12
+    min_entropy: Annotated[float, Field(gt=0, le=8)] = 3.0  # bits per character
+    allow: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    def aspects(self) -> list[str]:
+        return ["literals", "secrets-exist"]
+
+
+class SecurityValidationPhase(StrictModel):
+    """Probe the deployed service; critical findings fail the launch, warnings need a waiver."""
+
+    kind: Literal["security_validation"]
+    name: Name
+    gates: PhaseGates = PhaseGates()
+    ca_file: str | None = None
+    waivers: GateSpec = GateSpec()
+    tls: list[TlsCheck] = Field(default_factory=list)
+    headers: list[HeaderCheck] = Field(default_factory=list)
+    authentication: list[AuthCheck] = Field(default_factory=list)
+    rate_limits: list[RateLimitCheck] = Field(default_factory=list)
+    audit: list[AuditCheck] = Field(default_factory=list)
+    authorization: list[AuthorizationCheck] = Field(default_factory=list)
+    secret_hygiene: list[SecretHygieneCheck] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _checks_are_named_once(self) -> SecurityValidationPhase:
+        checks = self.checks()
+        if not checks:
+            raise ValueError(
+                "give at least one check: tls, headers, authentication, rate_limits, audit, "
+                "authorization or secret_hygiene"
+            )
+        ids = [check.id for check in checks]
+        repeated = sorted({name for name in ids if ids.count(name) > 1})
+        if repeated:
+            raise ValueError(f"check ids must be unique in a phase: {', '.join(repeated)}")
+        if self.waivers.on_timeout == "approve":
+            raise ValueError("waivers.on_timeout: a finding is waived only by a person; use reject")
+        return self
+
+    def waiver_spec(self) -> GateSpec:
+        """The waiver gates: never approved by a timeout, whatever the plan's defaults say."""
+        return self.waivers.model_copy(update={"on_timeout": "reject"})
+
+    def checks(self) -> list[SecurityCheck]:
+        return [
+            *self.tls,
+            *self.headers,
+            *self.authentication,
+            *self.rate_limits,
+            *self.audit,
+            *self.authorization,
+            *self.secret_hygiene,
+        ]
+
+    def waiver_gate(self, finding_id: str) -> str:
+        return f"{self.name}.waive.{finding_id}"
+
+    def analysis_references(self) -> list[tuple[str, list[str]]]:
+        return []  # audit queries are checks of their own, not named analyses
+
+    def gate_ids(self) -> list[str]:
+        ids = [f"{self.name}.before"] if self.gates.before is not None else []
+        for check in self.checks():
+            ids.extend(self.waiver_gate(f"{check.id}.{a}") for a in check.warning_aspects())
+        if self.gates.after is not None:
+            ids.append(f"{self.name}.after")
+        return ids
