@@ -1,6 +1,6 @@
 """Messages of the migration cutover phase: between its workflow and the PostgreSQL activities.
 
-Like workflows/messages.py, each activity takes one model and returns one; DSNs travel as
+Like every message module, each activity takes one model and returns one; DSNs travel as
 `SecretRef`s only and are resolved inside the activities.
 """
 

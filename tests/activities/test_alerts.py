@@ -11,7 +11,7 @@ from activities.alerts import AlertActivities
 from devstack.processes import free_port
 from schemas.health_messages import AlertBatch, AlertState
 from schemas.health_profile import AlertReceiver
-from tests.health_receiver import webhook_receiver
+from tests.support.receiver import webhook_receiver
 
 STARTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 ENDED = datetime(2026, 1, 2, 3, 9, 5, tzinfo=UTC)

@@ -23,7 +23,7 @@ from schemas.health_profile import HealthProfile
 from schemas.launch_messages import LaunchInput
 from schemas.plan import load_plan
 from starters import schedules
-from tests.health_receiver import Receiver, webhook_receiver
+from tests.support.receiver import Receiver, webhook_receiver
 from workers.settings import Settings
 from workflows.health import HealthValidationWorkflow
 from workflows.launch import LaunchWorkflow

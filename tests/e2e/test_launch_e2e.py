@@ -18,7 +18,7 @@ from devstack.processes import start_worker
 from schemas.decision_messages import DecideRequest
 from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan, load_plan
-from tests.conftest import canary_share
+from tests.support.servers import canary_share
 from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration

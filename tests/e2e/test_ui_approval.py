@@ -20,8 +20,8 @@ from temporalio.testing import WorkflowEnvironment
 from activities.flags import FlagdFileRouter, promoted_definition
 from schemas.plan import LaunchPlan
 from starters.launches import start_launch, ui_link
-from tests.plans import make_plan
-from tests.workflows.fakes import gate_open, wait_for
+from tests.support.fakes import gate_open, wait_for
+from tests.support.plans import make_plan
 from workers.settings import Settings
 from workflows.launch import LaunchWorkflow
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from devstack.processes import free_port
 from starters.cli import app
-from tests.plans import plan_dict
+from tests.support.plans import plan_dict
 from workers.client import connect
 from workers.main import build_worker
 from workers.settings import Settings

@@ -19,10 +19,10 @@ from schemas.health_messages import HttpProbeResult
 from schemas.health_profile import HealthProfile
 from schemas.kube_messages import DeploymentHealth
 from schemas.launch_messages import LaunchInput
-from tests.health_profiles import make_profile
-from tests.plans import make_plan
-from tests.workflows.fakes import gate_open, wait_for
-from tests.workflows.health_fakes import HealthWorld, health_worker, run_once
+from tests.support.fakes import gate_open, wait_for
+from tests.support.health_fakes import HealthWorld, health_worker, run_once
+from tests.support.health_profiles import make_profile
+from tests.support.plans import make_plan
 from workflows.alert_ledger import AlertLedgerWorkflow
 from workflows.launch import LaunchWorkflow
 

@@ -17,10 +17,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from schemas.launch_messages import LaunchInput
-from tests.health_profiles import make_profile
-from tests.plans import make_plan
-from tests.workflows.fakes import gate_open
-from tests.workflows.health_fakes import HealthWorld, health_worker, run_once
+from tests.support.fakes import gate_open
+from tests.support.health_fakes import HealthWorld, health_worker, run_once
+from tests.support.health_profiles import make_profile
+from tests.support.plans import make_plan
 from workers.main import WORKFLOWS
 from workflows.launch import LaunchWorkflow
 

@@ -12,10 +12,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from schemas.plan import LaunchPlan
-from tests.plans import plan_dict
-from tests.workflows.fakes import running_launch, wait_for
-from tests.workflows.kube_fakes import KubeFakeWorld, config_map, deployment
-from tests.workflows.test_replay import HISTORIES
+from tests.support.fakes import running_launch, wait_for
+from tests.support.histories import HISTORIES
+from tests.support.kube_fakes import KubeFakeWorld, config_map, deployment
+from tests.support.plans import plan_dict
 from workers.main import WORKFLOWS
 
 

@@ -6,8 +6,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.metrics_messages import MetricReading
-from tests.plans import exposure_only, make_plan
-from tests.workflows.fakes import FakeWorld, gate_open, running_launch, status, wait_for
+from tests.support.fakes import FakeWorld, gate_open, running_launch, status, wait_for
+from tests.support.plans import exposure_only, make_plan
 from workflows.launch import LaunchWorkflow
 
 APPROVE = {"gate": "soft-launch.before", "approver": "alice", "comment": "go"}

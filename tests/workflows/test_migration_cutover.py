@@ -1,5 +1,5 @@
 """Migration cutover workflow logic on the time-skipping server, PostgreSQL activities mocked
-by name (the real ones are exercised against PostgreSQL in tests/migration)."""
+by name (the real ones are exercised against PostgreSQL in tests/e2e/test_migration_e2e.py)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from schemas.migration_messages import (
     WritesGuardResult,
 )
 from schemas.plan import LaunchPlan
-from tests.plans import plan_dict
-from tests.workflows.fakes import FakeWorld, gate_open, wait_for
+from tests.support.fakes import FakeWorld, gate_open, wait_for
+from tests.support.plans import plan_dict
 from workers.main import WORKFLOWS
 from workflows.launch import LaunchWorkflow
 

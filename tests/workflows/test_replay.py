@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
 
 from schemas.metrics_messages import MetricReading
-from tests.plans import exposure_only, make_plan
-from tests.workflows.fakes import FakeWorld, gate_open, running_launch, wait_for
-from workers.main import WORKFLOWS
+from tests.support.fakes import FakeWorld, gate_open, running_launch, wait_for
+from tests.support.histories import HISTORIES, replay
+from tests.support.plans import exposure_only, make_plan
 from workflows.launch import LaunchWorkflow
 
-HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 Scenario = Callable[[WorkflowEnvironment, WorkflowHandle[LaunchWorkflow, Any]], Awaitable[None]]
 
 
@@ -85,15 +81,6 @@ async def record(env: WorkflowEnvironment, name: str) -> list[tuple[str, str]]:
         history = await env.client.get_workflow_handle(workflow_id).fetch_history()
         histories.append((workflow_id, history.to_json()))
     return histories
-
-
-async def replay(histories: list[tuple[str, str]]) -> None:
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
-    for workflow_id, text in histories:
-        result = await replayer.replay_workflow(
-            WorkflowHistory.from_json(workflow_id, text), raise_on_replay_failure=False
-        )
-        assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -27,9 +27,9 @@ from schemas.probe_messages import (
     TlsProbe,
 )
 from schemas.security_validation_spec import SecurityCheck
-from tests.plans import make_plan
-from tests.workflows.fakes import FakeWorld, gate_open, running_launch, wait_for
-from tests.workflows.test_replay import HISTORIES, replay
+from tests.support.fakes import FakeWorld, gate_open, running_launch, wait_for
+from tests.support.histories import HISTORIES, replay
+from tests.support.plans import make_plan
 from workflows.launch import LaunchWorkflow
 
 SECURITY_PHASE: dict[str, Any] = {

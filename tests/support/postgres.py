@@ -17,7 +17,7 @@ import pytest
 from devstack.checkout_db import seed_checkout
 from devstack.postgres_cluster import PostgresCluster, postgres_cluster
 from devstack.processes import BinaryNotFoundError
-from tests.plans import plan_dict
+from tests.support.plans import plan_dict
 
 EXAMPLE_MIGRATIONS = Path(__file__).resolve().parents[2] / "examples" / "migrations" / "checkout"
 SEEDED_ROWS = 30_000

@@ -27,7 +27,7 @@ from schemas.health_messages import (
 from schemas.health_profile import HealthProfile
 from schemas.kube_messages import DeploymentHealth, DeploymentHealthReport, DeploymentHealthRequest
 from schemas.metrics_messages import MetricQuery, MetricReading
-from tests.workflows.fakes import FakeWorld
+from tests.support.fakes import FakeWorld
 from workers.main import WORKFLOWS
 from workflows.health import HealthValidationWorkflow
 

@@ -26,7 +26,7 @@ from schemas.metrics_messages import (
     TargetsUp,
     TargetsUpRequest,
 )
-from tests.workflows.fakes import FakeWorld
+from tests.support.fakes import FakeWorld
 
 
 @dataclass

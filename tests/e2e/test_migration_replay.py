@@ -1,7 +1,7 @@
 """Replay: migration histories (launch + MigrationCutover child) replay against the current
 code. Recorded from real runs against PostgreSQL; committed copies live in tests/histories/
 and are replayed by tests/workflows/test_replay.py. Re-record on purpose with
-`PHASEGATE_RECORD_HISTORIES=1 pytest tests/migration/test_migration_replay.py`.
+`PHASEGATE_RECORD_HISTORIES=1 pytest tests/e2e/test_migration_replay.py`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from schemas.launch_messages import LaunchInput
 from schemas.plan import LaunchPlan
-from tests.migration.conftest import CheckoutDatabase, migration_plan, migrations
-from tests.workflows.test_replay import HISTORIES, replay
+from tests.support.histories import HISTORIES, replay
+from tests.support.postgres import CheckoutDatabase, migration_plan, migrations
 from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from devstack.kube_cluster import ControlPlane
 from devstack import kube_cluster
-from tests.conftest import IN_CI
+from devstack.kube_cluster import ControlPlane
+from tests.support.servers import IN_CI
 
 pytestmark = pytest.mark.integration
 

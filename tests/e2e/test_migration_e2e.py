@@ -16,8 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 from devstack.processes import start_worker
 from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan
-from tests.conftest import canary_share
-from tests.migration.conftest import SEEDED_ROWS, CheckoutDatabase, migration_plan, migrations
+from tests.support.postgres import SEEDED_ROWS, CheckoutDatabase, migration_plan, migrations
+from tests.support.servers import canary_share
 from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration

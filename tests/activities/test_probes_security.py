@@ -21,8 +21,8 @@ from schemas.probe_messages import (
     TlsProbe,
 )
 from schemas.security_validation_spec import AuthCheck, HeaderCheck, RateLimitCheck, TlsCheck
-from tests.security.conftest import Certificates, TargetFactory
-from tests.security.target import VALID_TOKEN
+from tests.support.https_target import VALID_TOKEN
+from tests.support.security import Certificates, TargetFactory
 
 pytestmark = pytest.mark.integration
 

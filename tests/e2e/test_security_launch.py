@@ -23,10 +23,10 @@ from schemas.decision_messages import DecideRequest
 from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan
 from starters.render import render_status
-from tests.conftest import canary_share
-from tests.plans import plan_dict
-from tests.security.conftest import Certificates, TargetFactory
-from tests.security.target import VALID_TOKEN, HttpsTarget
+from tests.support.https_target import VALID_TOKEN, HttpsTarget
+from tests.support.plans import plan_dict
+from tests.support.security import Certificates, TargetFactory
+from tests.support.servers import canary_share
 from workers.main import build_worker
 from workflows.launch import LaunchWorkflow
 

@@ -10,7 +10,7 @@ import yaml
 
 from schemas.plan import load_plan, parse_plan
 from schemas.problems import PlanError
-from tests.plans import plan_dict
+from tests.support.plans import plan_dict
 
 
 def problems(data: dict[str, object]) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devstack.demo import FLAG_KEY
-from tests.conftest import canary_share
+from tests.support.servers import canary_share
 
 pytestmark = pytest.mark.integration
 

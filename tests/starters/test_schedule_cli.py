@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from devstack.processes import free_port
 from starters.cli import app
-from tests.health_profiles import profile_dict
+from tests.support.health_profiles import profile_dict
 from workers.client import connect
 from workers.settings import Settings
 

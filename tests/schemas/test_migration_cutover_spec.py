@@ -13,7 +13,7 @@ from activities.postgres import discover_scripts
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.plan import parse_plan
 from schemas.problems import PlanError
-from tests.plans import plan_dict
+from tests.support.plans import plan_dict
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

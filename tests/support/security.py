@@ -14,8 +14,7 @@ from prometheus_client import start_http_server
 
 from devstack.pki import Authority
 from devstack.processes import ManagedProcess, free_port, start_prometheus, wait_for_first_scrape
-from tests.kube import conftest as kube_fixtures
-from tests.security.target import LOOPBACK, AuditLog, Behaviour, HttpsTarget, serve
+from tests.support.https_target import LOOPBACK, AuditLog, Behaviour, HttpsTarget, serve
 
 
 @dataclass
@@ -103,12 +102,6 @@ def https_target(
             )
 
         yield start
-
-
-# The local Kubernetes control plane (tests/kube/conftest.py) for the RBAC and secret checks.
-kube = kube_fixtures.kube
-kube_api = kube_fixtures.kube_api
-namespace_name = kube_fixtures.namespace_name
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import yaml
 from schemas.plan import load_plan, parse_plan
 from schemas.problems import PlanError
 from schemas.security_validation_spec import SecurityValidationPhase
-from tests.plans import plan_dict
+from tests.support.plans import plan_dict
 
 
 def with_security(**phase: Any) -> dict[str, Any]:
