@@ -5,16 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from schemas.basics import (
-    Duration,
-    PositiveDuration,
-    StrictModel,
-)
+from schemas.basics import Duration, PositiveDuration, StrictModel
 
 
 class BaselineComparison(StrictModel):

@@ -1,33 +1,46 @@
-"""What people send a launch: gate decisions, aborts, and actions on a failing undo."""
+"""What people send a launch, and what the launch decides.
+
+A person asks with a `DecisionRequest` (the `approve` / `reject` signals, whose name says the
+decision, or the `decide` update, whose payload does); the launch checks it and takes a
+`Decision`, which it relays to the phase that owns the gate and which every status shows.
+A gate's timeout takes a `Decision` of its own. `AbortRequest` and `CompensationAction` stop a
+launch and act on an undo that keeps failing.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
 
-from pydantic import (
-    ConfigDict,
-    Field,
-)
+from pydantic import ConfigDict, Field
 
-from schemas.basics import (
-    Message,
-)
+from schemas.basics import Message
+
+DecisionVerb = Literal["approve", "reject"]
 
 
-class GateDecision(Message):
-    """Payload of the `approve` / `reject` signals and of the `decide` update."""
+class DecisionRequest(Message):
+    """A person's go or no-go for one gate, as the CLI, the UI's signal or the update send it."""
 
     model_config = ConfigDict(extra="forbid")
 
     gate: str = Field(min_length=1)
     approver: str = Field(min_length=1)
+    # Named by the `decide` update's payload; the `approve` / `reject` signals name it themselves.
+    decision: DecisionVerb | None = None
     comment: str = ""
     id: str = ""
 
 
-class DecideRequest(GateDecision):
-    decision: Literal["approve", "reject"]
+class Decision(Message):
+    """A decision taken at a gate: by a person (through a signal or the update) or by its timeout."""
+
+    gate: str
+    outcome: Literal["approved", "rejected"]
+    by: str
+    comment: str = ""
+    at: datetime
+    source: Literal["signal", "update", "timeout"]
 
 
 class AbortRequest(Message):
@@ -47,14 +60,3 @@ class CompensationAction(Message):
     by: str = Field(min_length=1)
     comment: str = ""
     id: str = ""
-
-
-class RelayedDecision(Message):
-    """A validated decision the launch workflow forwards to the phase that owns the gate."""
-
-    gate: str
-    outcome: Literal["approved", "rejected"]
-    by: str
-    comment: str = ""
-    at: datetime
-    source: Literal["signal", "update"]

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from schemas.basics import (
-    Duration,
-    Name,
-    StrictModel,
-)
-from schemas.gate_spec import Gate, PhaseGates
+from schemas.basics import Duration, StrictModel
+from schemas.gate_spec import Gate, gate_id
+from schemas.phase_spec import PhaseSpec
 
 
 class ExposureStep(StrictModel):
@@ -26,9 +20,9 @@ class ExposureStep(StrictModel):
     approval: Gate = None
 
 
-class ExposurePhase(StrictModel):
-    name: Name
-    gates: PhaseGates = PhaseGates()
+class ExposurePhase(PhaseSpec):
+    """Steps of growing exposure; soft and full launch differ in where they may end."""
+
     steps: list[ExposureStep] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -43,19 +37,18 @@ class ExposurePhase(StrictModel):
         return self
 
     def analysis_references(self) -> list[tuple[str, list[str]]]:
-        """(path within the phase, analysis names) for every place the phase runs analyses."""
         return [
             (f"steps[{index}].analysis", step.analysis) for index, step in enumerate(self.steps)
         ]
 
-    def gate_ids(self) -> list[str]:
-        """Every gate this phase can open, so decisions can be checked before they arrive."""
-        ids = [f"{self.name}.before"] if self.gates.before is not None else []
+    def work_gate_ids(self) -> list[str]:
+        ids = []
         for number, step in enumerate(self.steps, start=1):
             if step.analysis:
-                ids.append(f"{self.name}.step-{number}.analysis")
+                ids.append(gate_id(self.name, number, "analysis"))
             if step.approval is not None:
-                ids.append(f"{self.name}.step-{number}")
-        if self.gates.after is not None:
-            ids.append(f"{self.name}.after")
+                ids.append(gate_id(self.name, number))
         return ids
+
+    def step_count(self) -> int:
+        return len(self.steps)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BeforeValidator,
-    Field,
-)
+from pydantic import BeforeValidator, Field
 
-from schemas.basics import (
-    PositiveDuration,
-    StrictModel,
-)
+from schemas.basics import PositiveDuration, StrictModel
+
+
+def gate_id(phase: str, *where: str | int) -> str:
+    """The one spelling of a gate id: the phase's name, then where in the phase the gate is.
+    A number is a step: `gate_id("soft-launch", "before")` is `soft-launch.before`,
+    `gate_id("soft-launch", 2, "analysis")` is `soft-launch.step-2.analysis`."""
+    return ".".join([phase, *(f"step-{part}" if isinstance(part, int) else part for part in where)])
 
 
 class GateSpec(StrictModel):

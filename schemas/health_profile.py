@@ -6,7 +6,6 @@ schedule exists.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,9 +18,6 @@ from schemas.problems import PlanError, describe_errors
 from schemas.targets import PrometheusTarget
 
 CheckStatus = Literal["pass", "warn", "fail"]
-
-# pydantic names the discriminated branch (`checks[0].http.url`); the user wrote `checks[0].url`.
-_CHECK_BRANCH = re.compile(r"\]\.(?:prometheus|http|kubernetes)(?=[.:])")
 
 # The server refuses a shorter catch-up window.
 MIN_CATCHUP_WINDOW = timedelta(seconds=10)
@@ -228,7 +224,7 @@ def parse_profile(
     try:
         profile = HealthProfile.model_validate(data)
     except ValidationError as err:
-        raise PlanError(source, _split_problems(describe_errors(err))) from None
+        raise PlanError(source, _split_problems(describe_errors(err, CHECK_KINDS))) from None
     if base_dir is None:
         return profile
     checks = [
@@ -243,7 +239,7 @@ def parse_profile(
 def _split_problems(lines: list[str]) -> list[str]:
     """The cross-field validator joins its problems with `; `; give each its own line."""
     out: list[str] = []
-    for line in (_CHECK_BRANCH.sub("]", line) for line in lines):
+    for line in lines:
         path, _, message = line.partition(": ")
         if path == "(plan)" and message.startswith("checks["):
             out.extend(message.split("; "))

@@ -5,18 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from schemas.basics import (
-    Name,
-    PositiveDuration,
-    SecretRef,
-    StrictModel,
-)
-from schemas.gate_spec import PhaseGates
+from schemas.basics import Name, PositiveDuration, SecretRef, StrictModel
+from schemas.phase_spec import PhaseSpec
 
 
 class SecretSpec(StrictModel):
@@ -27,12 +19,10 @@ class SecretSpec(StrictModel):
     data: dict[Annotated[str, Field(min_length=1)], SecretRef] = Field(min_length=1)
 
 
-class InfraSetupPhase(StrictModel):
+class InfraSetupPhase(PhaseSpec):
     """Create or update the service's Kubernetes objects and wait until they are rolled out."""
 
     kind: Literal["infra_setup"]
-    name: Name
-    gates: PhaseGates = PhaseGates()
     namespace: Name
     manifests: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     secrets: list[SecretSpec] = Field(default_factory=list)
@@ -46,9 +36,5 @@ class InfraSetupPhase(StrictModel):
             raise ValueError("give `manifests` and/or `secrets` to apply")
         return self
 
-    def analysis_references(self) -> list[tuple[str, list[str]]]:
-        return []
-
-    def gate_ids(self) -> list[str]:
-        ids = [f"{self.name}.before"] if self.gates.before is not None else []
-        return ids + ([f"{self.name}.after"] if self.gates.after is not None else [])
+    def prometheus_needs(self) -> list[tuple[str, str]]:
+        return [("prometheus_jobs", "to query")] if self.prometheus_jobs else []

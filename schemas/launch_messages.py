@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from schemas.basics import (
-    Message,
-)
-from schemas.plan import LaunchPlan
+from schemas.basics import Message
+from schemas.decision_messages import Decision
+from schemas.full_launch_spec import FullLaunchPhase
+from schemas.infra_setup_spec import InfraSetupPhase
+from schemas.migration_cutover_spec import MigrationCutoverPhase
+from schemas.phase_spec import PhaseSpec
+from schemas.plan import LaunchPlan, Phase
 from schemas.probe_messages import Finding
+from schemas.security_validation_spec import SecurityValidationPhase
+from schemas.soft_launch_spec import SoftLaunchPhase
+
+P = TypeVar("P", bound=PhaseSpec)
 
 
 class LaunchInput(Message):
@@ -23,13 +28,63 @@ class LaunchInput(Message):
 
 
 class PhaseInput(Message):
+    """What the launch gives a phase workflow: the whole plan, and which of its phases to run."""
+
     launch_id: str
     plan: LaunchPlan
     phase_index: int
 
     @property
-    def phase(self) -> Any:
+    def phase(self) -> Phase:
         return self.plan.phases[self.phase_index]
+
+    def _phase_of(self, kind: type[P]) -> P:
+        phase = self.plan.phases[self.phase_index]
+        if not isinstance(phase, kind):
+            raise TypeError(
+                f"phases[{self.phase_index}] is a {phase.kind} phase, not {kind.__name__}"
+            )
+        return phase
+
+
+class InfraSetupInput(PhaseInput):
+    @property
+    def phase(self) -> InfraSetupPhase:
+        return self._phase_of(InfraSetupPhase)
+
+
+class SecurityValidationInput(PhaseInput):
+    @property
+    def phase(self) -> SecurityValidationPhase:
+        return self._phase_of(SecurityValidationPhase)
+
+
+class SoftLaunchInput(PhaseInput):
+    @property
+    def phase(self) -> SoftLaunchPhase:
+        return self._phase_of(SoftLaunchPhase)
+
+
+class FullLaunchInput(PhaseInput):
+    @property
+    def phase(self) -> FullLaunchPhase:
+        return self._phase_of(FullLaunchPhase)
+
+
+class MigrationCutoverInput(PhaseInput):
+    @property
+    def phase(self) -> MigrationCutoverPhase:
+        return self._phase_of(MigrationCutoverPhase)
+
+
+# The input each phase kind's workflow takes.
+PHASE_INPUTS: dict[str, type[PhaseInput]] = {
+    "infra_setup": InfraSetupInput,
+    "security_validation": SecurityValidationInput,
+    "soft_launch": SoftLaunchInput,
+    "full_launch": FullLaunchInput,
+    "migration_cutover": MigrationCutoverInput,
+}
 
 
 class LaunchStatusValue(StrEnum):
@@ -61,15 +116,6 @@ class OpenGate(Message):
     deadline: datetime
     on_timeout: Literal["reject", "approve"]
     needs_reason: bool = False
-
-
-class Decision(Message):
-    gate: str
-    outcome: Literal["approved", "rejected"]
-    by: str
-    comment: str = ""
-    at: datetime
-    source: Literal["signal", "update", "timeout"]
 
 
 class AuditEntry(Message):

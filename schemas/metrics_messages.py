@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
 from schemas.analysis_spec import MetricSpec
-from schemas.basics import (
-    Message,
-)
+from schemas.basics import Message
 from schemas.targets import PrometheusTarget
 
 

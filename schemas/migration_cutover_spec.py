@@ -5,17 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from schemas.basics import (
-    Name,
-    SecretRef,
-    StrictModel,
-)
-from schemas.gate_spec import Gate, GateSpec, PhaseGates
+from schemas.basics import Name, SecretRef, StrictModel
+from schemas.gate_spec import Gate, GateSpec, gate_id
+from schemas.phase_spec import PhaseSpec
 from schemas.targets import FlagdRouter
 
 SqlIdentifier = Annotated[
@@ -72,12 +66,10 @@ class WatchSpec(StrictModel):
     analysis: list[str] = Field(min_length=1)
 
 
-class MigrationCutoverPhase(StrictModel):
+class MigrationCutoverPhase(PhaseSpec):
     """Back up, migrate, verify, cut over and watch a PostgreSQL migration; undo it all on failure."""
 
     kind: Literal["migration_cutover"]
-    name: Name
-    gates: PhaseGates = PhaseGates()
     source: SecretRef  # DSN of the database traffic uses now
     target: SecretRef | None = None  # DSN of the database the scripts change; default: source
     migrations: Annotated[str, Field(min_length=1)]  # folder of NNN_name.sql (+ NNN_name.down.sql)
@@ -96,14 +88,10 @@ class MigrationCutoverPhase(StrictModel):
     def analysis_references(self) -> list[tuple[str, list[str]]]:
         return [("watch.analysis", self.watch.analysis)] if self.watch else []
 
-    def gate_ids(self) -> list[str]:
-        ids = [f"{self.name}.before"] if self.gates.before is not None else []
-        if self.cutover.gate is not None:
-            ids.append(f"{self.name}.cutover")
+    def work_gate_ids(self) -> list[str]:
+        ids = [gate_id(self.name, "cutover")] if self.cutover.gate is not None else []
         if self.watch is not None:
-            ids.append(f"{self.name}.watch.analysis")
-        if self.gates.after is not None:
-            ids.append(f"{self.name}.after")
+            ids.append(gate_id(self.name, "watch", "analysis"))
         return ids
 
     def with_paths_under(self, base_dir: Path) -> MigrationCutoverPhase:

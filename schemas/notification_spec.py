@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from schemas.basics import (
-    Name,
-    SecretRef,
-    StrictModel,
-)
+from schemas.basics import Name, SecretRef, StrictModel
 
 NotificationEvent = Literal[
     "launch_started", "gate_opened", "completed", "rolled_back", "compensation_failed"
@@ -23,12 +17,9 @@ class Webhook(StrictModel):
     name: Name
     url: Annotated[str, Field(pattern=r"^https?://")]
     headers: dict[str, SecretRef] = Field(default_factory=dict)
-    events: list[NotificationEvent] = Field(
-        default_factory=lambda: [
-            "launch_started",
-            "gate_opened",
-            "completed",
-            "rolled_back",
-            "compensation_failed",
-        ]
-    )
+    events: list[NotificationEvent] = Field(default_factory=lambda: every_event())
+
+
+def every_event() -> list[NotificationEvent]:
+    """What a webhook hears when its `events` are left out: everything."""
+    return list(get_args(NotificationEvent))

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import (
-    Field,
-)
+from pydantic import Field
 
-from schemas.basics import (
-    Message,
-)
+from schemas.basics import Message
 from schemas.notification_spec import NotificationEvent, Webhook
 
 

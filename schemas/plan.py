@@ -10,17 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import (
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, ValidationError, model_validator
 
 from schemas.analysis_spec import MetricSpec
-from schemas.basics import (
-    Name,
-    StrictModel,
-)
+from schemas.basics import Name, StrictModel
 from schemas.full_launch_spec import FullLaunchPhase
 from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
 from schemas.infra_setup_spec import InfraSetupPhase
@@ -66,22 +59,9 @@ class LaunchPlan(StrictModel):
             if phase.name in seen:
                 problems.append(f"phases[{index}].name: {phase.name!r} is used by an earlier phase")
             seen.add(phase.name)
-            if (
-                isinstance(phase, SecurityValidationPhase)
-                and phase.audit
-                and self.targets.prometheus is None
-            ):
-                problems.append(
-                    f"phases[{index}].audit: needs targets.prometheus to query for audit records"
-                )
-            if (
-                isinstance(phase, InfraSetupPhase)
-                and phase.prometheus_jobs
-                and self.targets.prometheus is None
-            ):
-                problems.append(
-                    f"phases[{index}].prometheus_jobs: needs targets.prometheus to query"
-                )
+            if self.targets.prometheus is None:
+                for where, why in phase.prometheus_needs():
+                    problems.append(f"phases[{index}].{where}: needs targets.prometheus {why}")
             for where, names in phase.analysis_references():
                 for name in names:
                     if name not in self.analysis:

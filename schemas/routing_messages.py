@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.basics import (
-    Message,
-)
+from schemas.basics import Message
 from schemas.targets import TrafficRouter
 
 

@@ -5,19 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from schemas.basics import (
-    Duration,
-    Name,
-    PositiveDuration,
-    SecretRef,
-    StrictModel,
-)
-from schemas.gate_spec import GateSpec, PhaseGates
+from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel
+from schemas.gate_spec import GateSpec, gate_id
+from schemas.phase_spec import PhaseSpec
 
 Severity = Literal["critical", "warning"]
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -191,12 +183,10 @@ class SecretHygieneCheck(SecurityCheck):
         return ["literals", "secrets-exist"]
 
 
-class SecurityValidationPhase(StrictModel):
+class SecurityValidationPhase(PhaseSpec):
     """Probe the deployed service; critical findings fail the launch, warnings need a waiver."""
 
     kind: Literal["security_validation"]
-    name: Name
-    gates: PhaseGates = PhaseGates()
     ca_file: str | None = None
     waivers: GateSpec = GateSpec()
     tls: list[TlsCheck] = Field(default_factory=list)
@@ -239,15 +229,18 @@ class SecurityValidationPhase(StrictModel):
         ]
 
     def waiver_gate(self, finding_id: str) -> str:
-        return f"{self.name}.waive.{finding_id}"
+        return gate_id(self.name, "waive", finding_id)
 
-    def analysis_references(self) -> list[tuple[str, list[str]]]:
-        return []  # audit queries are checks of their own, not named analyses
+    def work_gate_ids(self) -> list[str]:
+        # Audit queries are checks of their own, not named analyses: no analysis references.
+        return [
+            self.waiver_gate(f"{check.id}.{aspect}")
+            for check in self.checks()
+            for aspect in check.warning_aspects()
+        ]
 
-    def gate_ids(self) -> list[str]:
-        ids = [f"{self.name}.before"] if self.gates.before is not None else []
-        for check in self.checks():
-            ids.extend(self.waiver_gate(f"{check.id}.{a}") for a in check.warning_aspects())
-        if self.gates.after is not None:
-            ids.append(f"{self.name}.after")
-        return ids
+    def prometheus_needs(self) -> list[tuple[str, str]]:
+        return [("audit", "to query for audit records")] if self.audit else []
+
+    def step_count(self) -> int:
+        return len(self.checks())

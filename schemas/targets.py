@@ -5,17 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from schemas.basics import (
-    Name,
-    PositiveDuration,
-    SecretRef,
-    StrictModel,
-)
+from schemas.basics import Name, PositiveDuration, SecretRef, StrictModel
 
 
 class PrometheusTarget(StrictModel):

@@ -32,10 +32,10 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from schemas.decision_messages import AbortRequest, CompensationAction, DecideRequest
+from schemas.decision_messages import AbortRequest, CompensationAction, Decision, DecisionRequest
 from schemas.gate_spec import GateSpec
 from schemas.infra_setup_spec import InfraSetupPhase
-from schemas.launch_messages import Decision, LaunchInput, LaunchStatus, LaunchStatusValue
+from schemas.launch_messages import LaunchInput, LaunchStatus, LaunchStatusValue
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.plan import LaunchPlan, Phase, load_plan
 from schemas.security_validation_spec import SecurityValidationPhase
@@ -269,7 +269,7 @@ async def decide(
     comment: str = "",
 ) -> Decision:
     """Approve or reject a gate through the `decide` update and return what was recorded."""
-    request = DecideRequest(
+    request = DecisionRequest(
         gate=gate,
         approver=approver,
         decision=decision,

@@ -15,10 +15,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from schemas.decision_messages import Decision
 from schemas.launch_messages import (
     AuditEntry,
     CompensationRecord,
-    Decision,
     LaunchStatus,
     LaunchStatusValue,
     MetricResult,

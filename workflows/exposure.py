@@ -11,8 +11,8 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.routing import ROUTING_OPTIONS, RouterActivities
-    from schemas.gate_spec import GateSpec
-    from schemas.launch_messages import PhaseInput
+    from schemas.gate_spec import GateSpec, gate_id
+    from schemas.launch_messages import FullLaunchInput, SoftLaunchInput
     from schemas.routing_messages import (
         ExposureRequest,
         PromoteRequest,
@@ -21,10 +21,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.targets import describe_router
     from workflows.analysis import run_analysis, summarize
+    from workflows.compensation import RESTORE_EXPOSURE
     from workflows.phase import PhaseWorkflow
 
 
-async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: bool) -> None:
+async def run_exposure_steps(
+    phase: PhaseWorkflow, inp: SoftLaunchInput | FullLaunchInput, *, promote: bool
+) -> None:
     plan, spec, state = inp.plan, inp.phase, phase.state
     router = plan.targets.router
 
@@ -33,7 +36,7 @@ async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: 
         RouterActivities.snapshot_exposure, SnapshotRequest(router=router), **ROUTING_OPTIONS
     )
     await phase.compensations.register(
-        RouterActivities.restore_exposure,
+        RESTORE_EXPOSURE,
         RestoreRequest(router=router, snapshot=snapshot),
         f"put {describe_router(router)} back as it was before {spec.name}",
     )
@@ -67,7 +70,7 @@ async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: 
             if verdict == "inconclusive":
                 state.activity = "analysis inconclusive: waiting for a person"
                 await phase.require(
-                    f"{spec.name}.step-{number}.analysis",
+                    gate_id(spec.name, number, "analysis"),
                     GateSpec(),
                     f"Analysis at {step.weight:g}% was inconclusive ({summarize(results)}). "
                     "Approve to go on at this exposure, reject to roll back.",
@@ -77,7 +80,7 @@ async def run_exposure_steps(phase: PhaseWorkflow, inp: PhaseInput, *, promote: 
         if step.approval is not None:
             state.activity = f"waiting for approval at {step.weight:g}%"
             await phase.require(
-                f"{spec.name}.step-{number}",
+                gate_id(spec.name, number),
                 step.approval,
                 f"{plan.service} {plan.version} serves {step.weight:g}% of users. Go on?",
                 inp,

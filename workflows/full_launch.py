@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.launch_messages import FullLaunchInput, PhaseState
     from workflows.exposure import run_exposure_steps
     from workflows.phase import PhaseWorkflow
 
@@ -13,5 +13,5 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="FullLaunch")
 class FullLaunchWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: PhaseInput) -> PhaseState:
+    async def run(self, inp: FullLaunchInput) -> PhaseState:
         return await self.run_phase(inp, lambda: run_exposure_steps(self, inp, promote=True))

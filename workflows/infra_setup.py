@@ -10,7 +10,6 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.kube import KUBE_OPTIONS, KubeActivities, rollout_options
     from activities.metrics import MetricsActivities, targets_options
-    from schemas.infra_setup_spec import InfraSetupPhase
     from schemas.kube_messages import (
         ApplyObjectRequest,
         ApplySecretRequest,
@@ -20,21 +19,23 @@ with workflow.unsafe.imports_passed_through():
         RolloutRequest,
         SnapshotObjectRequest,
     )
-    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.launch_messages import InfraSetupInput, PhaseState
     from schemas.metrics_messages import (
         TargetsUpRequest,
     )
+    from workflows.activity_options import summarized
+    from workflows.compensation import RESTORE_OBJECT
     from workflows.phase import PhaseWorkflow
 
 
 @workflow.defn(name="InfraSetup")
 class InfraSetupWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: PhaseInput) -> PhaseState:
+    async def run(self, inp: InfraSetupInput) -> PhaseState:
         return await self.run_phase(inp, lambda: self.set_up(inp))
 
-    async def set_up(self, inp: PhaseInput) -> None:
-        spec: InfraSetupPhase = inp.phase
+    async def set_up(self, inp: InfraSetupInput) -> None:
+        spec = inp.phase
         plan, state = inp.plan, self.state
 
         state.activity = f"reading {len(spec.manifests)} manifest file(s)"
@@ -80,8 +81,10 @@ class InfraSetupWorkflow(PhaseWorkflow):
             await workflow.execute_activity_method(
                 KubeActivities.check_rollout,
                 RolloutRequest(namespace=spec.namespace, deployments=deployments),
-                summary=f"rollout of {len(deployments)} Deployment(s)",
-                **rollout_options(spec.rollout_timeout),
+                **summarized(
+                    rollout_options(spec.rollout_timeout),
+                    f"rollout of {len(deployments)} Deployment(s)",
+                ),
             )
 
         if spec.prometheus_jobs and plan.targets.prometheus is not None:
@@ -93,29 +96,27 @@ class InfraSetupWorkflow(PhaseWorkflow):
                 **targets_options(spec.targets_timeout),
             )
 
-    async def apply(self, obj: dict[str, object], inp: PhaseInput) -> None:
+    async def apply(self, obj: dict[str, object], inp: InfraSetupInput) -> None:
         ref = KubeObjectRef.of(obj)
         await self.register_undo(ref, inp)
         await workflow.execute_activity_method(
             KubeActivities.apply_object,
             ApplyObjectRequest(object=obj, launch_id=inp.launch_id),
-            summary=f"apply {ref.describe()}",
-            **KUBE_OPTIONS,
+            **summarized(KUBE_OPTIONS, f"apply {ref.describe()}"),
         )
 
-    async def register_undo(self, ref: KubeObjectRef, inp: PhaseInput) -> None:
+    async def register_undo(self, ref: KubeObjectRef, inp: InfraSetupInput) -> None:
         """Snapshot the object as it is, then record how to return to that, before applying."""
         self.state.step += 1
         self.state.activity = f"applying {ref.describe()}"
         snapshot = await workflow.execute_activity_method(
             KubeActivities.snapshot_object,
             SnapshotObjectRequest(ref=ref, launch_id=inp.launch_id),
-            summary=f"snapshot {ref.describe()}",
-            **KUBE_OPTIONS,
+            **summarized(KUBE_OPTIONS, f"snapshot {ref.describe()}"),
         )
         verb = "put back" if snapshot.existed else "delete"
         await self.compensations.register(
-            KubeActivities.restore_object,
+            RESTORE_OBJECT,
             RestoreObjectRequest(snapshot=snapshot, launch_id=inp.launch_id),
             f"{verb} {ref.describe()}",
         )

@@ -16,9 +16,8 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.postgres import LONG_POSTGRES_OPTIONS, POSTGRES_OPTIONS, PostgresActivities
     from activities.routing import ROUTING_OPTIONS, RouterActivities
-    from schemas.gate_spec import GateSpec
-    from schemas.launch_messages import PhaseInput, PhaseState
-    from schemas.migration_cutover_spec import MigrationCutoverPhase
+    from schemas.gate_spec import GateSpec, gate_id
+    from schemas.launch_messages import MigrationCutoverInput, PhaseState
     from schemas.migration_messages import (
         BackupRequest,
         MigrateRequest,
@@ -31,6 +30,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.routing_messages import ExposureRequest, RestoreRequest, SnapshotRequest
     from workflows.analysis import run_analysis, summarize
+    from workflows.compensation import (
+        CHECK_WRITES_SINCE_CUTOVER,
+        RESTORE_DATABASE,
+        RESTORE_EXPOSURE,
+        SWITCH_BACK_SQL,
+    )
     from workflows.phase import PhaseWorkflow
 
 # A restore of a large database outlives the launch's default two minutes for an undo.
@@ -42,7 +47,7 @@ STEPS = ("preflight", "backup", "migrate", "verify", "cutover", "watch")
 @workflow.defn(name="MigrationCutover")
 class MigrationCutoverWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: PhaseInput) -> PhaseState:
+    async def run(self, inp: MigrationCutoverInput) -> PhaseState:
         self.state.steps = len(STEPS)
         return await self.run_phase(inp, lambda: self._migrate_and_cut_over(inp))
 
@@ -52,8 +57,8 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         self.state.activity = activity
         await self.report()
 
-    async def _migrate_and_cut_over(self, inp: PhaseInput) -> None:
-        spec: MigrationCutoverPhase = inp.phase
+    async def _migrate_and_cut_over(self, inp: MigrationCutoverInput) -> None:
+        spec = inp.phase
         where = MigrationTarget(
             launch_id=inp.launch_id,
             phase=spec.name,
@@ -83,7 +88,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         )
         self.state.activity = f"backup {backup.path} (sha256 {backup.sha256[:12]}) verified"
         await self.compensations.register(
-            PostgresActivities.restore_database,
+            RESTORE_DATABASE,
             RestoreDatabaseRequest(where=where, backup=backup, scripts=preflight.scripts),
             f"bring database {backup.database} back to its backup {backup.path} "
             f"(sha256 {backup.sha256[:12]}): down scripts where they exist, else the backup",
@@ -114,7 +119,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         if cutover.gate is not None:
             self.state.activity = f"verified ({counts or 'no tables checked'}); waiting to cut over"
             await self.require(
-                f"{spec.name}.cutover",
+                gate_id(spec.name, "cutover"),
                 cutover.gate,
                 f"{spec.name}: migration verified ({counts or 'no tables checked'}, "
                 f"{len(verified.invariants)} invariant(s) hold). Cut traffic over?",
@@ -122,7 +127,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
             )
         await self._step("cutover", "switching traffic to the migrated data")
         await self.compensations.register(
-            PostgresActivities.check_writes_since_cutover,
+            CHECK_WRITES_SINCE_CUTOVER,
             WritesGuardRequest(where=where, backup_dir=spec.backup_dir, at_cutover=verified.tables),
             "refuse to drop rows written to "
             f"{', '.join(t.target_table for t in verified.tables) or 'the migrated tables'} "
@@ -135,7 +140,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
                 **ROUTING_OPTIONS,
             )
             await self.compensations.register(
-                RouterActivities.restore_exposure,
+                RESTORE_EXPOSURE,
                 RestoreRequest(router=cutover.flag, snapshot=snapshot),
                 f"switch flag {cutover.flag.flag_key} back as it was before {spec.name}",
             )
@@ -148,7 +153,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         if cutover.sql is not None:
             switch = SqlSwitchRequest(where=where, switch=cutover.sql)
             await self.compensations.register(
-                PostgresActivities.switch_back_sql,
+                SWITCH_BACK_SQL,
                 switch,
                 "run the cutover's backward SQL switch",
             )
@@ -171,7 +176,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
             if verdict == "inconclusive":
                 self.state.activity = "analysis after cutover inconclusive: waiting for a person"
                 await self.require(
-                    f"{spec.name}.watch.analysis",
+                    gate_id(spec.name, "watch", "analysis"),
                     GateSpec(),
                     f"Analysis after the cutover of {spec.name} was inconclusive "
                     f"({summarize(results)}). Approve to keep the migration, reject to roll back.",

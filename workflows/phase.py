@@ -14,9 +14,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.decision_messages import RelayedDecision
-    from schemas.gate_spec import GateSpec
-    from schemas.launch_messages import Decision, PhaseInput, PhaseState, PhaseStatusValue
+    from schemas.decision_messages import Decision
+    from schemas.gate_spec import GateSpec, gate_id
+    from schemas.launch_messages import PhaseInput, PhaseState, PhaseStatusValue
     from workflows.compensation import CompensationLog
     from workflows.gates import GateKeeper
     from workflows.visibility import describe_gate, percent
@@ -53,7 +53,7 @@ class PhaseWorkflow:
         description="Internal: a validated gate decision relayed by the launch workflow. "
         "People send `approve` / `reject` to the launch workflow instead.",
     )
-    def relay_decision(self, decision: RelayedDecision) -> None:
+    def relay_decision(self, decision: Decision) -> None:
         self.gates.receive(decision)
 
     @workflow.query(
@@ -111,7 +111,7 @@ class PhaseWorkflow:
 
     async def require(
         self,
-        gate_id: str,
+        gate: str,
         spec: GateSpec,
         question: str,
         inp: PhaseInput,
@@ -123,7 +123,7 @@ class PhaseWorkflow:
         With `needs_reason` the launch refuses a decision whose comment is empty.
         """
         decision = await self.gates.decide(
-            gate_id, inp.plan.gate(spec), question, needs_reason=needs_reason
+            gate, inp.plan.gate(spec), question, needs_reason=needs_reason
         )
         if decision.outcome != "approved":
             raise GateRejected(decision)
@@ -133,13 +133,13 @@ class PhaseWorkflow:
         phase = inp.phase
         self._launch_id = inp.launch_id
         self.state.name, self.state.kind = phase.name, phase.kind
-        self.state.steps = len(getattr(phase, "steps", []))
+        self.state.steps = phase.step_count()
         self.state.status = PhaseStatusValue.RUNNING
         await self.report()
         try:
             if phase.gates.before is not None:
                 await self.require(
-                    f"{phase.name}.before",
+                    gate_id(phase.name, "before"),
                     phase.gates.before,
                     f"Start {phase.name} of {inp.plan.service} {inp.plan.version}?",
                     inp,
@@ -147,7 +147,7 @@ class PhaseWorkflow:
             await body()
             if phase.gates.after is not None:
                 await self.require(
-                    f"{phase.name}.after",
+                    gate_id(phase.name, "after"),
                     phase.gates.after,
                     f"{phase.name} is done; go on to the next phase?",
                     inp,

@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.metrics import METRICS_OPTIONS, MetricsActivities
     from activities.probes import PROBE_OPTIONS, ProbeActivities, burst_options, finding
     from schemas.analysis_spec import MetricSpec
-    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.launch_messages import PhaseState, SecurityValidationInput
     from schemas.metrics_messages import MetricQuery, MetricReading
     from schemas.probe_messages import (
         AuthorizationProbe,
@@ -38,11 +38,11 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="SecurityValidation")
 class SecurityValidationWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: PhaseInput) -> PhaseState:
+    async def run(self, inp: SecurityValidationInput) -> PhaseState:
         return await self.run_phase(inp, lambda: self._validate(inp))
 
-    async def _validate(self, inp: PhaseInput) -> None:
-        spec: SecurityValidationPhase = inp.phase
+    async def _validate(self, inp: SecurityValidationInput) -> None:
+        spec = inp.phase
         state = self.state
         state.steps = len(spec.checks())
 
@@ -141,7 +141,7 @@ class SecurityValidationWorkflow(PhaseWorkflow):
         return probes
 
     async def _audit(
-        self, inp: PhaseInput, spec: SecurityValidationPhase, check: AuditCheck
+        self, inp: SecurityValidationInput, spec: SecurityValidationPhase, check: AuditCheck
     ) -> CheckReport:
         """Read the audit query, call the endpoint once, and wait for the query to go up."""
         assert inp.plan.targets.prometheus is not None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
-from schemas.launch_messages import OpenGate
+with workflow.unsafe.imports_passed_through():
+    from schemas.launch_messages import LaunchStatus, OpenGate
 
 SERVICE = SearchAttributeKey.for_keyword("PhasegateService")
 PHASE = SearchAttributeKey.for_keyword("PhasegatePhase")
@@ -38,3 +40,31 @@ def describe_gate(gate: OpenGate, launch_id: str) -> str:
         f"CLI: `phasegate approve {launch_id} {gate.gate} --as NAME"
         f"{' -m REASON' if gate.needs_reason else ''}`"
     )
+
+
+class LaunchView:
+    """Keeps a launch's search attributes and the UI's current details in step with its state."""
+
+    def __init__(self) -> None:
+        self._indexed: tuple[str, str, str] | None = None
+
+    def show(self, snapshot: LaunchStatus) -> None:
+        indexed = (snapshot.service, snapshot.phase or "starting", snapshot.status.value)
+        if indexed != self._indexed:
+            # Only on change: every upsert is an event and a visibility write.
+            self._indexed = indexed
+            workflow.upsert_search_attributes(
+                [
+                    SERVICE.value_set(indexed[0]),
+                    PHASE.value_set(indexed[1]),
+                    STATUS.value_set(indexed[2]),
+                ]
+            )
+        headline = f"{snapshot.service} {snapshot.version}: {snapshot.status.value}"
+        if snapshot.phase:
+            headline += f" in {snapshot.phase} (step {snapshot.step}, {percent(snapshot.exposure)})"
+        if snapshot.reason:
+            headline += f"\nReason: {snapshot.reason}"
+        if snapshot.waiting_for:
+            headline += "\n" + snapshot.waiting_for
+        workflow.set_current_details(headline)
