@@ -10,28 +10,17 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from temporalio import activity, workflow
+from temporalio import activity
 from temporalio.client import Client
-from temporalio.common import RetryPolicy
 
-from activities.errors import ConfigurationError
+from activities.options import activity_options
 from activities.secrets import resolve_secret
 from schemas.health_messages import AlertBatch, AlertState, LedgerDelivery, LedgerInput
 
-ALERT_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=15),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=8),
-        maximum_attempts=4,
-        non_retryable_error_types=[ConfigurationError.__name__],
-    ),
+ALERT_OPTIONS = activity_options(
+    timedelta(seconds=15), attempts=4, longest_retry=timedelta(seconds=8)
 )
-LEDGER_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5),
-)
+LEDGER_OPTIONS = activity_options(timedelta(seconds=30), attempts=5)
 ALERT_NAME = "PhasegateHealthCheck"
 LEDGER_WORKFLOW = "HealthAlertLedger"
 RECORD_SIGNAL = "record"
@@ -88,7 +77,7 @@ class AlertActivities:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    @activity.defn
+    @activity.defn(name="send_alerts")
     async def send_alerts(self, batch: AlertBatch) -> int:
         receiver = batch.receiver
         headers = {
@@ -109,7 +98,7 @@ class AlertLedgerActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    @activity.defn
+    @activity.defn(name="record_in_ledger")
     async def record_in_ledger(self, request: LedgerDelivery) -> None:
         # Signal-with-start: atomic, and a second delivery of the same run is ignored by the
         # ledger (it remembers recent run ids), so a retry converges.

@@ -13,9 +13,9 @@ from datetime import timedelta
 
 from prometheus_api_client import PrometheusConnect
 from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
 from urllib3.util.retry import Retry
 
+from activities.options import activity_options
 from activities.secrets import resolve_secret
 from schemas.analysis_spec import VARIANT_PLACEHOLDER
 from schemas.metrics_messages import (
@@ -26,22 +26,15 @@ from schemas.metrics_messages import (
 )
 from schemas.targets import PrometheusTarget
 
-METRICS_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=20),
-    retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=200)),
+METRICS_OPTIONS = activity_options(
+    timedelta(seconds=20), attempts=2, first_retry=timedelta(milliseconds=200)
 )
 
 
 def targets_options(timeout: timedelta) -> workflow.ActivityConfig:
     """`check_targets_up` raises until every job is up; the retry policy polls, within `timeout`."""
-    return workflow.ActivityConfig(
-        start_to_close_timeout=timedelta(seconds=20),
-        schedule_to_close_timeout=timeout,
-        retry_policy=RetryPolicy(
-            initial_interval=timedelta(seconds=1),
-            backoff_coefficient=1.5,
-            maximum_interval=timedelta(seconds=5),
-        ),
+    return activity_options(
+        timedelta(seconds=20), backoff=1.5, longest_retry=timedelta(seconds=5), deadline=timeout
     )
 
 
@@ -95,7 +88,7 @@ class MetricsActivities:
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
 
-    @activity.defn
+    @activity.defn(name="query_metric")
     def query_metric(self, request: MetricQuery) -> MetricReading:
         client = self._client(request.prometheus)
         canary_query = render_query(request.spec.query, request.canary_variant)
@@ -111,7 +104,7 @@ class MetricsActivities:
             return MetricReading(error=f"{type(err).__name__}: {err}"[:500], query=canary_query)
         return MetricReading(value=value, baseline=baseline, query=canary_query)
 
-    @activity.defn
+    @activity.defn(name="check_targets_up")
     def check_targets_up(self, request: TargetsUpRequest) -> TargetsUp:
         """How many targets of each job Prometheus scrapes successfully; raises while a job
         has none up (Prometheus unreachable included), so the retry policy polls."""

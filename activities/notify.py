@@ -9,24 +9,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
+from temporalio import activity
 
 from activities.errors import ConfigurationError
+from activities.options import activity_options
 from activities.secrets import resolve_secret
 from schemas.notify_messages import Notification, NotificationResult
 
-NOTIFY_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
-)
+NOTIFY_OPTIONS = activity_options(timedelta(seconds=30), attempts=3)
 
 
 class NotifyActivities:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    @activity.defn
+    @activity.defn(name="send_notification")
     async def send_notification(self, note: Notification) -> NotificationResult:
         result = NotificationResult()
         body = {

@@ -26,10 +26,10 @@ from typing import Any, Literal, LiteralString
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
+from temporalio import activity
 
-from activities.errors import NON_RETRYABLE, ConfigurationError, MigrationError, WritesAfterCutover
+from activities.errors import ConfigurationError, MigrationError, WritesAfterCutover
+from activities.options import activity_options
 from activities.secrets import resolve_secret
 from schemas.basics import SecretRef
 from schemas.migration_messages import (
@@ -56,29 +56,19 @@ from schemas.migration_messages import (
 )
 
 # Quick checks: a few retries for a database that is restarting, then the launch hears of it.
-POSTGRES_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(minutes=10),
-    heartbeat_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=30),
-        maximum_attempts=5,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
+POSTGRES_OPTIONS = activity_options(
+    timedelta(minutes=10),
+    attempts=5,
+    longest_retry=timedelta(seconds=30),
+    heartbeat=timedelta(seconds=30),
 )
 # Backup, migrate and restore can run for hours; a dead worker is noticed by its missing
 # heartbeat within seconds and the activity resumes on another one from the ledger.
-LONG_POSTGRES_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(hours=6),
-    heartbeat_timeout=timedelta(seconds=10),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=30),
-        maximum_attempts=20,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
+LONG_POSTGRES_OPTIONS = activity_options(
+    timedelta(hours=6),
+    attempts=20,
+    longest_retry=timedelta(seconds=30),
+    heartbeat=timedelta(seconds=10),
 )
 HEARTBEAT_S = 2.0
 NO_TRANSACTION_MARK = "-- phasegate: no-transaction"
@@ -219,7 +209,7 @@ class PostgresActivities:
 
     # --- preflight --------------------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="preflight_migration")
     def preflight_migration(self, request: PreflightRequest) -> PreflightReport:
         where = request.where
         scripts = discover_scripts(where.migrations)
@@ -308,7 +298,7 @@ class PostgresActivities:
 
     # --- backup -----------------------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="backup_database")
     def backup_database(self, request: BackupRequest) -> BackupRecord:
         """pg_dump -Fc of the target in the same snapshot as its fingerprint; verified."""
         where = request.where
@@ -375,7 +365,7 @@ class PostgresActivities:
 
     # --- migrate ----------------------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="apply_migrations")
     def apply_migrations(self, request: MigrateRequest) -> MigrateResult:
         """Apply each script once, in order, recorded in the ledger; skip what it records."""
         where = request.where
@@ -456,7 +446,7 @@ class PostgresActivities:
 
     # --- verify -----------------------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="verify_migration")
     def verify_migration(self, request: VerifyRequest) -> VerificationReport:
         """Counts and checksums source vs target, then the invariants; a mismatch fails."""
         where = request.where
@@ -520,7 +510,7 @@ class PostgresActivities:
 
     # --- cutover by SQL ---------------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="cut_over_sql")
     def cut_over_sql(self, request: SqlSwitchRequest) -> SqlSwitchResult:
         """Run the forward switch once: it and its ledger row commit together."""
         where = request.where
@@ -529,10 +519,7 @@ class PostgresActivities:
             with conn.transaction():
                 if CUTOVER_VERSION in self._ledger_rows(conn, where.ledger_table):
                     return SqlSwitchResult(changed=False)
-                try:
-                    conn.execute(request.switch.forward.encode())
-                except psycopg.Error as err:
-                    raise MigrationError(f"cutover SQL failed: {_describe(err)}") from None
+                _run_switch(conn, request.switch.forward, "cutover SQL failed")
                 conn.execute(
                     sql.SQL(
                         "INSERT INTO {} (version, name, sha256, status, launch_id, finished_at) "
@@ -546,17 +533,14 @@ class PostgresActivities:
                 )
         return SqlSwitchResult(changed=True)
 
-    @activity.defn
+    @activity.defn(name="switch_back_sql")
     def switch_back_sql(self, request: SqlSwitchRequest) -> SqlSwitchResult:
         """Run the backward switch if (and only if) the forward one is recorded."""
         where = request.where
         with self._connect(where.target, "target database") as conn, conn.transaction():
             if CUTOVER_VERSION not in self._ledger_rows(conn, where.ledger_table):
                 return SqlSwitchResult(changed=False)
-            try:
-                conn.execute(request.switch.backward.encode())
-            except psycopg.Error as err:
-                raise MigrationError(f"switching back failed: {_describe(err)}") from None
+            _run_switch(conn, request.switch.backward, "switching back failed")
             conn.execute(
                 sql.SQL("DELETE FROM {} WHERE version = %s").format(
                     _identifier(where.ledger_table)
@@ -567,7 +551,7 @@ class PostgresActivities:
 
     # --- writes after cutover -----------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="check_writes_since_cutover")
     def check_writes_since_cutover(self, request: WritesGuardRequest) -> WritesGuardResult:
         """Refuse to go on with the restore while migrated tables hold rows written after
         cutover: they are saved to a dump next to the backup and the counts named, and a
@@ -617,7 +601,7 @@ class PostgresActivities:
 
     # --- restore ----------------------------------------------------------------------
 
-    @activity.defn
+    @activity.defn(name="restore_database")
     def restore_database(self, request: RestoreDatabaseRequest) -> RestoreReport:
         """Back to the fingerprint of the backup: by down scripts when every applied script
         has one, else from the verified backup; then the counts and checksums must match."""
@@ -802,6 +786,14 @@ def _fingerprint(conn: psycopg.Connection[Any], ledger: str) -> DatabaseFingerpr
         rows, checksum = _table_checksum(conn, f"{namespace}.{name}", [])
         result.tables[f"{namespace}.{name}"] = TableFingerprint(rows=rows, checksum=checksum)
     return result
+
+
+def _run_switch(conn: psycopg.Connection[Any], text: str, failure: str) -> None:
+    """Run one side of a plan's SQL switch; a database error is the migration's failure."""
+    try:
+        conn.execute(text.encode())
+    except psycopg.Error as err:
+        raise MigrationError(f"{failure}: {_describe(err)}") from None
 
 
 def _describe(err: psycopg.Error) -> str:

@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from cryptography import x509
 from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
 
-from activities.errors import NON_RETRYABLE, ConfigurationError
+from activities.errors import ConfigurationError
+from activities.options import activity_options
 from activities.secrets import resolve_secret
 from schemas.basics import SecretRef
 from schemas.health_messages import HttpProbe, HttpProbeResult
@@ -41,22 +41,12 @@ from schemas.probe_messages import (
 )
 from schemas.security_validation_spec import RateLimitCheck, SecurityCheck, TlsCheck
 
-PROBE_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(minutes=2),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        maximum_attempts=3,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
-)
+PROBE_OPTIONS = activity_options(timedelta(minutes=2), attempts=3)
 
 
 def burst_options(check: RateLimitCheck) -> workflow.ActivityConfig:
     """A burst runs for at most `max_duration`; a retry would start a second burst, so none."""
-    return workflow.ActivityConfig(
-        start_to_close_timeout=check.max_duration + timedelta(seconds=30),
-        retry_policy=RetryPolicy(maximum_attempts=1),
-    )
+    return activity_options(check.max_duration + timedelta(seconds=30), attempts=1)
 
 
 REQUEST_TIMEOUT = 10.0
@@ -321,7 +311,7 @@ class ProbeActivities:
             return None, f"{type(err).__name__}: {err}"
         return response.status_code, ""
 
-    @activity.defn
+    @activity.defn(name="probe_http")
     async def probe_http(self, probe: HttpProbe) -> HttpProbeResult:
         """One request: the status, how long it took and the certificate's expiry. A refused
         connection or a timeout is reported in the result: the health check judges it."""
@@ -357,11 +347,11 @@ class ProbeActivities:
             tls_expires_at=expires_at,
         )
 
-    @activity.defn
+    @activity.defn(name="check_tls")
     async def check_tls(self, probe: TlsProbe) -> CheckReport:
         return CheckReport(findings=await probe_tls(probe.check, probe.ca_file))
 
-    @activity.defn
+    @activity.defn(name="check_headers")
     async def check_headers(self, probe: HeaderProbe) -> CheckReport:
         check = probe.check
         target = check.url
@@ -433,7 +423,7 @@ class ProbeActivities:
             )
         return CheckReport(findings=findings)
 
-    @activity.defn
+    @activity.defn(name="check_authentication")
     async def check_authentication(self, probe: AuthProbe) -> CheckReport:
         check = probe.check
         token = _secret(check.token, f"authentication.{check.id}.token")
@@ -471,7 +461,7 @@ class ProbeActivities:
         )
         return CheckReport(findings=findings)
 
-    @activity.defn
+    @activity.defn(name="check_rate_limit")
     async def check_rate_limit(self, probe: RateLimitProbe) -> CheckReport:
         """Send at most `limit + margin + 1` requests within `max_duration`, one at a time."""
         check = probe.check
@@ -510,7 +500,7 @@ class ProbeActivities:
             findings=[finding(check, "limited", target, limited_at is not None, evidence)]
         )
 
-    @activity.defn
+    @activity.defn(name="send_request")
     async def send_request(self, request: ProbeRequest) -> ProbeResponse:
         token = _secret(request.token, f"{request.where}.token")
         headers = _authorization("Bearer", token) if token else {}

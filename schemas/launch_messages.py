@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 from pydantic import Field
 
@@ -14,12 +14,13 @@ from schemas.full_launch_spec import FullLaunchPhase
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.phase_spec import PhaseSpec
-from schemas.plan import LaunchPlan, Phase
+from schemas.plan import LaunchPlan
 from schemas.probe_messages import Finding
 from schemas.security_validation_spec import SecurityValidationPhase
 from schemas.soft_launch_spec import SoftLaunchPhase
 
-P = TypeVar("P", bound=PhaseSpec)
+# Covariant: a soft launch's input is a phase input, as its phase is a phase.
+P = TypeVar("P", bound=PhaseSpec, covariant=True)
 
 
 class LaunchInput(Message):
@@ -27,64 +28,28 @@ class LaunchInput(Message):
     plan: LaunchPlan
 
 
-class PhaseInput(Message):
-    """What the launch gives a phase workflow: the whole plan, and which of its phases to run."""
+class PhaseInput(Message, Generic[P]):
+    """What the launch gives a phase workflow: the whole plan, and which of its phases to run.
+    `PhaseInput[SoftLaunchPhase]` is what the soft launch takes; its `phase` is of that kind."""
 
     launch_id: str
     plan: LaunchPlan
     phase_index: int
 
     @property
-    def phase(self) -> Phase:
-        return self.plan.phases[self.phase_index]
-
-    def _phase_of(self, kind: type[P]) -> P:
+    def phase(self) -> P:
         phase = self.plan.phases[self.phase_index]
-        if not isinstance(phase, kind):
-            raise TypeError(
-                f"phases[{self.phase_index}] is a {phase.kind} phase, not {kind.__name__}"
-            )
-        return phase
+        kind = self.__pydantic_generic_metadata__["args"]
+        if kind and not isinstance(phase, kind[0]):
+            raise TypeError(f"phases[{self.phase_index}] is a {phase.kind} phase, not {kind[0].__name__}")
+        return cast(P, phase)
 
 
-class InfraSetupInput(PhaseInput):
-    @property
-    def phase(self) -> InfraSetupPhase:
-        return self._phase_of(InfraSetupPhase)
-
-
-class SecurityValidationInput(PhaseInput):
-    @property
-    def phase(self) -> SecurityValidationPhase:
-        return self._phase_of(SecurityValidationPhase)
-
-
-class SoftLaunchInput(PhaseInput):
-    @property
-    def phase(self) -> SoftLaunchPhase:
-        return self._phase_of(SoftLaunchPhase)
-
-
-class FullLaunchInput(PhaseInput):
-    @property
-    def phase(self) -> FullLaunchPhase:
-        return self._phase_of(FullLaunchPhase)
-
-
-class MigrationCutoverInput(PhaseInput):
-    @property
-    def phase(self) -> MigrationCutoverPhase:
-        return self._phase_of(MigrationCutoverPhase)
-
-
-# The input each phase kind's workflow takes.
-PHASE_INPUTS: dict[str, type[PhaseInput]] = {
-    "infra_setup": InfraSetupInput,
-    "security_validation": SecurityValidationInput,
-    "soft_launch": SoftLaunchInput,
-    "full_launch": FullLaunchInput,
-    "migration_cutover": MigrationCutoverInput,
-}
+InfraSetupInput = PhaseInput[InfraSetupPhase]
+SecurityValidationInput = PhaseInput[SecurityValidationPhase]
+SoftLaunchInput = PhaseInput[SoftLaunchPhase]
+FullLaunchInput = PhaseInput[FullLaunchPhase]
+MigrationCutoverInput = PhaseInput[MigrationCutoverPhase]
 
 
 class LaunchStatusValue(StrEnum):

@@ -8,6 +8,7 @@ from schemas.gate_spec import PhaseGates, gate_id
 
 
 class PhaseSpec(StrictModel):
+    kind: str  # each kind narrows it to its own name, which tells the plan's phases apart
     name: Name
     gates: PhaseGates = PhaseGates()
 

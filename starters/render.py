@@ -133,14 +133,11 @@ def exposure_bar(exposure: float | None) -> RenderableType:
 
 
 def render_phases(phases: Sequence[PhaseState]) -> Table:
-    table = Table(title="Phases", title_justify="left", expand=False)
-    table.add_column("#", justify="right")
-    table.add_column("phase")
-    table.add_column("kind")
-    table.add_column("status")
-    table.add_column("step", justify="right")
-    table.add_column("exposure", justify="right")
-    table.add_column("now")
+    table = _table(
+        "Phases",
+        columns=["#", "phase", "kind", "status", "step", "exposure", "now"],
+        right=["#", "step", "exposure"],
+    )
     for number, phase in enumerate(phases, start=1):
         table.add_row(
             str(number),
@@ -155,13 +152,11 @@ def render_phases(phases: Sequence[PhaseState]) -> Table:
 
 
 def render_analysis(results: Sequence[MetricResult]) -> Table:
-    table = Table(title="Analysis", title_justify="left")
-    table.add_column("phase / step")
-    table.add_column("metric")
-    table.add_column("verdict")
-    table.add_column("last", justify="right")
-    table.add_column("baseline", justify="right")
-    table.add_column("ok/fail/inconcl./err", justify="right")
+    table = _table(
+        "Analysis",
+        columns=["phase / step", "metric", "verdict", "last", "baseline", "ok/fail/inconcl./err"],
+        right=["last", "baseline", "ok/fail/inconcl./err"],
+    )
     for result in results:
         last = result.last
         table.add_row(
@@ -177,12 +172,9 @@ def render_analysis(results: Sequence[MetricResult]) -> Table:
 
 def render_findings(findings: Sequence[Finding]) -> Table:
     """The security report: every finding, failures first, with its evidence and any waiver."""
-    table = Table(title="Security findings", title_justify="left")
-    table.add_column("finding")
-    table.add_column("target")
-    table.add_column("severity")
-    table.add_column("result")
-    table.add_column("evidence")
+    table = _table(
+        "Security findings", columns=["finding", "target", "severity", "result", "evidence"]
+    )
     for finding in sorted(findings, key=lambda f: (f.passed, f.severity != "critical")):
         if finding.passed:
             result = styled("passed")
@@ -201,12 +193,7 @@ def render_findings(findings: Sequence[Finding]) -> Table:
 
 
 def render_decisions(decisions: Sequence[Decision]) -> Table:
-    table = Table(title="Decisions", title_justify="left")
-    table.add_column("gate")
-    table.add_column("outcome")
-    table.add_column("by")
-    table.add_column("when")
-    table.add_column("comment")
+    table = _table("Decisions", columns=["gate", "outcome", "by", "when", "comment"])
     for decision in decisions:
         table.add_row(
             Text(decision.gate),
@@ -219,10 +206,7 @@ def render_decisions(decisions: Sequence[Decision]) -> Table:
 
 
 def render_refused(entries: Sequence[AuditEntry]) -> Table:
-    table = Table(title="Refused signals and updates", title_justify="left")
-    table.add_column("when")
-    table.add_column("handler")
-    table.add_column("why")
+    table = _table("Refused signals and updates", columns=["when", "handler", "why"])
     for entry in entries:
         table.add_row(_when(entry.at), Text(entry.handler), Text(entry.note, style="red"))
     return table
@@ -236,12 +220,9 @@ def render_compensations(
         if completed
         else "Compensations (undo; a rollback runs the newest first)"
     )
-    table = Table(title=title, title_justify="left")
-    table.add_column("id")
-    table.add_column("description")
-    table.add_column("status")
-    table.add_column("attempts", justify="right")
-    table.add_column("note")
+    table = _table(
+        title, columns=["id", "description", "status", "attempts", "note"], right=["attempts"]
+    )
     for record in records:
         table.add_row(
             Text(record.id),
@@ -256,13 +237,9 @@ def render_compensations(
 def render_listing(listings: Sequence[LaunchListing]) -> RenderableType:
     if not listings:
         return Text("no launches found", style="dim")
-    table = Table(title="Launches", title_justify="left")
-    table.add_column("launch id")
-    table.add_column("service")
-    table.add_column("status")
-    table.add_column("phase")
-    table.add_column("started")
-    table.add_column("closed")
+    table = _table(
+        "Launches", columns=["launch id", "service", "status", "phase", "started", "closed"]
+    )
     for listing in listings:
         table.add_row(
             Text(listing.launch_id),
@@ -289,3 +266,13 @@ def _when(moment: datetime | None) -> str:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def _table(
+    title: str, *, columns: Sequence[str], right: Sequence[str] = (), expand: bool = False
+) -> Table:
+    """A titled table with these column headings; numbers in the `right` columns line up."""
+    table = Table(title=title, title_justify="left", expand=expand)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table

@@ -17,6 +17,7 @@ from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.alerts import ALERT_OPTIONS, LEDGER_WORKFLOW, RECORD_SIGNAL, AlertActivities
+    from activities.options import summarized
     from schemas.health_messages import (
         AlertBatch,
         AlertDelivery,
@@ -27,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
         LedgerInput,
     )
     from schemas.health_profile import AlertReceiver
-    from workflows.activity_options import summarized
     from workflows.phase import failure_reason
 
 OUTCOME_SIGNAL = "alert_outcome"

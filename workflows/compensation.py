@@ -15,10 +15,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.kube import KubeActivities
+    from activities.options import activity_options
     from activities.postgres import PostgresActivities
     from activities.routing import RouterActivities
     from schemas.kube_messages import RestoreObjectRequest
@@ -34,14 +34,8 @@ R = TypeVar("R", bound=BaseModel)
 
 # An undo is retried with backoff; if it still fails, a person is alerted and asked to
 # retry or skip it explicitly. It is never dropped silently.
-COMPENSATION_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(minutes=2),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=30),
-        maximum_attempts=5,
-    ),
+COMPENSATION_OPTIONS = activity_options(
+    timedelta(minutes=2), attempts=5, longest_retry=timedelta(seconds=30)
 )
 
 

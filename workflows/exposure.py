@@ -7,11 +7,10 @@ phase found it, restored exactly on rollback (exposure back to 0 for a first lau
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.routing import ROUTING_OPTIONS, RouterActivities
-    from schemas.gate_spec import GateSpec, gate_id
+    from schemas.gate_spec import gate_id
     from schemas.launch_messages import FullLaunchInput, SoftLaunchInput
     from schemas.routing_messages import (
         ExposureRequest,
@@ -20,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
         SnapshotRequest,
     )
     from schemas.targets import describe_router
-    from workflows.analysis import run_analysis, summarize
     from workflows.compensation import RESTORE_EXPOSURE
     from workflows.phase import PhaseWorkflow
 
@@ -60,22 +58,13 @@ async def run_exposure_steps(
         if step.analysis:
             state.activity = f"analysing {', '.join(step.analysis)} at {step.weight:g}%"
             await phase.report()
-            verdict, results = await run_analysis(plan, state, number, step.analysis, phase.report)
-            if verdict == "failed":
-                raise ApplicationError(
-                    f"analysis failed at {spec.name} step {number} ({step.weight:g}%): {summarize(results)}",
-                    type="AnalysisFailed",
-                    non_retryable=True,
-                )
-            if verdict == "inconclusive":
-                state.activity = "analysis inconclusive: waiting for a person"
-                await phase.require(
-                    gate_id(spec.name, number, "analysis"),
-                    GateSpec(),
-                    f"Analysis at {step.weight:g}% was inconclusive ({summarize(results)}). "
-                    "Approve to go on at this exposure, reject to roll back.",
-                    inp,
-                )
+            await phase.analyse(
+                inp,
+                step.analysis,
+                where=f"at {spec.name} step {number} ({step.weight:g}%)",
+                gate=gate_id(spec.name, number, "analysis"),
+                go_on="go on at this exposure",
+            )
 
         if step.approval is not None:
             state.activity = f"waiting for approval at {step.weight:g}%"

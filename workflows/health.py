@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
     from activities.kube import KUBE_HEALTH_OPTIONS, KubeActivities
     from activities.metrics import METRICS_OPTIONS, MetricsActivities
+    from activities.options import summarized
     from activities.probes import PROBE_OPTIONS, ProbeActivities
     from schemas.analysis_spec import MetricSpec
     from schemas.health_messages import (
@@ -40,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
     from schemas.metrics_messages import MetricQuery, MetricReading
-    from workflows.activity_options import summarized
     from workflows.alert_ledger import OUTCOME_SIGNAL
 
 # How long a run waits for its ledger's answer: alert retries with backoff fit well inside.

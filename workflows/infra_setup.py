@@ -10,6 +10,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.kube import KUBE_OPTIONS, KubeActivities, rollout_options
     from activities.metrics import MetricsActivities, targets_options
+    from activities.options import summarized
     from schemas.kube_messages import (
         ApplyObjectRequest,
         ApplySecretRequest,
@@ -23,7 +24,6 @@ with workflow.unsafe.imports_passed_through():
     from schemas.metrics_messages import (
         TargetsUpRequest,
     )
-    from workflows.activity_options import summarized
     from workflows.compensation import RESTORE_OBJECT
     from workflows.phase import PhaseWorkflow
 

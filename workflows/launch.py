@@ -24,13 +24,13 @@ with workflow.unsafe.imports_passed_through():
         DecisionVerb,
     )
     from schemas.launch_messages import (
-        PHASE_INPUTS,
         CompensationRecord,
         LaunchInput,
         LaunchResult,
         LaunchStatus,
         LaunchStatusValue,
         OpenGate,
+        PhaseInput,
         PhaseState,
         PhaseStatusValue,
     )
@@ -116,7 +116,7 @@ class LaunchWorkflow:
         phase = inp.plan.phases[index]
         self._child = await workflow.start_child_workflow(
             PHASE_WORKFLOWS[phase.kind],
-            PHASE_INPUTS[phase.kind](launch_id=inp.launch_id, plan=inp.plan, phase_index=index),
+            PhaseInput(launch_id=inp.launch_id, plan=inp.plan, phase_index=index),
             id=f"{inp.launch_id}.{phase.name}",
             result_type=PhaseState,
             static_summary=f"{phase.kind} {phase.name} of {inp.plan.service} {inp.plan.version}",

@@ -11,12 +11,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.postgres import LONG_POSTGRES_OPTIONS, POSTGRES_OPTIONS, PostgresActivities
     from activities.routing import ROUTING_OPTIONS, RouterActivities
-    from schemas.gate_spec import GateSpec, gate_id
+    from schemas.gate_spec import gate_id
     from schemas.launch_messages import MigrationCutoverInput, PhaseState
     from schemas.migration_messages import (
         BackupRequest,
@@ -29,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
         WritesGuardRequest,
     )
     from schemas.routing_messages import ExposureRequest, RestoreRequest, SnapshotRequest
-    from workflows.analysis import run_analysis, summarize
     from workflows.compensation import (
         CHECK_WRITES_SINCE_CUTOVER,
         RESTORE_DATABASE,
@@ -164,22 +162,11 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
 
         if spec.watch is not None:
             await self._step("watch", f"watching {', '.join(spec.watch.analysis)} after cutover")
-            verdict, results = await run_analysis(
-                inp.plan, self.state, self.state.step, spec.watch.analysis, self.report
+            await self.analyse(
+                inp,
+                spec.watch.analysis,
+                where=f"after the cutover of {spec.name}",
+                gate=gate_id(spec.name, "watch", "analysis"),
+                go_on="keep the migration",
             )
-            if verdict == "failed":
-                raise ApplicationError(
-                    f"analysis failed after the cutover of {spec.name}: {summarize(results)}",
-                    type="AnalysisFailed",
-                    non_retryable=True,
-                )
-            if verdict == "inconclusive":
-                self.state.activity = "analysis after cutover inconclusive: waiting for a person"
-                await self.require(
-                    gate_id(spec.name, "watch", "analysis"),
-                    GateSpec(),
-                    f"Analysis after the cutover of {spec.name} was inconclusive "
-                    f"({summarize(results)}). Approve to keep the migration, reject to roll back.",
-                    inp,
-                )
         self.state.activity = f"migrated and cut over ({counts or 'no tables checked'})"

@@ -17,6 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from schemas.decision_messages import Decision
     from schemas.gate_spec import GateSpec, gate_id
     from schemas.launch_messages import PhaseInput, PhaseState, PhaseStatusValue
+    from schemas.phase_spec import PhaseSpec
+    from workflows.analysis import run_analysis, summarize
     from workflows.compensation import CompensationLog
     from workflows.gates import GateKeeper
     from workflows.visibility import describe_gate, percent
@@ -114,7 +116,7 @@ class PhaseWorkflow:
         gate: str,
         spec: GateSpec,
         question: str,
-        inp: PhaseInput,
+        inp: PhaseInput[PhaseSpec],
         *,
         needs_reason: bool = False,
     ) -> Decision:
@@ -129,7 +131,33 @@ class PhaseWorkflow:
             raise GateRejected(decision)
         return decision
 
-    async def run_phase(self, inp: PhaseInput, body: Callable[[], Awaitable[None]]) -> PhaseState:
+    async def analyse(
+        self, inp: PhaseInput[PhaseSpec], names: list[str], *, where: str, gate: str, go_on: str
+    ) -> None:
+        """Run the named analyses for the current step: a failure fails the phase (the launch
+        rolls back without asking); an inconclusive result asks a person at `gate`."""
+        verdict, results = await run_analysis(
+            inp.plan, self.state, self.state.step, names, self.report
+        )
+        if verdict == "failed":
+            raise ApplicationError(
+                f"analysis failed {where}: {summarize(results)}",
+                type="AnalysisFailed",
+                non_retryable=True,
+            )
+        if verdict == "inconclusive":
+            self.state.activity = f"analysis {where} inconclusive: waiting for a person"
+            await self.require(
+                gate,
+                GateSpec(),
+                f"Analysis {where} was inconclusive ({summarize(results)}). "
+                f"Approve to {go_on}, reject to roll back.",
+                inp,
+            )
+
+    async def run_phase(
+        self, inp: PhaseInput[PhaseSpec], body: Callable[[], Awaitable[None]]
+    ) -> PhaseState:
         phase = inp.phase
         self._launch_id = inp.launch_id
         self.state.name, self.state.kind = phase.name, phase.kind
@@ -137,21 +165,16 @@ class PhaseWorkflow:
         self.state.status = PhaseStatusValue.RUNNING
         await self.report()
         try:
-            if phase.gates.before is not None:
-                await self.require(
-                    gate_id(phase.name, "before"),
-                    phase.gates.before,
-                    f"Start {phase.name} of {inp.plan.service} {inp.plan.version}?",
-                    inp,
-                )
+            await self._phase_gate(
+                inp,
+                "before",
+                phase.gates.before,
+                f"Start {phase.name} of {inp.plan.service} {inp.plan.version}?",
+            )
             await body()
-            if phase.gates.after is not None:
-                await self.require(
-                    gate_id(phase.name, "after"),
-                    phase.gates.after,
-                    f"{phase.name} is done; go on to the next phase?",
-                    inp,
-                )
+            await self._phase_gate(
+                inp, "after", phase.gates.after, f"{phase.name} is done; go on to the next phase?"
+            )
         except asyncio.CancelledError:
             self.state.status = PhaseStatusValue.CANCELLED
             self.state.reason = "cancelled by the launch (abort)"
@@ -170,6 +193,13 @@ class PhaseWorkflow:
         self.state.activity = "done"
         await self._close()
         return self.state
+
+    async def _phase_gate(
+        self, inp: PhaseInput[PhaseSpec], where: str, spec: GateSpec | None, question: str
+    ) -> None:
+        """The phase's own gate before or after its work, where the plan asks for one."""
+        if spec is not None:
+            await self.require(gate_id(inp.phase.name, where), spec, question, inp)
 
     async def _close(self) -> None:
         """The phase is over: its result (or failure details) carries the final state to the

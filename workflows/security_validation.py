@@ -9,15 +9,19 @@ Nothing here changes the service, so there is nothing to undo.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityConfig
 
 with workflow.unsafe.imports_passed_through():
-    from activities.kube_checks import KUBE_CHECK_OPTIONS, KubeCheckActivities
+    from activities.kube_checks import KUBE_CHECK_OPTIONS
     from activities.metrics import METRICS_OPTIONS, MetricsActivities
+    from activities.options import summarized
     from activities.probes import PROBE_OPTIONS, ProbeActivities, burst_options, finding
     from schemas.analysis_spec import MetricSpec
+    from schemas.basics import Message
     from schemas.launch_messages import PhaseState, SecurityValidationInput
     from schemas.metrics_messages import MetricQuery, MetricReading
     from schemas.probe_messages import (
@@ -30,8 +34,11 @@ with workflow.unsafe.imports_passed_through():
         RateLimitProbe,
         TlsProbe,
     )
-    from schemas.security_validation_spec import AuditCheck, SecurityValidationPhase
-    from workflows.activity_options import summarized
+    from schemas.security_validation_spec import (
+        AuditCheck,
+        SecurityCheck,
+        SecurityValidationPhase,
+    )
     from workflows.phase import PhaseWorkflow
 
 
@@ -96,49 +103,44 @@ class SecurityValidationWorkflow(PhaseWorkflow):
             await self.report()
 
     def _probes(self, spec: SecurityValidationPhase) -> list[asyncio.Future[CheckReport]]:
-        ca = spec.ca_file
-        probes: list[asyncio.Future[CheckReport]] = []
-        for tls in spec.tls:
-            probes.append(
-                workflow.start_activity_method(
-                    ProbeActivities.check_tls,
-                    TlsProbe(check=tls, ca_file=ca),
-                    **summarized(PROBE_OPTIONS, f"TLS {tls.id}"),
-                )
+        """Every probe but audits and bursts, started at once, each check by the activity of
+        its kind: (kind, the plan's checks, activity, its request, its options)."""
+        kinds: list[tuple[str, Sequence[SecurityCheck], str, type[Message], ActivityConfig]] = [
+            ("TLS", spec.tls, "check_tls", TlsProbe, PROBE_OPTIONS),
+            ("headers", spec.headers, "check_headers", HeaderProbe, PROBE_OPTIONS),
+            (
+                "authentication",
+                spec.authentication,
+                "check_authentication",
+                AuthProbe,
+                PROBE_OPTIONS,
+            ),
+            (
+                "authorization",
+                spec.authorization,
+                "check_authorization",
+                AuthorizationProbe,
+                KUBE_CHECK_OPTIONS,
+            ),
+            (
+                "secret hygiene",
+                spec.secret_hygiene,
+                "check_secret_hygiene",
+                HygieneProbe,
+                KUBE_CHECK_OPTIONS,
+            ),
+        ]
+        return [
+            workflow.start_activity(
+                activity,
+                # Kubernetes checks take no trust bundle: a message ignores fields it lacks.
+                request.model_validate({"check": check, "ca_file": spec.ca_file}),
+                result_type=CheckReport,
+                **summarized(options, f"{kind} {check.id}"),
             )
-        for page in spec.headers:
-            probes.append(
-                workflow.start_activity_method(
-                    ProbeActivities.check_headers,
-                    HeaderProbe(check=page, ca_file=ca),
-                    **summarized(PROBE_OPTIONS, f"headers {page.id}"),
-                )
-            )
-        for auth in spec.authentication:
-            probes.append(
-                workflow.start_activity_method(
-                    ProbeActivities.check_authentication,
-                    AuthProbe(check=auth, ca_file=ca),
-                    **summarized(PROBE_OPTIONS, f"authentication {auth.id}"),
-                )
-            )
-        for access in spec.authorization:
-            probes.append(
-                workflow.start_activity_method(
-                    KubeCheckActivities.check_authorization,
-                    AuthorizationProbe(check=access),
-                    **summarized(KUBE_CHECK_OPTIONS, f"authorization {access.id}"),
-                )
-            )
-        for hygiene in spec.secret_hygiene:
-            probes.append(
-                workflow.start_activity_method(
-                    KubeCheckActivities.check_secret_hygiene,
-                    HygieneProbe(check=hygiene),
-                    **summarized(KUBE_CHECK_OPTIONS, f"secret hygiene {hygiene.id}"),
-                )
-            )
-        return probes
+            for kind, checks, activity, request, options in kinds
+            for check in checks
+        ]
 
     async def _audit(
         self, inp: SecurityValidationInput, spec: SecurityValidationPhase, check: AuditCheck

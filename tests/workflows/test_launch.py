@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
+from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
+from schemas.launch_messages import CompensationRecord
 from schemas.metrics_messages import MetricReading
 from tests.support.fakes import FakeWorld, gate_open, running_launch, status, wait_for
 from tests.support.plans import exposure_only, make_plan
@@ -409,3 +414,72 @@ async def test_notifications_follow_the_launch(time_skipping_env: WorkflowEnviro
         await handle.result()
     events = [e for n, e in world.calls if n == "send_notification"]
     assert events == ["launch_started", "gate_opened", "completed"]
+
+
+async def test_a_signal_cannot_carry_the_opposite_decision(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = FakeWorld()
+    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
+        await gate_open(time_skipping_env, handle, "soft-launch.before")
+        await handle.signal(LaunchWorkflow.approve, {**APPROVE, "decision": "reject"})
+        refused = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 1)
+        assert not refused.audit[0].accepted
+        assert (
+            refused.audit[0].note == "decision: the `approve` signal cannot carry decision 'reject'"
+        )
+        assert refused.open_gate is not None
+        await handle.signal(LaunchWorkflow.approve, {**APPROVE, "decision": "approve"})
+        moved = await gate_open(time_skipping_env, handle, "soft-launch.step-2")
+        assert [d.outcome for d in moved.decisions] == ["approved"]
+        await handle.signal(LaunchWorkflow.abort, {"reason": "done testing", "by": "carol"})
+        result = await handle.result()
+    assert result.status == "rolled_back"
+
+
+class WorldWithAnotherActivity(FakeWorld):
+    """The fakes, plus an activity no undo is: a rollback must never run it."""
+
+    def activities(self) -> list[Callable[..., Any]]:
+        world = self
+
+        @activity.defn(name="delete_everything")
+        async def delete_everything(request: dict[str, Any]) -> None:
+            world.calls.append(("delete_everything", request))
+
+        return [*super().activities(), delete_everything]
+
+
+async def test_rollback_never_runs_an_undo_outside_the_registry(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = WorldWithAnotherActivity()
+    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
+        current = await gate_open(time_skipping_env, handle, "soft-launch.before")
+        # A report for the phase that has not started, carrying a record of an unknown undo.
+        forged = current.phases[1].model_copy(deep=True)
+        forged.compensations.append(
+            CompensationRecord(
+                id="full-launch.1",
+                phase="full-launch",
+                activity="delete_everything",
+                input={"everything": True},
+                description="looks harmless",
+            )
+        )
+        await handle.signal("phase_progress", forged)
+        await wait_for(time_skipping_env, handle, lambda s: len(s.compensations) == 1)
+        await handle.signal(LaunchWorkflow.reject, {**APPROVE, "comment": "no"})
+        stuck = await wait_for(time_skipping_env, handle, lambda s: s.status == "needs_attention")
+        assert stuck.compensations[0].status == "failed"
+        assert (
+            stuck.compensations[0].error == "no undo is named 'delete_everything'; it is never run"
+        )
+        await handle.signal(
+            LaunchWorkflow.skip_compensation,
+            {"compensation": "full-launch.1", "by": "bob", "comment": "not ours"},
+        )
+        result = await handle.result()
+    assert result.status == "rolled_back"
+    assert result.final.compensations[0].status == "skipped"
+    assert "delete_everything" not in world.names()

@@ -12,7 +12,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.probes import finding
-from schemas.decision_messages import DecisionRequest
+from schemas.decision_messages import Decision, DecisionRequest
 from schemas.metrics_messages import MetricReading
 from schemas.plan import LaunchPlan
 from schemas.probe_messages import (
@@ -203,8 +203,9 @@ async def test_a_warning_opens_a_waiver_gate_that_needs_a_reason(
 
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
-                LaunchWorkflow.decide,
+                "decide",
                 DecisionRequest(gate=WAIVER, approver="carol", decision="approve"),
+                result_type=Decision,
             )
         assert "needs a comment giving the reason" in str(refused.value.cause)
         await handle.signal(LaunchWorkflow.approve, {"gate": WAIVER, "approver": "alice"})
