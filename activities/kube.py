@@ -22,12 +22,20 @@ from typing import Any, Literal
 
 import urllib3
 import yaml
-from kubernetes import client, config, dynamic
+from kubernetes import client
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
 from activities.errors import NON_RETRYABLE, ConfigurationError, KubeRejected
+from activities.kube_client import (
+    ConfigException,
+    DynamicResources,
+    KubeResource,
+    api_client_from_environment,
+    api_client_from_kubeconfig,
+    metadata_of,
+)
 from activities.secrets import resolve_secret
 from schemas.kube_messages import (
     AppliedObject,
@@ -119,7 +127,7 @@ class KubeConnection:
     def __init__(self, kubeconfig: str | None = None, api: client.ApiClient | None = None) -> None:
         self._kubeconfig = kubeconfig
         self._api = api
-        self._dynamic: dynamic.DynamicClient | None = None
+        self._dynamic: DynamicResources | None = None
         self._lock = threading.Lock()
 
     def api(self) -> client.ApiClient:
@@ -127,30 +135,26 @@ class KubeConnection:
             if self._api is None:
                 try:
                     if self._kubeconfig:
-                        self._api = config.new_client_from_config(config_file=self._kubeconfig)
+                        self._api = api_client_from_kubeconfig(self._kubeconfig)
                     else:
-                        try:
-                            config.load_incluster_config()
-                        except config.ConfigException:
-                            config.load_kube_config()
-                        self._api = client.ApiClient()
-                except (config.ConfigException, OSError) as err:
+                        self._api = api_client_from_environment()
+                except (ConfigException, OSError) as err:
                     raise ConfigurationError(
                         f"no Kubernetes cluster configured for the worker ({err}): set "
                         "PHASEGATE_KUBECONFIG or KUBECONFIG"
                     ) from None
             return self._api
 
-    def dynamic(self) -> dynamic.DynamicClient:
+    def dynamic(self) -> DynamicResources:
         api = self.api()
         with self._lock:
             if self._dynamic is None:
-                self._dynamic = dynamic.DynamicClient(api)
+                self._dynamic = DynamicResources(api)
             return self._dynamic
 
-    def resource(self, api_version: str, kind: str) -> Any:
+    def resource(self, api_version: str, kind: str) -> KubeResource:
         try:
-            return self.dynamic().resources.get(api_version=api_version, kind=kind)
+            return self.dynamic().find(api_version, kind)
         except ResourceNotFoundError:
             raise KubeRejected(
                 f"the API server has no kind {kind!r} in {api_version!r}: fix the manifest "
@@ -447,20 +451,13 @@ class KubeActivities:
                 found = resource.get(name=ref.name, namespace=ref.namespace)
             except NotFoundError:
                 return None
-        result: dict[str, Any] = found.to_dict()
-        return result
+        return found
 
     def _apply(self, ref: KubeObjectRef, body: dict[str, Any]) -> AppliedObject:
         resource = self._kube.resource(ref.api_version, ref.kind)
         before = self._get(ref)
         with api_errors(f"applying {ref.describe()}"):
-            after = resource.server_side_apply(
-                body=body,
-                name=ref.name,
-                namespace=ref.namespace,
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True,
-            ).to_dict()
+            after = resource.server_side_apply(body, ref.name, ref.namespace, FIELD_MANAGER)
         changed = before is None or (
             before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion")
         )
@@ -490,11 +487,7 @@ class KubeActivities:
             return False
         with api_errors(f"deleting {ref.describe()}"):
             try:
-                resource.delete(
-                    name=ref.name,
-                    namespace=ref.namespace,
-                    body={"propagationPolicy": "Background"},
-                )
+                resource.delete(ref.name, ref.namespace, body={"propagationPolicy": "Background"})
             except NotFoundError:
                 return False
         deadline = time.monotonic() + 45
@@ -518,15 +511,18 @@ class KubeActivities:
         return f"phasegate-backup-{digest}"
 
 
-def rollout_state(deployment: Any) -> tuple[bool, str]:
-    """(done, what is happening), the way `kubectl rollout status` decides."""
-    spec, status = deployment.spec, deployment.status
+def rollout_state(deployment: client.V1Deployment) -> tuple[bool, str]:
+    """(done, what is happening), the way `kubectl rollout status` decides. A Deployment
+    without a status yet is one the controller has not seen."""
+    spec = deployment.spec
+    status = deployment.status or client.V1DeploymentStatus()
+    metadata = metadata_of(deployment)
     wanted = spec.replicas if spec.replicas is not None else 1
-    generation = deployment.metadata.generation or 0
+    generation = metadata.generation or 0
     for condition in status.conditions or []:
         if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
             raise KubeRejected(
-                f"Deployment {deployment.metadata.namespace}/{deployment.metadata.name} "
+                f"Deployment {metadata.namespace}/{metadata.name} "
                 f"exceeded its progress deadline: {condition.message}"
             )
     if (status.observed_generation or 0) < generation:

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from kubernetes import client
+from kubernetes.dynamic.exceptions import NotFoundError
 
 from activities.errors import ConfigurationError, RouterError
 from activities.kube import (
@@ -27,6 +28,7 @@ from activities.kube import (
     restorable,
     rollout_state,
 )
+from activities.kube_client import KubeResource, metadata_of, to_dict
 from schemas.routing_messages import RouterSnapshot
 from schemas.targets import IngressCanaryRouter, ReplicaCanaryRouter
 
@@ -66,18 +68,16 @@ class ReplicaWeightRouter:
                 "first (e.g. in an infra_setup phase) or fix targets.router.stable"
             )
         canary = self._read(spec, spec.canary_name)
-        annotations = stable.metadata.annotations or {}
+        annotations = metadata_of(stable).annotations or {}
         return RouterSnapshot(
             kind=spec.kind,
             existed=canary is not None,
             definition={
                 "stable_replicas": _total(stable),
                 "stable_revision": annotations.get(REVISION),
-                "stable_template": self._api().sanitize_for_serialization(stable.spec.template),
+                "stable_template": to_dict(stable.spec.template),
                 "stable_annotations": {k: v for k, v in annotations.items() if k != REVISION},
-                "canary": restorable(self._api().sanitize_for_serialization(canary))
-                if canary is not None
-                else None,
+                "canary": restorable(to_dict(canary)) if canary is not None else None,
             },
         )
 
@@ -99,10 +99,11 @@ class ReplicaWeightRouter:
         stable = self._require_stable(spec)
         total = _total(stable)
         containers = [{"name": name, "image": image} for name, image in spec.images.items()]
-        images = {c.name: c.image for c in stable.spec.template.spec.containers}
+        images = {c.name: c.image for c in _containers(stable)}
         changed = False
         if any(images.get(name) != image for name, image in spec.images.items()) or (
-            stable.spec.replicas != total or TOTAL_REPLICAS in (stable.metadata.annotations or {})
+            stable.spec.replicas != total
+            or TOTAL_REPLICAS in (metadata_of(stable).annotations or {})
         ):
             with api_errors(f"promoting Deployment {spec.namespace}/{spec.stable}"):
                 self._apps().patch_namespaced_deployment(
@@ -137,14 +138,16 @@ class ReplicaWeightRouter:
 
     # --- the stable Deployment -------------------------------------------------------------
 
-    def _undo_stable(self, spec: ReplicaCanaryRouter, stable: Any, before: dict[str, Any]) -> bool:
+    def _undo_stable(
+        self, spec: ReplicaCanaryRouter, stable: client.V1Deployment, before: dict[str, Any]
+    ) -> bool:
         """Put the stable Deployment back on its earlier revision, like `kubectl rollout undo
         --to-revision`: the pod template from that revision's ReplicaSet, and its replicas."""
         template = self._revision_template(spec, stable, before.get("stable_revision"))
         if template is None:
             template = before["stable_template"]
-        current = self._api().sanitize_for_serialization(stable.spec.template)
-        annotations = stable.metadata.annotations or {}
+        current = to_dict(stable.spec.template)
+        annotations = metadata_of(stable).annotations or {}
         wanted_annotations = dict(before.get("stable_annotations") or {})
         if (
             current == template
@@ -165,28 +168,32 @@ class ReplicaWeightRouter:
         return True
 
     def _revision_template(
-        self, spec: ReplicaCanaryRouter, stable: Any, revision: str | None
+        self, spec: ReplicaCanaryRouter, stable: client.V1Deployment, revision: str | None
     ) -> dict[str, Any] | None:
+        """The pod template of the stable Deployment's ReplicaSet at `revision`, if it is kept."""
         if revision is None:
             return None
         with api_errors(f"listing ReplicaSets in {spec.namespace}"):
             sets = self._apps().list_namespaced_replica_set(spec.namespace).items
+        uid = metadata_of(stable).uid
         for replica_set in sets:
-            owners = replica_set.metadata.owner_references or []
-            if not any(o.uid == stable.metadata.uid for o in owners):
+            metadata = metadata_of(replica_set)
+            if not any(o.uid == uid for o in metadata.owner_references or []):
                 continue
-            if (replica_set.metadata.annotations or {}).get(REVISION) != revision:
+            if (metadata.annotations or {}).get(REVISION) != revision:
                 continue
-            template: dict[str, Any] = self._api().sanitize_for_serialization(
-                replica_set.spec.template
-            )
+            if replica_set.spec.template is None:
+                continue
+            template = to_dict(replica_set.spec.template)
             labels = template.get("metadata", {}).get("labels", {})
             labels.pop("pod-template-hash", None)
             return template
         return None
 
-    def _scale_stable(self, spec: ReplicaCanaryRouter, stable: Any, count: int, total: int) -> bool:
-        annotations = stable.metadata.annotations or {}
+    def _scale_stable(
+        self, spec: ReplicaCanaryRouter, stable: client.V1Deployment, count: int, total: int
+    ) -> bool:
+        annotations = metadata_of(stable).annotations or {}
         if stable.spec.replicas == count and annotations.get(TOTAL_REPLICAS) == str(total):
             return False
         with api_errors(f"scaling Deployment {spec.namespace}/{spec.stable}"):
@@ -203,9 +210,9 @@ class ReplicaWeightRouter:
     # --- the canary Deployment -------------------------------------------------------------
 
     def _apply_canary(
-        self, spec: ReplicaCanaryRouter, stable: Any, replicas: int, launch_id: str
+        self, spec: ReplicaCanaryRouter, stable: client.V1Deployment, replicas: int, launch_id: str
     ) -> bool:
-        template = copy.deepcopy(self._api().sanitize_for_serialization(stable.spec.template))
+        template = copy.deepcopy(to_dict(stable.spec.template))
         labels = template.setdefault("metadata", {}).setdefault("labels", {})
         labels[VARIANT_LABEL] = spec.canary_variant
         template["metadata"].pop("annotations", None)
@@ -240,13 +247,12 @@ class ReplicaWeightRouter:
             return False
         with api_errors(f"applying canary Deployment {spec.namespace}/{spec.canary_name}"):
             after = resource.server_side_apply(
-                body=body,
-                name=spec.canary_name,
-                namespace=spec.namespace,
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True,
+                body, spec.canary_name, spec.namespace, FIELD_MANAGER
             )
-        return before is None or before.metadata.resource_version != after.metadata.resourceVersion
+        return (
+            before is None
+            or metadata_of(before).resource_version != after["metadata"]["resourceVersion"]
+        )
 
     def _delete_canary(self, spec: ReplicaCanaryRouter) -> bool:
         if self._read(spec, spec.canary_name) is None:
@@ -270,10 +276,9 @@ class ReplicaWeightRouter:
             if current is None:
                 resource.create(body=body, namespace=spec.namespace)
                 return True
-            serialized = self._api().sanitize_for_serialization(current)
-            if restorable(serialized) == previous:
+            if restorable(to_dict(current)) == previous:
                 return False
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            body["metadata"]["resourceVersion"] = metadata_of(current).resource_version
             resource.replace(body=body, name=spec.canary_name, namespace=spec.namespace)
         return True
 
@@ -288,9 +293,11 @@ class ReplicaWeightRouter:
                 if wanted:
                     problems.append(f"{name} is missing")
                 continue
-            status = deployment.status
+            status = deployment.status or client.V1DeploymentStatus()
             ready, total = status.ready_replicas or 0, status.replicas or 0
-            observed = (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
+            observed = (status.observed_generation or 0) >= (
+                metadata_of(deployment).generation or 0
+            )
             if not observed or ready != wanted or total != wanted:
                 problems.append(f"{name}: {ready} ready / {total} pods, want {wanted}")
         if problems:
@@ -306,13 +313,13 @@ class ReplicaWeightRouter:
             )
         return True
 
-    def _require_stable(self, spec: ReplicaCanaryRouter) -> Any:
+    def _require_stable(self, spec: ReplicaCanaryRouter) -> client.V1Deployment:
         stable = self._read(spec, spec.stable)
         if stable is None:
             raise RouterError(f"stable Deployment {spec.namespace}/{spec.stable} does not exist")
         return stable
 
-    def _read(self, spec: ReplicaCanaryRouter, name: str) -> Any:
+    def _read(self, spec: ReplicaCanaryRouter, name: str) -> client.V1Deployment | None:
         with api_errors(f"reading Deployment {spec.namespace}/{name}"):
             try:
                 return self._apps().read_namespaced_deployment(name, spec.namespace)
@@ -323,9 +330,6 @@ class ReplicaWeightRouter:
 
     def _apps(self) -> client.AppsV1Api:
         return self._kube.apps()
-
-    def _api(self) -> client.ApiClient:
-        return self._kube.api()
 
 
 class NginxCanaryRouter:
@@ -400,14 +404,10 @@ class NginxCanaryRouter:
         before = self._read(spec, spec.canary_name)
         with api_errors(f"applying canary Ingress {spec.namespace}/{spec.canary_name}"):
             after = self._resource().server_side_apply(
-                body=body,
-                name=spec.canary_name,
-                namespace=spec.namespace,
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True,
+                body, spec.canary_name, spec.namespace, FIELD_MANAGER
             )
         return before is None or (
-            before["metadata"]["resourceVersion"] != after.metadata.resourceVersion
+            before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]
         )
 
     def _put(self, spec: IngressCanaryRouter, name: str, previous: dict[str, Any]) -> bool:
@@ -426,8 +426,6 @@ class NginxCanaryRouter:
     def _delete(self, spec: IngressCanaryRouter, name: str) -> bool:
         if self._read(spec, name) is None:
             return False
-        from kubernetes.dynamic.exceptions import NotFoundError
-
         with api_errors(f"deleting Ingress {spec.namespace}/{name}"):
             try:
                 self._resource().delete(name=name, namespace=spec.namespace)
@@ -436,18 +434,13 @@ class NginxCanaryRouter:
         return True
 
     def _read(self, spec: IngressCanaryRouter, name: str) -> dict[str, Any] | None:
-        from kubernetes.dynamic.exceptions import NotFoundError
-
         with api_errors(f"reading Ingress {spec.namespace}/{name}"):
             try:
-                found: dict[str, Any] = (
-                    self._resource().get(name=name, namespace=spec.namespace).to_dict()
-                )
+                return self._resource().get(name=name, namespace=spec.namespace)
             except NotFoundError:
                 return None
-        return found
 
-    def _resource(self) -> Any:
+    def _resource(self) -> KubeResource:
         return self._kube.resource("networking.k8s.io/v1", "Ingress")
 
 
@@ -466,12 +459,18 @@ def _retarget(ingress_spec: dict[str, Any], service: str) -> dict[str, Any]:
     return result
 
 
-def _total(stable: Any) -> int:
+def _total(stable: client.V1Deployment) -> int:
     """The stable Deployment's replicas before any canary split (kept in an annotation)."""
-    annotations = stable.metadata.annotations or {}
+    annotations = metadata_of(stable).annotations or {}
     if TOTAL_REPLICAS in annotations:
         return int(annotations[TOTAL_REPLICAS])
     return int(stable.spec.replicas if stable.spec.replicas is not None else 1)
+
+
+def _containers(deployment: client.V1Deployment) -> list[client.V1Container]:
+    """The containers of a Deployment's pod template; none when the template has no spec."""
+    pod = deployment.spec.template.spec
+    return pod.containers if pod is not None else []
 
 
 def _pointer(key: str) -> str:

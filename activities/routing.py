@@ -1,14 +1,16 @@
 """The traffic-router interface and the activities that move exposure through it.
 
-A router owns one way of sending a share of users to the new version (a flagd flag today;
-Kubernetes replica weights and ingress canary weights plug in beside it). The activities
-dispatch on the plan's `router.kind`, so workflows never know which router is in use.
+A router owns one way of sending a share of users to the new version: a flagd flag,
+Kubernetes replica weights, or nginx ingress canary weights. Each router takes its own kind of
+plan section; the activities dispatch on the plan's `router.kind`, so workflows never know
+which router is in use.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import Generic, Protocol, TypeAlias, TypedDict, TypeVar, assert_never
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -22,6 +24,7 @@ from schemas.routing_messages import (
     RouterSnapshot,
     SnapshotRequest,
 )
+from schemas.targets import FlagdRouter, IngressCanaryRouter, ReplicaCanaryRouter
 from schemas.targets import TrafficRouter as RouterSpec
 
 ROUTING_OPTIONS = workflow.ActivityConfig(
@@ -36,52 +39,100 @@ ROUTING_OPTIONS = workflow.ActivityConfig(
 )
 
 
-class TrafficRouter(Protocol):
-    """What every router does. Each method is idempotent: calling it twice changes nothing more."""
+SpecT_contra = TypeVar("SpecT_contra", contravariant=True)
+SpecT = TypeVar("SpecT", FlagdRouter, ReplicaCanaryRouter, IngressCanaryRouter)
 
-    def snapshot(self, spec: RouterSpec) -> RouterSnapshot: ...
 
-    def set_weight(self, spec: RouterSpec, weight: float, launch_id: str) -> bool: ...
+class TrafficRouter(Protocol[SpecT_contra]):
+    """What every router does, for the plan section it takes (`TrafficRouter[FlagdRouter]`).
+    Each method is idempotent: calling it twice changes nothing more."""
 
-    def restore(self, spec: RouterSpec, snapshot: RouterSnapshot) -> bool: ...
+    def snapshot(self, spec: SpecT_contra) -> RouterSnapshot: ...
 
-    def promote(self, spec: RouterSpec, launch_id: str) -> bool: ...
+    def set_weight(self, spec: SpecT_contra, weight: float, launch_id: str) -> bool: ...
+
+    def restore(self, spec: SpecT_contra, snapshot: RouterSnapshot) -> bool: ...
+
+    def promote(self, spec: SpecT_contra, launch_id: str) -> bool: ...
+
+
+class Routers(TypedDict, total=False):
+    """The routers a worker serves, keyed by the plan's `router.kind`."""
+
+    flagd: TrafficRouter[FlagdRouter]
+    kube_replicas: TrafficRouter[ReplicaCanaryRouter]
+    nginx_ingress: TrafficRouter[IngressCanaryRouter]
+
+
+@dataclass(frozen=True)
+class _BoundRouter(Generic[SpecT]):
+    """A router together with the plan section it acts on."""
+
+    router: TrafficRouter[SpecT]
+    spec: SpecT
+
+    def snapshot(self) -> RouterSnapshot:
+        return self.router.snapshot(self.spec)
+
+    def set_weight(self, weight: float, launch_id: str) -> bool:
+        return self.router.set_weight(self.spec, weight, launch_id)
+
+    def restore(self, snapshot: RouterSnapshot) -> bool:
+        return self.router.restore(self.spec, snapshot)
+
+    def promote(self, launch_id: str) -> bool:
+        return self.router.promote(self.spec, launch_id)
+
+
+_AnyBoundRouter: TypeAlias = (
+    _BoundRouter[FlagdRouter]
+    | _BoundRouter[ReplicaCanaryRouter]
+    | _BoundRouter[IngressCanaryRouter]
+)
 
 
 class RouterActivities:
-    """Exposure activities; `routers` maps a plan's `router.kind` to its implementation."""
+    """Exposure activities; `routers` holds the implementation of each `router.kind` served."""
 
-    def __init__(self, routers: dict[str, TrafficRouter]) -> None:
+    def __init__(self, routers: Routers) -> None:
         self._routers = routers
 
-    def _router(self, spec: RouterSpec) -> TrafficRouter:
-        try:
-            return self._routers[spec.kind]
-        except KeyError:
+    def _router(self, spec: RouterSpec) -> _AnyBoundRouter:
+        match spec:
+            case FlagdRouter():
+                return self._bind(self._routers.get("flagd"), spec)
+            case ReplicaCanaryRouter():
+                return self._bind(self._routers.get("kube_replicas"), spec)
+            case IngressCanaryRouter():
+                return self._bind(self._routers.get("nginx_ingress"), spec)
+            case _:
+                assert_never(spec)
+
+    def _bind(self, router: TrafficRouter[SpecT] | None, spec: SpecT) -> _BoundRouter[SpecT]:
+        if router is None:
             raise ConfigurationError(
                 f"router kind {spec.kind!r} is not served by this worker "
                 f"(it serves: {', '.join(sorted(self._routers))})"
-            ) from None
+            )
+        return _BoundRouter(router, spec)
 
     @activity.defn
     def snapshot_exposure(self, request: SnapshotRequest) -> RouterSnapshot:
-        return self._router(request.router).snapshot(request.router)
+        return self._router(request.router).snapshot()
 
     @activity.defn
     def set_exposure(self, request: ExposureRequest) -> ExposureState:
-        changed = self._router(request.router).set_weight(
-            request.router, request.weight, request.launch_id
-        )
+        changed = self._router(request.router).set_weight(request.weight, request.launch_id)
         activity.logger.info("exposure %.3g%% (changed=%s)", request.weight, changed)
         return ExposureState(weight=request.weight, changed=changed)
 
     @activity.defn
     def restore_exposure(self, request: RestoreRequest) -> ExposureState:
-        changed = self._router(request.router).restore(request.router, request.snapshot)
+        changed = self._router(request.router).restore(request.snapshot)
         activity.logger.info("exposure restored to its earlier definition (changed=%s)", changed)
         return ExposureState(weight=0.0, changed=changed)
 
     @activity.defn
     def promote_exposure(self, request: PromoteRequest) -> ExposureState:
-        changed = self._router(request.router).promote(request.router, request.launch_id)
+        changed = self._router(request.router).promote(request.launch_id)
         return ExposureState(weight=100.0, changed=changed)

@@ -9,10 +9,19 @@ from pathlib import Path
 import pytest
 from openfeature.contrib.tools.flagd.core import FlagdCore
 from openfeature.evaluation_context import EvaluationContext
+from temporalio.testing import ActivityEnvironment
 
 from activities.errors import ConfigurationError, RouterError
 from activities.flags import FlagdFileRouter, canary_weight
-from schemas.targets import FlagdRouter
+from activities.routing import RouterActivities
+from schemas.routing_messages import (
+    ExposureRequest,
+    ExposureState,
+    PromoteRequest,
+    RestoreRequest,
+    SnapshotRequest,
+)
+from schemas.targets import FlagdRouter, ReplicaCanaryRouter
 
 USERS = [f"user-{n}" for n in range(4000)]
 
@@ -120,3 +129,34 @@ def test_concurrent_writers_never_leave_a_torn_file(spec: FlagdRouter, tmp_path:
     flags = json.loads(Path(spec.flag_file).read_text())["flags"]
     assert set(flags) == {"checkout-v2", "search-v3"}
     assert not list(tmp_path.glob(".flags.json.*.tmp"))
+
+
+def test_exposure_activities_reach_the_router_of_the_plans_kind(spec: FlagdRouter) -> None:
+    env = ActivityEnvironment()
+    exposure = RouterActivities({"flagd": FlagdFileRouter()})
+    snapshot = env.run(exposure.snapshot_exposure, SnapshotRequest(router=spec))
+    assert (snapshot.kind, snapshot.existed) == ("flagd", False)
+
+    set_to = env.run(exposure.set_exposure, ExposureRequest(router=spec, weight=25, launch_id="l"))
+    assert set_to == ExposureState(weight=25, changed=True)
+    assert 0.22 < share(variants(spec)) < 0.28
+    promoted = env.run(exposure.promote_exposure, PromoteRequest(router=spec, launch_id="l"))
+    assert promoted == ExposureState(weight=100, changed=True)
+    assert share(variants(spec)) == 1.0
+    restored = env.run(exposure.restore_exposure, RestoreRequest(router=spec, snapshot=snapshot))
+    assert restored == ExposureState(weight=0, changed=True)
+    assert share(variants(spec)) == 0.0
+
+
+def test_a_router_kind_the_worker_does_not_serve_is_a_configuration_error(
+    spec: FlagdRouter,
+) -> None:
+    exposure = RouterActivities({"flagd": FlagdFileRouter()})
+    replicas = ReplicaCanaryRouter(
+        kind="kube_replicas", namespace="shop", stable="web", images={"web": "web:2"}
+    )
+    with pytest.raises(
+        ConfigurationError,
+        match=r"router kind 'kube_replicas' is not served by this worker \(it serves: flagd\)",
+    ):
+        ActivityEnvironment().run(exposure.snapshot_exposure, SnapshotRequest(router=replicas))

@@ -16,6 +16,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.errors import KubeRejected
 from activities.kube import KubeActivities, KubeConnection, RolloutPending
+from activities.kube_client import metadata_of
 from schemas.infra_setup_spec import SecretSpec
 from schemas.kube_messages import (
     ApplyObjectRequest,
@@ -27,6 +28,7 @@ from schemas.kube_messages import (
     RolloutRequest,
     SnapshotObjectRequest,
 )
+from tests.support.kube import image_of, name_of
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -84,27 +86,29 @@ def cluster_state(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     """What a launch may change, as comparable data: namespaces and this namespace's objects."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     namespaces = sorted(
-        n.metadata.name for n in core.list_namespace().items if n.status.phase == "Active"
+        name_of(n)
+        for n in core.list_namespace().items
+        if n.status is not None and n.status.phase == "Active"
     )
     if namespace not in namespaces:
         return {"namespaces": namespaces}
     return {
         "namespaces": namespaces,
         "configmaps": {
-            c.metadata.name: (c.data, c.metadata.labels)
+            name_of(c): (c.data, metadata_of(c).labels)
             for c in core.list_namespaced_config_map(namespace).items
             # Published into every namespace by the controller-manager, whenever it gets to it.
-            if c.metadata.name != "kube-root-ca.crt"
+            if name_of(c) != "kube-root-ca.crt"
         },
         "secrets": {
-            s.metadata.name: (s.data, s.metadata.labels)
+            name_of(s): (s.data, metadata_of(s).labels)
             for s in core.list_namespaced_secret(namespace).items
         },
         "deployments": {
-            d.metadata.name: (d.spec.replicas, d.spec.template.spec.containers[0].image)
+            name_of(d): (d.spec.replicas, image_of(d))
             for d in apps.list_namespaced_deployment(namespace).items
         },
-        "services": sorted(s.metadata.name for s in core.list_namespaced_service(namespace).items),
+        "services": sorted(name_of(s) for s in core.list_namespaced_service(namespace).items),
     }
 
 
@@ -199,12 +203,20 @@ def test_compensation_restores_changed_objects_and_deletes_created_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     core = client.CoreV1Api(kube_api)
-    core.create_namespace({"metadata": {"name": namespace_name, "labels": {"team": "shop"}}})
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=namespace_name, labels={"team": "shop"})
+        )
+    )
     core.create_namespaced_config_map(
-        namespace_name, {"metadata": {"name": "app-config"}, "data": {"mode": "old"}}
+        namespace_name,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="app-config"), data={"mode": "old"}),
     )
     core.create_namespaced_secret(
-        namespace_name, {"metadata": {"name": "app-db"}, "stringData": {"password": "old"}}
+        namespace_name,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="app-db"), string_data={"password": "old"}
+        ),
     )
     try:
         monkeypatch.setenv("APP_DB_PASSWORD", "new")
@@ -230,7 +242,7 @@ def test_compensation_restores_changed_objects_and_deletes_created_ones(
 
         undo_all(env, kube_activities, snapshots)
         assert cluster_state(kube_api, namespace_name) == before
-        assert core.read_namespace(namespace_name).metadata.labels["team"] == "shop"
+        assert (metadata_of(core.read_namespace(namespace_name)).labels or {})["team"] == "shop"
     finally:
         core.delete_namespace(namespace_name)
 

@@ -15,6 +15,7 @@ from activities.kube import KubeActivities, KubeConnection
 from schemas.health_messages import CheckResult
 from schemas.health_profile import KubernetesCheck
 from schemas.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
+from tests.support.kube import name_of
 from workflows.health import judge_deployments
 
 pytestmark = pytest.mark.integration
@@ -23,29 +24,35 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def namespace(kube_api: client.ApiClient, namespace_name: str) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
-    core.create_namespace({"metadata": {"name": namespace_name}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
     yield namespace_name
     core.delete_namespace(namespace_name, propagation_policy="Background")
 
 
-def deployment(name: str, replicas: int, cpu: str = "10m") -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {"name": "app", "image": "app:1", "resources": {"requests": {"cpu": cpu}}}
-                    ]
+def deployment(name: str, replicas: int, cpu: str = "10m") -> client.V1Deployment:
+    return client.V1Deployment.model_validate(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "app:1",
+                                "resources": {"requests": {"cpu": cpu}},
+                            }
+                        ]
+                    },
                 },
             },
-        },
-    }
+        }
+    )
 
 
 def check(namespace: str, *names: str, **limits: Any) -> KubernetesCheck:
@@ -95,8 +102,10 @@ def test_a_ready_deployment_passes_and_restarts_are_counted(
     # kwok plays the kubelet and never restarts a container: record restarts the way a kubelet
     # would, in the pod's status.
     pod = core.list_namespaced_pod(namespace, label_selector="app=web").items[0]
+    assert pod.status is not None
+    assert pod.status.container_statuses
     pod.status.container_statuses[0].restart_count = 4
-    core.replace_namespaced_pod_status(pod.metadata.name, namespace, pod)
+    core.replace_namespaced_pod_status(name_of(pod), namespace, pod)
     restarted = until(kube_api, health, "web: 3/3 available, 4 restarts > 3")
     assert restarted.status == "warn"
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TypeVar
 
 import pytest
 from kubernetes import client
 
 from activities.kube import KubeConnection, RolloutPending
+from activities.kube_client import metadata_of
 from activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter, split_replicas
 from schemas.targets import IngressCanaryRouter, ReplicaCanaryRouter
+from tests.support.kube import image_of, name_of, pod_spec_of
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -29,17 +32,18 @@ def poll(call: Callable[[], T], timeout: float = 90) -> T:
             time.sleep(0.5)
 
 
-def ready_images(api: client.ApiClient, namespace: str) -> Counter[str]:
+def ready_images(api: client.ApiClient, namespace: str) -> Counter[str | None]:
     pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="app=web").items
     return Counter(
-        pod.spec.containers[0].image
+        pod_spec_of(pod).containers[0].image
         for pod in pods
-        if pod.metadata.deletion_timestamp is None
+        if metadata_of(pod).deletion_timestamp is None
+        and pod.status is not None
         and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
     )
 
 
-def wait_for_images(api: client.ApiClient, namespace: str, wanted: dict[str, int]) -> None:
+def wait_for_images(api: client.ApiClient, namespace: str, wanted: dict[str | None, int]) -> None:
     deadline = time.monotonic() + 90
     while dict(ready_images(api, namespace)) != wanted:
         assert time.monotonic() < deadline, f"{dict(ready_images(api, namespace))} != {wanted}"
@@ -50,20 +54,22 @@ def wait_for_images(api: client.ApiClient, namespace: str, wanted: dict[str, int
 def web(kube_api: client.ApiClient, namespace_name: str) -> Iterator[str]:
     """A namespace with a stable Deployment `web` of 10 ready pods on image web:1."""
     core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
-    core.create_namespace({"metadata": {"name": namespace_name}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
     apps.create_namespaced_deployment(
         namespace_name,
-        {
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 10,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+        client.V1Deployment.model_validate(
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 10,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+                    },
                 },
-            },
-        },
+            }
+        ),
     )
     wait_for_images(kube_api, namespace_name, {"web:1": 10})
     yield namespace_name
@@ -86,34 +92,34 @@ def test_replica_canary_reaches_each_ratio_promotes_and_rolls_back(
         kind="kube_replicas", namespace=web, stable="web", images={"web": "web:2"}
     )
     router = ReplicaWeightRouter(KubeConnection(api=kube_api))
-    original_sets = {rs.metadata.name for rs in apps.list_namespaced_replica_set(web).items}
+    original_sets = {name_of(rs) for rs in apps.list_namespaced_replica_set(web).items}
     snapshot = router.snapshot(spec)
     assert snapshot.existed is False
 
     for weight, canary in ((10, 1), (30, 3), (50, 5)):
-        assert poll(lambda w=weight: router.set_weight(spec, w, LAUNCH)) in (True, False)
+        assert poll(partial(router.set_weight, spec, weight, LAUNCH)) in (True, False)
         assert ready_images(kube_api, web) == Counter({"web:1": 10 - canary, "web:2": canary})
         assert router.set_weight(spec, weight, LAUNCH) is False  # idempotent
     canary_deployment = apps.read_namespaced_deployment("web-canary", web)
-    assert canary_deployment.metadata.labels["phasegate.dev/launch"] == LAUNCH
+    assert (metadata_of(canary_deployment).labels or {})["phasegate.dev/launch"] == LAUNCH
 
     poll(lambda: router.promote(spec, LAUNCH))
     stable = apps.read_namespaced_deployment("web", web)
-    assert (stable.spec.replicas, stable.spec.template.spec.containers[0].image) == (10, "web:2")
+    assert (stable.spec.replicas, image_of(stable)) == (10, "web:2")
     wait_for_images(kube_api, web, {"web:2": 10})
-    assert "web-canary" not in {d.metadata.name for d in apps.list_namespaced_deployment(web).items}
+    assert "web-canary" not in {name_of(d) for d in apps.list_namespaced_deployment(web).items}
 
     # The launch fails later: the stable Deployment goes back to its previous revision.
     assert router.restore(spec, snapshot) is True
     assert router.restore(spec, snapshot) is False  # a retried undo converges
     stable = apps.read_namespaced_deployment("web", web)
-    assert stable.spec.template.spec.containers[0].image == "web:1"
-    assert "phasegate.dev/total-replicas" not in (stable.metadata.annotations or {})
+    assert image_of(stable) == "web:1"
+    assert "phasegate.dev/total-replicas" not in (metadata_of(stable).annotations or {})
     wait_for_images(kube_api, web, {"web:1": 10})
     active = {
-        rs.metadata.name
+        name_of(rs)
         for rs in apps.list_namespaced_replica_set(web).items
-        if rs.spec.replicas and rs.metadata.owner_references[0].name == "web"
+        if rs.spec.replicas and [o.name for o in metadata_of(rs).owner_references or []] == ["web"]
     }
     assert (
         active <= original_sets
@@ -134,7 +140,7 @@ def test_rollback_during_soft_launch_scales_the_canary_away(
 
     router.restore(spec, snapshot)
     wait_for_images(kube_api, web, {"web:1": 10})
-    assert [d.metadata.name for d in apps.list_namespaced_deployment(web).items] == ["web"]
+    assert [name_of(d) for d in apps.list_namespaced_deployment(web).items] == ["web"]
     assert apps.read_namespaced_deployment("web", web).spec.replicas == 10
 
 
@@ -142,25 +148,29 @@ def test_nginx_canary_weight_promotion_and_restore(kube_api: client.ApiClient, w
     networking = client.NetworkingV1Api(kube_api)
     networking.create_namespaced_ingress(
         web,
-        {
-            "metadata": {"name": "web"},
-            "spec": {
-                "rules": [
-                    {
-                        "host": "web.example",
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": "web", "port": {"number": 80}}},
-                                }
-                            ]
-                        },
-                    }
-                ]
-            },
-        },
+        client.V1Ingress.model_validate(
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "rules": [
+                        {
+                            "host": "web.example",
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": "/",
+                                        "pathType": "Prefix",
+                                        "backend": {
+                                            "service": {"name": "web", "port": {"number": 80}}
+                                        },
+                                    }
+                                ]
+                            },
+                        }
+                    ]
+                },
+            }
+        ),
     )
     spec = IngressCanaryRouter(
         kind="nginx_ingress", namespace=web, ingress="web", canary_service="web-v2"
@@ -171,18 +181,28 @@ def test_nginx_canary_weight_promotion_and_restore(kube_api: client.ApiClient, w
     assert router.set_weight(spec, 12.5, LAUNCH) is True
     assert router.set_weight(spec, 12.5, LAUNCH) is False
     canary = networking.read_namespaced_ingress("web-canary", web)
-    assert canary.metadata.annotations["nginx.ingress.kubernetes.io/canary"] == "true"
-    assert canary.metadata.annotations["nginx.ingress.kubernetes.io/canary-weight"] == "1250"
-    assert canary.metadata.annotations["nginx.ingress.kubernetes.io/canary-weight-total"] == "10000"
-    assert canary.spec.rules[0].http.paths[0].backend.service.name == "web-v2"
+    annotations = metadata_of(canary).annotations or {}
+    assert annotations["nginx.ingress.kubernetes.io/canary"] == "true"
+    assert annotations["nginx.ingress.kubernetes.io/canary-weight"] == "1250"
+    assert annotations["nginx.ingress.kubernetes.io/canary-weight-total"] == "10000"
+    assert backend_services(canary) == ["web-v2"]
 
     router.promote(spec, LAUNCH)
-    names = [i.metadata.name for i in networking.list_namespaced_ingress(web).items]
+    names = [name_of(i) for i in networking.list_namespaced_ingress(web).items]
     assert names == ["web"]
-    stable = networking.read_namespaced_ingress("web", web)
-    assert stable.spec.rules[0].http.paths[0].backend.service.name == "web-v2"
+    assert backend_services(networking.read_namespaced_ingress("web", web)) == ["web-v2"]
 
     assert router.restore(spec, snapshot) is True
     assert router.restore(spec, snapshot) is False
-    stable = networking.read_namespaced_ingress("web", web)
-    assert stable.spec.rules[0].http.paths[0].backend.service.name == "web"
+    assert backend_services(networking.read_namespaced_ingress("web", web)) == ["web"]
+
+
+def backend_services(ingress: client.V1Ingress) -> list[str]:
+    """The Service behind each path of each rule, in order."""
+    assert ingress.spec is not None
+    return [
+        path.backend.service.name
+        for rule in ingress.spec.rules or []
+        for path in (rule.http.paths if rule.http is not None else [])
+        if path.backend.service is not None
+    ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
+from activities.kube_client import api_client_from_kubeconfig
 from devstack import kube_cluster
 from devstack.kube_cluster import ControlPlane
 from tests.support.servers import IN_CI
@@ -40,7 +42,8 @@ def test_api_server_reports_its_version_and_nodes_are_ready(
     nodes = client.CoreV1Api(kube_api).list_node().items
     assert nodes
     assert all(
-        any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        node.status is not None
+        and any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
         for node in nodes
     )
 
@@ -49,26 +52,26 @@ def test_deployment_pods_become_ready_and_deleted_pods_go_away(
     kube_api: client.ApiClient, namespace_name: str
 ) -> None:
     core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
-    core.create_namespace({"metadata": {"name": namespace_name}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
     try:
         apps.create_namespaced_deployment(
             namespace_name,
-            {
-                "metadata": {"name": "web"},
-                "spec": {
-                    "replicas": 3,
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "web"}},
-                        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+            client.V1Deployment.model_validate(
+                {
+                    "metadata": {"name": "web"},
+                    "spec": {
+                        "replicas": 3,
+                        "selector": {"matchLabels": {"app": "web"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+                        },
                     },
-                },
-            },
+                }
+            ),
         )
         wait_until(
-            lambda: (
-                apps.read_namespaced_deployment("web", namespace_name).status.ready_replicas == 3
-            )
+            lambda: ready_replicas(apps.read_namespaced_deployment("web", namespace_name)) == 3
         )
         apps.patch_namespaced_deployment_scale("web", namespace_name, {"spec": {"replicas": 1}})
         wait_until(lambda: len(core.list_namespaced_pod(namespace_name).items) == 1)
@@ -84,27 +87,28 @@ def test_rbac_applies_to_certificate_users(kube: ControlPlane, kube_api: client.
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    api = config.new_client_from_config(config_file=str(kube.user_kubeconfig("dora", ["devs"])))
+    api = api_client_from_kubeconfig(kube.user_kubeconfig("dora", ["devs"]))
     with pytest.raises(client.ApiException) as refused:
         client.CoreV1Api(api).list_namespace()
     assert refused.value.status == 403
+    assert refused.value.body is not None
     assert (
         'User "dora" cannot list resource "namespaces"' in json.loads(refused.value.body)["message"]
     )
 
     rbac = client.RbacAuthorizationV1Api(kube_api)
     rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": "devs-view"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "view",
-            },
-            "subjects": [
-                {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}
+        client.V1ClusterRoleBinding(
+            metadata=client.V1ObjectMeta(name="devs-view"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"
+            ),
+            subjects=[
+                client.RbacV1Subject(
+                    kind="Group", name="devs", api_group="rbac.authorization.k8s.io"
+                )
             ],
-        }
+        )
     )
     try:
         wait_until(lambda: _can_list_pods(api))
@@ -122,8 +126,12 @@ def _can_list_pods(api: client.ApiClient) -> bool:
     return True
 
 
-def wait_until(condition: object, timeout: float = 60.0) -> None:
+def ready_replicas(deployment: client.V1Deployment) -> int:
+    return (deployment.status.ready_replicas or 0) if deployment.status is not None else 0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.3)

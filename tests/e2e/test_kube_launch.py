@@ -19,10 +19,12 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kube import LAUNCH_ANNOTATION, KubeConnection
+from activities.kube_client import metadata_of
 from devstack.kube_cluster import ControlPlane
 from devstack.processes import start_worker
 from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan
+from tests.support.kube import image_of, name_of
 from workers.main import build_worker
 from workflows.launch import LaunchWorkflow
 
@@ -140,13 +142,14 @@ def objects_of_launch(api: client.ApiClient, launch_id: str) -> list[str]:
         ("Deployment", apps.list_deployment_for_all_namespaces().items),
     ):
         for item in items:
-            if (item.metadata.annotations or {}).get(LAUNCH_ANNOTATION) == launch_id:
-                found.append(f"{kind} {item.metadata.namespace or ''}/{item.metadata.name}")
+            metadata = metadata_of(item)
+            if (metadata.annotations or {}).get(LAUNCH_ANNOTATION) == launch_id:
+                found.append(f"{kind} {metadata.namespace or ''}/{metadata.name}")
     return found
 
 
 def namespace_gone(api: client.ApiClient, name: str) -> bool:
-    return name not in {n.metadata.name for n in client.CoreV1Api(api).list_namespace().items}
+    return name not in {name_of(n) for n in client.CoreV1Api(api).list_namespace().items}
 
 
 @pytest.fixture
@@ -184,11 +187,11 @@ async def test_infra_setup_then_replica_canary_runs_end_to_end(
         result = await asyncio.wait_for(handle.result(), timeout=240)
         assert result.status == "completed", result.reason
         apps = client.AppsV1Api(kube_api)
-        assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace_name).items] == [
+        assert [name_of(d) for d in apps.list_namespaced_deployment(namespace_name).items] == [
             "web"
         ]
         stable = apps.read_namespaced_deployment("web", namespace_name)
-        assert (stable.spec.replicas, stable.spec.template.spec.containers[0].image) == (4, "web:2")
+        assert (stable.spec.replicas, image_of(stable)) == (4, "web:2")
         infra = result.final.phases[0]
         assert [c.description for c in infra.compensations] == [
             f"delete Namespace {namespace_name}",
@@ -267,7 +270,7 @@ async def test_worker_killed_mid_apply_converges_after_restart(
     finally:
         first.stop()
     partial = client.CoreV1Api(kube_api).list_namespaced_config_map(namespace_name).items
-    assert len([c for c in partial if c.metadata.name.startswith("web-config")]) < 12
+    assert len([c for c in partial if name_of(c).startswith("web-config")]) < 12
 
     second = start_worker(
         address=address, workdir=tmp_path / "w2", task_queue=task_queue, extra_env=env
@@ -279,17 +282,14 @@ async def test_worker_killed_mid_apply_converges_after_restart(
     try:
         assert result.status == "completed", result.reason
         names = sorted(
-            c.metadata.name
+            name_of(c)
             for c in client.CoreV1Api(kube_api).list_namespaced_config_map(namespace_name).items
-            if c.metadata.name.startswith("web-config")
+            if name_of(c).startswith("web-config")
         )
         assert names == sorted(f"web-config-{n}" for n in range(12))
-        assert (
-            client.AppsV1Api(kube_api)
-            .read_namespaced_deployment("web", namespace_name)
-            .status.ready_replicas
-            == 4
-        )
+        web = client.AppsV1Api(kube_api).read_namespaced_deployment("web", namespace_name)
+        assert web.status is not None
+        assert web.status.ready_replicas == 4
         # One undo per object, none twice, whatever the crash interrupted.
         descriptions = [c.description for c in result.final.phases[0].compensations]
         assert len(descriptions) == len(set(descriptions)) == 12 + 4

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
+from activities.kube_client import HasMetadata, api_client_from_kubeconfig, metadata_of
 from devstack.kube_cluster import ControlPlane, control_plane
 from devstack.processes import BinaryNotFoundError, LocalProcessError
 
@@ -28,12 +30,29 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="session")
 def kube_api(kube: ControlPlane) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(kube.kubeconfig))
-    yield api
-    api.close()
+    with closing(api_client_from_kubeconfig(kube.kubeconfig)) as api:
+        yield api
 
 
 @pytest.fixture
 def namespace_name() -> str:
     """A fresh namespace name per test, so tests never see each other's objects."""
     return f"pg-{uuid.uuid4().hex[:10]}"
+
+
+def name_of(obj: HasMetadata) -> str:
+    """The name of an object read from the API server (which always sends one)."""
+    name = metadata_of(obj).name
+    assert name is not None, f"{type(obj).__name__} came back without metadata.name"
+    return name
+
+
+def pod_spec_of(owner: client.V1Pod | client.V1PodTemplateSpec) -> client.V1PodSpec:
+    """The spec of a pod or of a pod template (the API server requires one)."""
+    assert owner.spec is not None, f"{type(owner).__name__} without a spec"
+    return owner.spec
+
+
+def image_of(deployment: client.V1Deployment) -> str | None:
+    """The image of a Deployment's first container."""
+    return pod_spec_of(deployment.spec.template).containers[0].image

@@ -12,9 +12,9 @@ import pytest
 from kubernetes import client
 from prometheus_client import start_http_server
 
-from devstack.pki import Authority
+from devstack.pki import LOOPBACK, Authority
 from devstack.processes import ManagedProcess, free_port, start_prometheus, wait_for_first_scrape
-from tests.support.https_target import LOOPBACK, AuditLog, Behaviour, HttpsTarget, serve
+from tests.support.https_target import AuditLog, Behaviour, HttpsTarget, serve
 
 
 @dataclass
