@@ -25,9 +25,8 @@ import yaml
 from kubernetes import client
 from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
 
-from activities.errors import NON_RETRYABLE, ConfigurationError, KubeRejected
+from activities.errors import ConfigurationError, KubeRejected
 from activities.kube_client import (
     ConfigException,
     DynamicResources,
@@ -36,6 +35,7 @@ from activities.kube_client import (
     api_client_from_kubeconfig,
     metadata_of,
 )
+from activities.options import activity_options
 from activities.secrets import resolve_secret
 from schemas.kube_messages import (
     AppliedObject,
@@ -61,43 +61,25 @@ SERVICE_LABEL = "phasegate.dev/service"
 LAUNCH_ANNOTATION = "phasegate.dev/launch-id"
 BACKUP_OF = "phasegate.dev/backup-of"
 
-KUBE_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=60),
-    heartbeat_timeout=timedelta(seconds=20),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(milliseconds=500),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=10),
-        maximum_attempts=8,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
+KUBE_OPTIONS = activity_options(
+    timedelta(seconds=60),
+    attempts=8,
+    first_retry=timedelta(milliseconds=500),
+    longest_retry=timedelta(seconds=10),
+    heartbeat=timedelta(seconds=20),
 )
 
 
 # A health reading reports what it cannot read instead of raising; a hanging API server is
 # cut off by HEALTH_REQUEST_TIMEOUT_S and reported like a refused connection.
-KUBE_HEALTH_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=60),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(seconds=1),
-        maximum_attempts=3,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
-)
+KUBE_HEALTH_OPTIONS = activity_options(timedelta(seconds=60), attempts=3)
 HEALTH_REQUEST_TIMEOUT_S = 10.0
 
 
 def rollout_options(timeout: timedelta) -> workflow.ActivityConfig:
     """Waiting is polling by retry: `check_rollout` raises until done, within `timeout`."""
-    return workflow.ActivityConfig(
-        start_to_close_timeout=timedelta(seconds=30),
-        schedule_to_close_timeout=timeout,
-        retry_policy=RetryPolicy(
-            initial_interval=timedelta(seconds=1),
-            backoff_coefficient=1.5,
-            maximum_interval=timedelta(seconds=5),
-            non_retryable_error_types=NON_RETRYABLE,
-        ),
+    return activity_options(
+        timedelta(seconds=30), backoff=1.5, longest_retry=timedelta(seconds=5), deadline=timeout
     )
 
 
@@ -245,7 +227,7 @@ class KubeActivities:
     def __init__(self, kube: KubeConnection) -> None:
         self._kube = kube
 
-    @activity.defn
+    @activity.defn(name="read_manifests")
     def read_manifests(self, request: ManifestsRequest) -> Manifests:
         """The plan's manifest files as objects in apply order, namespaced and labelled."""
         objects: list[dict[str, Any]] = [
@@ -295,7 +277,7 @@ class KubeActivities:
             resolved.append(mark(obj, request.launch_id, request.service))
         return Manifests(objects=resolved)
 
-    @activity.defn
+    @activity.defn(name="snapshot_object")
     def snapshot_object(self, request: SnapshotObjectRequest) -> ObjectSnapshot:
         """The object before the launch touches it. A Secret's data goes to a backup Secret."""
         ref = request.ref
@@ -321,13 +303,13 @@ class KubeActivities:
                 secrets.create(body=body, namespace=ref.namespace)
         return ObjectSnapshot(ref=ref, existed=True, backup=backup)
 
-    @activity.defn
+    @activity.defn(name="apply_object")
     def apply_object(self, request: ApplyObjectRequest) -> AppliedObject:
         """Server-side apply under the `phasegate` field manager; applying twice changes nothing."""
         ref = KubeObjectRef.of(request.object)
         return self._apply(ref, request.object)
 
-    @activity.defn
+    @activity.defn(name="apply_secret")
     def apply_secret(self, request: ApplySecretRequest) -> AppliedObject:
         spec = request.secret
         data = {
@@ -347,7 +329,7 @@ class KubeActivities:
         )
         return self._apply(KubeObjectRef.of(body), body)
 
-    @activity.defn
+    @activity.defn(name="restore_object")
     def restore_object(self, request: RestoreObjectRequest) -> AppliedObject:
         """Undo `apply_object`: delete what the launch created, put back what it changed.
         Safe when the apply never happened, and when run twice."""
@@ -366,7 +348,7 @@ class KubeActivities:
             self._delete(ref.model_copy(update={"name": snapshot.backup}))
         return AppliedObject(ref=ref, changed=changed, action="restored")
 
-    @activity.defn
+    @activity.defn(name="check_rollout")
     def check_rollout(self, request: RolloutRequest) -> RolloutStatus:
         """Done when every Deployment is rolled out as `kubectl rollout status` sees it; raises
         `RolloutPending` (retried: polling) before, `KubeRejected` past its progress deadline."""
@@ -385,7 +367,7 @@ class KubeActivities:
             raise RolloutPending("waiting for " + "; ".join(pending))
         return RolloutStatus(ready=ready)
 
-    @activity.defn
+    @activity.defn(name="check_deployment_health")
     def check_deployment_health(self, request: DeploymentHealthRequest) -> DeploymentHealthReport:
         """Replicas, rollout state and container restarts of each Deployment, read once.
         Never raises for what it finds: a missing Deployment is `found=False`, an unreachable

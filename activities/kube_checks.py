@@ -14,21 +14,15 @@ from datetime import timedelta
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
+from temporalio import activity
 
-from activities.errors import NON_RETRYABLE
+from activities.options import activity_options
 from activities.probes import finding
 from schemas.probe_messages import AuthorizationProbe, CheckReport, HygieneProbe
 from schemas.security_validation_spec import AccessRule, AuthorizationCheck, SecretHygieneCheck
 
-KUBE_CHECK_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(minutes=1),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(milliseconds=500),
-        maximum_attempts=5,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
+KUBE_CHECK_OPTIONS = activity_options(
+    timedelta(minutes=1), attempts=5, first_retry=timedelta(milliseconds=500)
 )
 
 # A name that says "credential", and known credential formats whatever the name.
@@ -82,7 +76,7 @@ class KubeCheckActivities:
     def __init__(self, api: Callable[[], client.ApiClient]) -> None:
         self._api = api
 
-    @activity.defn
+    @activity.defn(name="check_authorization")
     def check_authorization(self, probe: AuthorizationProbe) -> CheckReport:
         check = probe.check
         core = client.CoreV1Api(self._api())
@@ -131,7 +125,7 @@ class KubeCheckActivities:
             return False, "the API server answered without a status"
         return bool(status.allowed), status.reason or status.evaluation_error or ""
 
-    @activity.defn
+    @activity.defn(name="check_secret_hygiene")
     def check_secret_hygiene(self, probe: HygieneProbe) -> CheckReport:
         check = probe.check
         core = client.CoreV1Api(self._api())

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Generic, Protocol, TypeAlias, TypedDict, TypeVar, assert_never
 
-from temporalio import activity, workflow
-from temporalio.common import RetryPolicy
+from temporalio import activity
 
-from activities.errors import NON_RETRYABLE, ConfigurationError
+from activities.errors import ConfigurationError
+from activities.options import activity_options
 from schemas.routing_messages import (
     ExposureRequest,
     ExposureState,
@@ -27,15 +27,11 @@ from schemas.routing_messages import (
 from schemas.targets import FlagdRouter, IngressCanaryRouter, ReplicaCanaryRouter
 from schemas.targets import TrafficRouter as RouterSpec
 
-ROUTING_OPTIONS = workflow.ActivityConfig(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(
-        initial_interval=timedelta(milliseconds=200),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=10),
-        maximum_attempts=10,
-        non_retryable_error_types=NON_RETRYABLE,
-    ),
+ROUTING_OPTIONS = activity_options(
+    timedelta(seconds=30),
+    attempts=10,
+    first_retry=timedelta(milliseconds=200),
+    longest_retry=timedelta(seconds=10),
 )
 
 
@@ -116,23 +112,23 @@ class RouterActivities:
             )
         return _BoundRouter(router, spec)
 
-    @activity.defn
+    @activity.defn(name="snapshot_exposure")
     def snapshot_exposure(self, request: SnapshotRequest) -> RouterSnapshot:
         return self._router(request.router).snapshot()
 
-    @activity.defn
+    @activity.defn(name="set_exposure")
     def set_exposure(self, request: ExposureRequest) -> ExposureState:
         changed = self._router(request.router).set_weight(request.weight, request.launch_id)
         activity.logger.info("exposure %.3g%% (changed=%s)", request.weight, changed)
         return ExposureState(weight=request.weight, changed=changed)
 
-    @activity.defn
+    @activity.defn(name="restore_exposure")
     def restore_exposure(self, request: RestoreRequest) -> ExposureState:
         changed = self._router(request.router).restore(request.snapshot)
         activity.logger.info("exposure restored to its earlier definition (changed=%s)", changed)
         return ExposureState(weight=0.0, changed=changed)
 
-    @activity.defn
+    @activity.defn(name="promote_exposure")
     def promote_exposure(self, request: PromoteRequest) -> ExposureState:
         changed = self._router(request.router).promote(request.launch_id)
         return ExposureState(weight=100.0, changed=changed)
