@@ -27,41 +27,43 @@ TOTAL_WEIGHT = 100 * WEIGHT_SCALE
 
 
 def flag_definition(spec: FlagdRouter, weight: float, launch_id: str = "") -> dict[str, Any]:
+    """`weight` percent of users on the canary variant, sticky per user (flagd's fractional)."""
     canary = round(weight * WEIGHT_SCALE)
-    metadata: dict[str, Any] = {"managedBy": "phasegate", "canaryWeight": weight}
-    if launch_id:
-        metadata["launchId"] = launch_id
-    return {
-        "state": "ENABLED",
-        "variants": {
-            spec.stable_variant: spec.stable_variant,
-            spec.canary_variant: spec.canary_variant,
-        },
-        "defaultVariant": spec.stable_variant,
-        "targeting": {
-            "fractional": [
-                [spec.canary_variant, canary],
-                [spec.stable_variant, TOTAL_WEIGHT - canary],
-            ]
-        },
-        "metadata": metadata,
+    targeting = {
+        "fractional": [
+            [spec.canary_variant, canary],
+            [spec.stable_variant, TOTAL_WEIGHT - canary],
+        ]
     }
+    return _definition(spec, spec.stable_variant, {"canaryWeight": weight}, launch_id, targeting)
 
 
 def promoted_definition(spec: FlagdRouter, launch_id: str = "") -> dict[str, Any]:
     """Everyone on the new version, with no targeting left to evaluate."""
-    metadata: dict[str, Any] = {"managedBy": "phasegate", "canaryWeight": 100.0, "promoted": True}
-    if launch_id:
-        metadata["launchId"] = launch_id
-    return {
+    metadata = {"canaryWeight": 100.0, "promoted": True}
+    return _definition(spec, spec.canary_variant, metadata, launch_id)
+
+
+def _definition(
+    spec: FlagdRouter,
+    default_variant: str,
+    metadata: dict[str, Any],
+    launch_id: str,
+    targeting: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    definition: dict[str, Any] = {
         "state": "ENABLED",
         "variants": {
             spec.stable_variant: spec.stable_variant,
             spec.canary_variant: spec.canary_variant,
         },
-        "defaultVariant": spec.canary_variant,
-        "metadata": metadata,
+        "defaultVariant": default_variant,
     }
+    if targeting is not None:
+        definition["targeting"] = targeting
+    launch = {"launchId": launch_id} if launch_id else {}
+    definition["metadata"] = {"managedBy": "phasegate", **metadata, **launch}
+    return definition
 
 
 def canary_weight(definition: dict[str, Any] | None, spec: FlagdRouter) -> float:
