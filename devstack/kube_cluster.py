@@ -43,8 +43,8 @@ NODES_READY_TIMEOUT_S = 60.0
 SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KUBE_NOT_FOUND = (
-    "the local Kubernetes control plane is not built: run `bash deploy/kube/build.sh` "
-    "(it caches the binaries under {cache}) or set PHASEGATE_KUBE_BIN_DIR"
+    "the local Kubernetes control plane is not built: run `deploy/setup.sh kube` (it builds "
+    "the binaries from Go modules and caches them under {cache}) or set PHASEGATE_KUBE_BIN_DIR"
 )
 
 

@@ -23,8 +23,8 @@ from devstack.processes import LOOPBACK, BinaryNotFoundError, LocalProcessError,
 PG_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "phasegate"
 POSTGRES_NOT_FOUND = (
-    "PostgreSQL server binaries not found under /usr/lib/postgresql/<version>/bin: install the "
-    "Debian packages `postgresql postgresql-client` (deploy/setup.d/20-postgres.sh) or set "
+    "PostgreSQL server binaries not found under /usr/lib/postgresql/<version>/bin: run "
+    "`deploy/setup.sh postgres` (Debian packages postgresql, postgresql-client) or set "
     "PHASEGATE_PG_BIN"
 )
 

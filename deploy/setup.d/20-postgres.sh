@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
+# parts: postgres
 # PostgreSQL server and client tools from Debian's packages, for the migration_cutover phase:
-# the tests and the benchmark start throwaway clusters with initdb/pg_ctl from
-# /usr/lib/postgresql/<version>/bin; pg_dump/pg_restore take and check backups.
+# the migration demo, the tests and the benchmark start throwaway clusters with initdb/pg_ctl
+# from /usr/lib/postgresql/<version>/bin; pg_dump/pg_restore take and check backups.
 set -euo pipefail
 
 have_server() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
 if ! have_server || ! command -v pg_dump >/dev/null 2>&1 || ! command -v pg_restore >/dev/null 2>&1; then
-  echo "setup: installing Debian packages: postgresql postgresql-client"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
-    postgresql postgresql-client >/dev/null
+  bash deploy/apt-install.sh postgresql postgresql-client
 fi
 have_server || { echo "setup: initdb is missing under /usr/lib/postgresql/*/bin (Debian package postgresql)" >&2; exit 1; }
 echo "setup: postgresql $(ls /usr/lib/postgresql | sort -V | tail -1) ($(pg_dump --version))"
