@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from temporalio.client import Client
 
 from activities.flags import FlagdFileRouter
 from devstack.processes import (
+    LOOPBACK,
+    LocalProcessError,
     ManagedProcess,
     free_port,
     start_demo_service,
@@ -35,6 +39,8 @@ from starters import launches
 from workers.client import connect
 from workers.settings import Settings
 from workflows.visibility import SEARCH_ATTRIBUTES
+
+T = TypeVar("T")
 
 FLAG_KEY = "checkout-v2"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "plans"
@@ -123,24 +129,34 @@ def demo_stack(
     prometheus_port: int | None = None,
     service_port: int | None = None,
 ) -> Iterator[DemoStack]:
-    """Start the checkout service (everyone on stable), its load and Prometheus scraping both."""
+    """Start the checkout service (everyone on stable), its load and Prometheus scraping both.
+
+    `prometheus_port` and `service_port` are wishes: a port another process holds is replaced
+    by a free one.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     flag_file = workdir / "flags" / "checkout.json"
     flag_file.parent.mkdir(parents=True, exist_ok=True)
     FlagdFileRouter().set_weight(FlagdRouter(flag_file=str(flag_file), flag_key=FLAG_KEY), 0.0, "")
     started: list[ManagedProcess] = []
     try:
-        service = start_demo_service(
-            flag_file=flag_file,
-            flag_key=FLAG_KEY,
-            workdir=workdir,
+        service = _on_preferred_ports(
+            functools.partial(
+                start_demo_service,
+                flag_file=flag_file,
+                flag_key=FLAG_KEY,
+                workdir=workdir,
+                error_rate=error_rate,
+            ),
             port=service_port,
-            error_rate=error_rate,
         )
         started.append(service)
         targets = {"demo-service": [f"127.0.0.1:{service.port}"], **(extra_scrape_targets or {})}
-        prometheus = start_prometheus(
-            scrape_targets=targets, workdir=workdir / "prometheus", port=prometheus_port
+        prometheus = _on_preferred_ports(
+            functools.partial(
+                start_prometheus, scrape_targets=targets, workdir=workdir / "prometheus"
+            ),
+            port=prometheus_port,
         )
         started.append(prometheus)
         load = start_load(target=service.url, rps=rps, duration=duration, workdir=workdir)
@@ -198,14 +214,26 @@ class DemoOptions:
     secure_port: int = 8443
 
 
-def _port_or_free(preferred: int) -> int:
-    """The well-known port when it is free (so the README's links work), any free one if not."""
+def _on_preferred_ports(start: Callable[..., T], **preferred: int | None) -> T:
+    """`start(**preferred)` when all those ports are free (so the README's links work), else
+    `start` on free ones: also when another process takes one between the look and the start.
+    """
+    if all(port is not None and _is_free(port) for port in preferred.values()):
+        try:
+            return start(**preferred)
+        except LocalProcessError:
+            if all(port is not None and _is_free(port) for port in preferred.values()):
+                raise  # it failed for another reason than its ports
+    return start(**dict.fromkeys(preferred))
+
+
+def _is_free(port: int) -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         try:
-            sock.bind(("127.0.0.1", preferred))
+            sock.bind((LOOPBACK, port))
         except OSError:
-            return free_port()
-    return preferred
+            return False
+    return True
 
 
 async def run_demo(
@@ -213,13 +241,20 @@ async def run_demo(
     say: Callable[[str], None],
     on_status: Callable[[LaunchStatus], None],
 ) -> LaunchStatus:
-    """Start the dev server, the demo stack and a worker; launch the plan; follow it to the end."""
-    server = start_temporal_dev_server(
-        workdir=options.workdir,
-        db_filename=options.workdir / "temporal.db",
-        port=_port_or_free(options.temporal_port),
-        ui_port=_port_or_free(options.ui_port),
-        search_attributes=SEARCH_ATTRIBUTES,
+    """Start the dev server, the demo stack and a worker; launch the plan; follow it to the end.
+
+    Everything it started is stopped when it returns, fails or is cancelled (as `run_stoppable`
+    cancels it on a stop signal); with `keep_running` it waits for that cancellation.
+    """
+    server = _on_preferred_ports(
+        functools.partial(
+            start_temporal_dev_server,
+            workdir=options.workdir,
+            db_filename=options.workdir / "temporal.db",
+            search_attributes=SEARCH_ATTRIBUTES,
+        ),
+        port=options.temporal_port,
+        ui_port=options.ui_port,
     )
     settings = Settings(TEMPORAL_ADDRESS=server.address, PHASEGATE_UI_URL=server.url)
     say(
@@ -235,8 +270,8 @@ async def run_demo(
             options.workdir / "stack",
             error_rate=0.5 if options.faulty else 0.0,
             extra_scrape_targets=scrape,
-            prometheus_port=_port_or_free(options.prometheus_port),
-            service_port=_port_or_free(options.service_port),
+            prometheus_port=options.prometheus_port,
+            service_port=options.service_port,
         ) as stack:
             fault = " with the new path failing half its requests" if options.faulty else ""
             say(
@@ -244,12 +279,15 @@ async def run_demo(
             )
             secure = None
             if options.secure:
-                secure = start_secure_demo_service(
-                    flag_file=stack.flag_file,
-                    flag_key=FLAG_KEY,
-                    workdir=options.workdir / "secure",
-                    port=_port_or_free(options.secure_port),
-                    metrics_port=secure_metrics_port,
+                secure = _on_preferred_ports(
+                    functools.partial(
+                        start_secure_demo_service,
+                        flag_file=stack.flag_file,
+                        flag_key=FLAG_KEY,
+                        workdir=options.workdir / "secure",
+                        metrics_port=secure_metrics_port,
+                    ),
+                    port=options.secure_port,
                 )
                 stack.extra.append(secure.process)
                 say(f"the same service behind TLS at {secure.url} (CA {secure.ca_file})")
@@ -261,12 +299,15 @@ async def run_demo(
             )
             stack.extra.append(worker)
             try:
-                return await _launch_and_follow(options, settings, stack, say, on_status, secure)
-            finally:
+                final = await _launch_and_follow(options, settings, stack, say, on_status, secure)
                 if options.keep_running:
-                    say("everything keeps running: press Ctrl-C to stop")
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.Event().wait()
+                    say(
+                        f"launch {final.launch_id} {final.status.value}; everything keeps "
+                        "running: press Ctrl-C to stop"
+                    )
+                    await asyncio.Event().wait()  # until cancelled by a stop signal
+                return final
+            finally:
                 worker.stop()
     finally:
         server.stop()

@@ -3,18 +3,17 @@
 `phasegate kube up` runs the control plane until Ctrl-C; `phasegate kube demo` launches
 examples/plans/kube/checkout.yaml (infra_setup, then a replica-weighted soft and full launch)
 against it with a Temporal dev server and a worker, and shows what is in the namespace after.
+Both stop everything they started on SIGINT, SIGTERM and SIGHUP (`stop_on_signals`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from kubernetes import client, config
@@ -23,7 +22,13 @@ from temporalio.client import Client
 
 from devstack.demo import auto_approve, example_plan
 from devstack.kube_cluster import ControlPlane, control_plane, start_control_plane
-from devstack.processes import LocalProcessError, start_temporal_dev_server, start_worker
+from devstack.processes import (
+    LocalProcessError,
+    run_stoppable,
+    start_temporal_dev_server,
+    start_worker,
+    stop_on_signals,
+)
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.launch_messages import LaunchStatus
 from starters import launches
@@ -42,22 +47,28 @@ Workdir = Annotated[Path, typer.Option(help="Where certificates, etcd data and l
 def up(workdir: Workdir = Path(".phasegate/kube")) -> None:
     """Start etcd, kube-apiserver, controller-manager, scheduler and kwok; print the kubeconfig."""
     started = time.monotonic()
-    _stop_on_sigterm()
-    try:
-        plane = start_control_plane(workdir.resolve())
-    except LocalProcessError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
-    try:
-        console.print(f"control plane ready in {time.monotonic() - started:.1f}s at {plane.server}")
-        console.print(f"export KUBECONFIG={plane.kubeconfig}")
-        console.print("Ctrl-C stops it.")
-        while all(process.running for process in plane.processes):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        plane.stop()
+    with stop_on_signals("phasegate kube up"):
+        try:
+            plane = start_control_plane(workdir.resolve())
+        except LocalProcessError as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
+        try:
+            console.print(
+                f"control plane ready in {time.monotonic() - started:.1f}s at {plane.server}"
+            )
+            console.print(f"export KUBECONFIG={plane.kubeconfig}")
+            console.print("Ctrl-C stops it.")
+            while all(process.running for process in plane.processes):
+                time.sleep(0.5)
+            exited = next(process for process in plane.processes if not process.running)
+        finally:
+            plane.stop()
+        console.print(
+            f"[red]{exited.name} exited with code {exited.process.returncode}; "
+            f"see {exited.log_path}[/red]"
+        )
+        raise typer.Exit(1)
 
 
 @kube_app.command("demo")
@@ -69,14 +80,14 @@ def demo(
 ) -> None:
     """Launch the Kubernetes example plan with every gate decided by one of its approvers."""
     os.environ.setdefault("CHECKOUT_DB_PASSWORD", "demo-password")
-    _stop_on_sigterm()
     workdir = workdir.resolve()
-    try:
-        with control_plane(workdir / "cluster") as plane:
-            final = asyncio.run(_run(plane, workdir, reject))
-    except LocalProcessError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
+    with stop_on_signals("phasegate kube demo"):
+        try:
+            with control_plane(workdir / "cluster") as plane:
+                final = run_stoppable(_run(plane, workdir, reject))
+        except LocalProcessError as err:
+            console.print(f"[red]{err}[/red]")
+            raise typer.Exit(1) from None
     raise typer.Exit(0 if final.status.value == ("rolled_back" if reject else "completed") else 1)
 
 
@@ -136,20 +147,24 @@ async def _reject_soft_launch(
 
 
 def _show_namespace(plane: ControlPlane, namespace: str) -> None:
-    api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+    # The kubernetes package leaves new_client_from_config unannotated; it returns an ApiClient.
+    new_client = cast(Callable[[str], client.ApiClient], config.new_client_from_config)
+    api = new_client(str(plane.kubeconfig))
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    names = {n.metadata.name for n in core.list_namespace().items}
+    names = {n.metadata.name for n in core.list_namespace().items if n.metadata is not None}
     if namespace not in names:
         console.print(f"namespace {namespace}: gone (everything the launch created was deleted)")
         return
     for deployment in apps.list_namespaced_deployment(namespace).items:
-        images = ", ".join(c.image for c in deployment.spec.template.spec.containers)
-        console.print(
-            f"Deployment {namespace}/{deployment.metadata.name}: "
-            f"{deployment.status.ready_replicas or 0}/{deployment.spec.replicas} ready, {images}"
-        )
+        console.print(f"Deployment {namespace}/{_describe(deployment)}")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so every started server is stopped on the way out."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+def _describe(deployment: client.V1Deployment) -> str:
+    """`name: ready/wanted ready, images`; the API may leave any of these out."""
+    name = deployment.metadata.name if deployment.metadata is not None else None
+    spec = deployment.spec
+    wanted = spec.replicas if spec is not None and spec.replicas is not None else 1
+    ready = deployment.status.ready_replicas if deployment.status is not None else None
+    pod = spec.template.spec if spec is not None else None
+    images = ", ".join(c.image or "(no image)" for c in pod.containers) if pod else "no pods"
+    return f"{name or '(unnamed)'}: {ready or 0}/{wanted} ready, {images}"

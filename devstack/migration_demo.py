@@ -1,10 +1,10 @@
 """`phasegate migration demo`: the checkout launch ending in its orders migration, against a
-throwaway PostgreSQL seeded with orders, on the same demo stack as `phasegate demo`.
+throwaway PostgreSQL seeded with orders, on the same demo stack as `phasegate demo`, all of it
+stopped on SIGINT, SIGTERM and SIGHUP (`stop_on_signals`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +17,7 @@ from rich.text import Text
 from devstack.checkout_db import seed_checkout
 from devstack.demo import DemoOptions, example_plan, run_demo
 from devstack.postgres_cluster import postgres_cluster
+from devstack.processes import run_stoppable, stop_on_signals
 from schemas.launch_messages import LaunchStatus
 
 app = typer.Typer(
@@ -55,7 +56,10 @@ def demo(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     plan = _plan_in(workdir)
-    with postgres_cluster(workdir / "postgres") as cluster:
+    with (
+        stop_on_signals("phasegate migration demo"),
+        postgres_cluster(workdir / "postgres") as cluster,
+    ):
         dsn = cluster.create_database("checkout")
         seed_checkout(dsn, rows)
         say(f"PostgreSQL on port {cluster.port}: database checkout with {rows} orders")
@@ -65,7 +69,7 @@ def demo(
             auto_approve=auto_approve,
             worker_env={"CHECKOUT_DSN": dsn},
         )
-        final = asyncio.run(run_demo(options, say, on_status))
+        final = run_stoppable(run_demo(options, say, on_status))
         with psycopg.connect(dsn) as conn:
             view = conn.execute(
                 "SELECT definition FROM pg_views WHERE viewname = 'checkout_orders'"

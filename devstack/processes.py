@@ -1,9 +1,14 @@
 """Real local components as subprocesses on free loopback ports: Prometheus, the demo service,
 its load generator and the Temporal dev server, for `phasegate dev`/`demo` and test fixtures.
+
+`stop_on_signals` is how a command runs them: SIGINT, SIGTERM and SIGHUP interrupt it at once
+(`run_stoppable` cancels its coroutine), every process it started is stopped, and it exits
+128 + the signal's number with one line on stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -12,16 +17,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from types import FrameType, TracebackType
+from typing import IO, Any, Self, TypeVar
 
 import httpx
 import yaml
 
 from workers.settings import WORKER_READY_LINE
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
@@ -79,7 +87,8 @@ class ManagedProcess:
         self.url = url
         self._log_file = log_file
         self._stopped = False
-        _live.add(self)
+        _live[self] = None
+        _unowned.pop(process.pid, None)
 
     @property
     def running(self) -> bool:
@@ -90,24 +99,29 @@ class ManagedProcess:
         return self.process.wait(timeout)
 
     def stop(self, timeout: float = 10) -> int | None:
-        """SIGTERM the process group, SIGKILL it after `timeout` seconds; returns the exit code."""
+        """SIGTERM the process group, SIGKILL it after `timeout` seconds; returns the exit code.
+
+        A stop signal arriving meanwhile waits until the group is gone, so it cannot leave a
+        process that was being stopped marked stopped but running.
+        """
         if self._stopped:
             return self.process.returncode
-        try:
-            if self.running:
-                self._signal_group(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self._signal_group(signal.SIGKILL)
-                    self.process.wait()
-            # Children that outlived their leader would hold ports and files open.
-            self._signal_group(signal.SIGKILL)
-        finally:
-            self._stopped = True
-            _live.discard(self)
-            if self._log_file is not None:
-                self._log_file.close()
+        with _signals_deferred():
+            try:
+                if self.running:
+                    self._signal_group(signal.SIGTERM)
+                    try:
+                        self.process.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        self._signal_group(signal.SIGKILL)
+                        self.process.wait()
+                # Children that outlived their leader would hold ports and files open.
+                self._signal_group(signal.SIGKILL)
+            finally:
+                self._stopped = True
+                _live.pop(self, None)
+                if self._log_file is not None:
+                    self._log_file.close()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -169,14 +183,176 @@ class TemporalDevServer(ManagedProcess):
         self.namespace = namespace
 
 
-_live: set[ManagedProcess] = set()
+# Every ManagedProcess not yet stopped, oldest first; and processes started but not yet
+# wrapped in one (a signal may land between the two), by pid.
+_live: dict[ManagedProcess, None] = {}
+_unowned: dict[int, subprocess.Popen[bytes]] = {}
 
 
-@atexit.register
-def _stop_leftovers() -> None:
-    # A `phasegate dev` that exits on an exception should not leave servers holding ports.
-    for managed in list(_live):
-        managed.stop(timeout=5)
+def stop_everything(timeout: float = 5) -> None:
+    """Stop every process started here that is still running, newest first."""
+    for managed in reversed(list(_live)):
+        managed.stop(timeout=timeout)
+    for process in list(_unowned.values()):
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        _unowned.pop(process.pid, None)
+
+
+# A command that exits on an exception should not leave servers holding ports. (An unhandled
+# signal ends the interpreter without running this: commands use `stop_on_signals`.)
+atexit.register(stop_everything)
+
+
+# --- stop signals -------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(BaseException):
+    """A stop signal arrived under `stop_on_signals`.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way out
+    swallows it.
+    """
+
+    def __init__(self, signum: signal.Signals) -> None:
+        super().__init__(f"stopped by {signum.name}")
+        self.signum = signum
+
+
+class _StopState:
+    """What the stop-signal handler knows; only the main thread touches it."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.received: signal.Signals | None = None
+        self.delivered = False
+        self.deferred = 0  # depth of `_signals_deferred` blocks
+        self.cleaning_up = False  # the final stop: record signals, interrupt nothing
+        self.task: asyncio.Task[Any] | None = None  # the coroutine `run_stoppable` runs
+
+
+_stop = _StopState()
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    if _stop.received is not None:
+        return  # already stopping; a second Ctrl-C must not cut the clean-up short
+    _stop.received = signal.Signals(signum)
+    _deliver_stop()
+
+
+def _deliver_stop() -> None:
+    """Interrupt the command now: cancel its coroutine if it is waiting, raise otherwise."""
+    received = _stop.received
+    if (
+        received is None
+        or _stop.delivered
+        or _stop.deferred
+        or _stop.cleaning_up
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return
+    _stop.delivered = True
+    task = _stop.task
+    if task is not None and not task.done():
+        loop = task.get_loop()
+        if asyncio.current_task(loop) is not task:
+            # The coroutine awaits something (or the loop is idle): cancelling wakes it at once.
+            # Raising here instead would land in whichever callback happens to run.
+            task.cancel(f"stopped by {received.name}")
+            loop.call_soon_threadsafe(lambda: None)  # wake the selector
+            return
+    # Blocking code (waiting for a server to be ready, for a process to exit) stops here.
+    raise StopRequested(received)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold a stop signal back until the block is done: for steps that must not be cut in two
+    (starting a process and recording it, stopping one)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop.deferred += 1
+    try:
+        yield
+    finally:
+        _stop.deferred -= 1
+    _deliver_stop()
+
+
+@contextlib.contextmanager
+def stop_on_signals(command: str) -> Iterator[None]:
+    """Run `command`'s local stack so that SIGINT, SIGTERM and SIGHUP stop it cleanly.
+
+    A signal interrupts the block at once: blocking code gets `StopRequested`, a coroutine run
+    by `run_stoppable` is cancelled, and the block unwinds through its own clean-up. On the
+    way out every process started here that is still running is stopped, however the block
+    ended. After a signal the command ends with one line on stderr and `SystemExit(128 + the
+    signal's number)`: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, as a shell reports it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("stop_on_signals handles signals, which only the main thread gets")
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _stop.reset()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_stop_signal)
+    try:
+        yield
+    except BaseException:
+        if _stop.received is None:
+            raise
+        # StopRequested, the CancelledError it became, or a failure it caused: the signal
+        # is why the command ends.
+    finally:
+        _stop.cleaning_up = True
+        try:
+            stop_everything()
+        finally:
+            for signum, handler in previous.items():
+                # None: a handler not installed from Python, which cannot be put back.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            received = _stop.received
+            _stop.reset()
+    if received is not None:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(
+                f"{command}: stopped by {received.name}; every process it started is stopped",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise SystemExit(128 + received.value)
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, where a stop signal under `stop_on_signals` cancels `main` at the
+    await it is in (its `finally` blocks stop what it started) and ends as StopRequested."""
+
+    async def registered() -> T:
+        _stop.task = asyncio.current_task()
+        try:
+            if _stop.received is not None:  # already stopping: start nothing more
+                main.close()
+                raise StopRequested(_stop.received)
+            return await main
+        finally:
+            _stop.task = None
+
+    try:
+        return asyncio.run(registered())
+    except asyncio.CancelledError:
+        if _stop.received is None:
+            raise
+        raise StopRequested(_stop.received) from None
+
+
+# --- components ---------------------------------------------------------------------------
 
 
 def render_prometheus_config(
@@ -267,6 +443,24 @@ def _active_targets(url: str) -> list[dict[str, object]]:
     return targets
 
 
+def demo_service_argv(*, port: int, flag_file: Path, flag_key: str) -> list[str]:
+    """The demo service on `port` of loopback, routing by `flag_key` in `flag_file`; its other
+    options (faults, TLS) follow."""
+    return [
+        sys.executable,
+        "-m",
+        "devstack.demo_service",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--flag-file",
+        str(flag_file),
+        "--flag-key",
+        flag_key,
+    ]
+
+
 def start_demo_service(
     *,
     flag_file: Path,
@@ -283,17 +477,7 @@ def start_demo_service(
     managed = spawn(
         "demo-service",
         [
-            sys.executable,
-            "-m",
-            "devstack.demo_service",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--flag-file",
-            str(flag_file),
-            "--flag-key",
-            flag_key,
+            *demo_service_argv(port=port, flag_file=flag_file, flag_key=flag_key),
             "--error-rate",
             str(error_rate),
             "--latency-ms",
@@ -458,28 +642,37 @@ def spawn(name: str, argv: Sequence[str], *, workdir: Path, port: int, url: str)
 def _launch(
     name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path, IO[bytes]]:
+    """Start `argv` in a session of its own, logging to `workdir/NAME.log`.
+
+    The process is recorded before a stop signal can interrupt, so `stop_everything` reaches
+    it even before the caller wraps it in a ManagedProcess.
+    """
     log_path = workdir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115  (closed by the ManagedProcess's stop)
-    try:
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            start_new_session=True,
-        )
-    except OSError as err:
-        log_file.close()
-        raise LocalProcessError(f"could not start {name} ({argv[0]}): {err}") from err
+    with _signals_deferred():
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=True,
+            )
+        except OSError as err:
+            log_file.close()
+            raise LocalProcessError(f"could not start {name} ({argv[0]}): {err}") from err
+        _unowned[process.pid] = process
     return process, log_path, log_file
 
 
 def wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
+    """Poll `probe` until it passes while `managed` runs; stop it and raise if it exits first
+    (another server on its port may pass the probe meanwhile) or `timeout` passes."""
     deadline = time.monotonic() + timeout
     try:
-        while not probe():
+        while not probe() or not managed.running:
             if not managed.running:
                 raise LocalProcessError(
                     f"{managed.name} exited with code {managed.process.returncode} before it "

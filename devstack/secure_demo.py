@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 import ssl
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from devstack.processes import (
     LOOPBACK,
     READY_TIMEOUT_S,
     ManagedProcess,
+    demo_service_argv,
     free_port,
     spawn,
     wait_until_ready,
@@ -83,17 +83,7 @@ def start_secure_demo_service(
     managed = spawn(
         "demo-service-tls",
         [
-            sys.executable,
-            "-m",
-            "devstack.demo_service",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--flag-file",
-            str(flag_file),
-            "--flag-key",
-            flag_key,
+            *demo_service_argv(port=port, flag_file=flag_file, flag_key=flag_key),
             "--tls-cert",
             str(cert_file),
             "--tls-key",

@@ -1,7 +1,8 @@
-"""`phasegate`: validate a plan, start a launch, watch it, decide its gates, run a local stack.
+"""`phasegate`: validate a plan, start a launch, watch it, decide its gates, run a worker.
 
 Each command parses its arguments, calls one function of `starters/launches.py` and prints.
 Anything that goes wrong talking to Temporal ends as one red line on stderr and exit code 1.
+The local stack's commands (`dev`, `demo`, `kube`, `migration`) live in `devstack/commands.py`.
 """
 
 from __future__ import annotations
@@ -11,34 +12,25 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Literal, NoReturn, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from devstack import migration_demo
-from devstack.demo import DemoOptions, example_plan, run_demo
-from devstack.kube_demo import kube_app
-from devstack.processes import LocalProcessError, start_temporal_dev_server
-from schemas.launch_messages import LaunchStatus, LaunchStatusValue
-from schemas.plan import LaunchPlan
-from schemas.problems import PlanError
+from devstack import commands as devstack_commands
+from schemas.launch_messages import LaunchStatus
 from starters import launches
-from starters.render import render_line, render_listing, render_status
+from starters.output import count, fail, finish, settings_of, stdout, valid_plan
+from starters.render import render_listing, render_status
 from starters.schedule_cli import schedule_app
 from workers.client import TemporalUnreachable, connect
 from workers.main import serve
 from workers.settings import Settings
-from workflows.visibility import SEARCH_ATTRIBUTES
 
 T = TypeVar("T")
-
-EXIT_FAILED = 1
-EXIT_INVALID_PLAN = 2
 
 app = typer.Typer(
     name="phasegate",
@@ -51,9 +43,6 @@ compensation_app = typer.Typer(
     help="Act on a rollback step (undo) that keeps failing.", no_args_is_help=True
 )
 app.add_typer(compensation_app, name="compensation")
-app.add_typer(migration_demo.app, name="migration")
-app.add_typer(kube_app, name="kube")
-app.add_typer(schedule_app, name="schedule")
 
 LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
 Approver = Annotated[
@@ -121,11 +110,11 @@ def options(
 @app.command()
 def validate(plan: PlanPath) -> None:
     """Check a plan without contacting anything; exit 2 with every problem if it is invalid."""
-    valid = _valid_plan(plan)
+    valid = valid_plan(plan)
     gates = ", ".join(launches.gate_ids(valid)) or "none"
-    _out().print(
+    stdout().print(
         Text(
-            f"{plan}: ok ({valid.service} {valid.version}, {_count(len(valid.phases), 'phase')}, "
+            f"{plan}: ok ({valid.service} {valid.version}, {count(len(valid.phases), 'phase')}, "
             f"gates: {gates})",
             style="green",
         ),
@@ -144,12 +133,12 @@ def launch(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --wait.")] = 1.0,
 ) -> None:
     """Validate a plan and start its launch; the plan is checked before Temporal is contacted."""
-    valid = _valid_plan(plan)
-    settings = _settings(ctx)
+    valid = valid_plan(plan)
+    settings = settings_of(ctx)
 
     async def start(client: Client) -> LaunchStatus | None:
         handle = await launches.start_launch(client, valid, settings=settings, launch_id=launch_id)
-        out = _out()
+        out = stdout()
         out.print(Text.assemble("started ", (handle.id, "bold")), soft_wrap=True)
         out.print(launches.ui_link(settings, handle.id), soft_wrap=True, highlight=False)
         if not wait:
@@ -158,7 +147,7 @@ def launch(
 
     final = _run(settings, start)
     if final is not None:
-        _finish(final)
+        finish(final)
 
 
 @app.command()
@@ -168,11 +157,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Show a launch: phase, exposure, open gate, analysis, decisions, refusals, undos."""
-    current = _run(_settings(ctx), lambda client: launches.get_status(client, launch_id))
+    current = _run(settings_of(ctx), lambda client: launches.get_status(client, launch_id))
     if as_json:
         typer.echo(current.model_dump_json(indent=2))
     else:
-        _out().print(render_status(current))
+        stdout().print(render_status(current))
 
 
 @app.command()
@@ -182,7 +171,7 @@ def watch(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
 ) -> None:
     """Follow a launch live until it finishes: exit 0 if completed, 1 if rolled back."""
-    _finish(_run(_settings(ctx), lambda client: _follow(client, launch_id, interval)))
+    finish(_run(settings_of(ctx), lambda client: _follow(client, launch_id, interval)))
 
 
 @app.command(name="list")
@@ -196,10 +185,10 @@ def list_(
 ) -> None:
     """List launches, filtered on their search attributes."""
     found = _run(
-        _settings(ctx),
+        settings_of(ctx),
         lambda client: launches.list_launches(client, service=service, status=status, limit=limit),
     )
-    _out().print(render_listing(found))
+    stdout().print(render_listing(found))
 
 
 # --- people acting on a launch ---------------------------------------------------------
@@ -238,8 +227,8 @@ def abort(
 ) -> None:
     """Stop a launch now and roll back everything it changed."""
     by = _who(approver)
-    _run(_settings(ctx), lambda client: launches.abort(client, launch_id, reason, by))
-    _out().print(
+    _run(settings_of(ctx), lambda client: launches.abort(client, launch_id, reason, by))
+    stdout().print(
         Text(f"asked {launch_id} to abort; follow the rollback with `phasegate watch {launch_id}`"),
         soft_wrap=True,
     )
@@ -256,7 +245,7 @@ def compensation_retry(
     """Try a failing undo again, once its cause is fixed."""
     by = _who(approver)
     _run(
-        _settings(ctx),
+        settings_of(ctx),
         lambda client: launches.retry_compensation(client, launch_id, compensation, by, comment),
     )
     _sent(launch_id, f"retry of {compensation}")
@@ -273,7 +262,7 @@ def compensation_skip(
     """Give up on a failing undo, on record (a comment saying why is required)."""
     by = _who(approver)
     _run(
-        _settings(ctx),
+        settings_of(ctx),
         lambda client: launches.skip_compensation(client, launch_id, compensation, by, comment),
     )
     _sent(launch_id, f"skip of {compensation}")
@@ -288,124 +277,16 @@ def worker(ctx: typer.Context) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         asyncio.run(serve(settings))
     except TemporalUnreachable as err:
-        _fail(str(err))
+        fail(str(err))
 
 
-@app.command()
-def dev(
-    ctx: typer.Context,
-    db_file: Annotated[
-        Path, typer.Option(help="SQLite file, so launches survive a restart.")
-    ] = Path(".phasegate/temporal.db"),
-    port: Annotated[int, typer.Option(help="Frontend port for clients and workers.")] = 7233,
-    ui_port: Annotated[int, typer.Option(help="Temporal Web UI port.")] = 8233,
-) -> None:
-    """Run the Temporal dev server with Phasegate's search attributes, until Ctrl-C."""
-    settings = _settings(ctx)
-    db_file = db_file.resolve()
-    try:
-        server = start_temporal_dev_server(
-            workdir=db_file.parent,
-            db_filename=db_file,
-            port=port,
-            ui_port=ui_port,
-            search_attributes=SEARCH_ATTRIBUTES,
-            namespace=settings.temporal_namespace,
-        )
-    except LocalProcessError as err:
-        _fail(str(err))
-    out = _out()
-    out.print(Text.assemble("Temporal  ", (server.address, "bold")), soft_wrap=True)
-    out.print(Text.assemble("Web UI    ", (server.url, "bold")), soft_wrap=True)
-    out.print(Text(f"Database  {db_file}\nLog       {server.log_path}"), soft_wrap=True)
-    out.print(
-        Text(
-            f"Run `TEMPORAL_ADDRESS={server.address} phasegate worker` next to it. Ctrl-C stops.",
-            style="dim",
-        ),
-        soft_wrap=True,
-    )
-    try:
-        code = server.wait()
-    except KeyboardInterrupt:
-        server.stop()
-        out.print("stopped")
-        return
-    _fail(f"the Temporal dev server exited with code {code}; see {server.log_path}")
-
-
-@app.command()
-def demo(
-    plan: Annotated[
-        Path | None,
-        typer.Option(
-            help="Launch plan; default: examples/plans/checkout.yaml "
-            "(checkout-faulty.yaml with --faulty).",
-            dir_okay=False,
-            show_default=False,
-        ),
-    ] = None,
-    auto_approve: Annotated[
-        bool, typer.Option("--auto-approve", help="Approve every gate as demo-bot.")
-    ] = False,
-    faulty: Annotated[
-        bool,
-        typer.Option("--faulty", help="Make the new code path fail half its requests."),
-    ] = False,
-    keep_running: Annotated[
-        bool,
-        typer.Option("--keep-running", help="Keep everything running after the launch ends."),
-    ] = False,
-    secure: Annotated[
-        bool,
-        typer.Option(
-            "--secure",
-            help="Also serve the demo behind TLS and validate its security first "
-            "(examples/plans/checkout-secure.yaml).",
-        ),
-    ] = False,
-    workdir: Annotated[
-        Path, typer.Option(help="Where the demo keeps its state, flag file and logs.")
-    ] = Path(".phasegate/demo"),
-) -> None:
-    """Launch the checkout demo end to end: dev server + UI, demo service under load,
-    Prometheus, a worker. Ends with the launch (exit 1 unless it completed)."""
-    default = "checkout-secure.yaml" if secure else "checkout.yaml"
-    chosen = plan or example_plan("checkout-faulty.yaml" if faulty else default)
-    _valid_plan(chosen)
-    options = DemoOptions(
-        workdir=workdir.resolve(),
-        plan=chosen.resolve(),
-        auto_approve=auto_approve,
-        faulty=faulty,
-        keep_running=keep_running,
-        secure=secure,
-    )
-    out = _out()
-    shown: list[str] = []
-
-    def say(line: str) -> None:
-        out.print(Text(line, style="bold"), soft_wrap=True)
-
-    def on_status(current: LaunchStatus) -> None:
-        # One line per change of what the launch is doing, so the demo reads as a log.
-        line = render_line(current)
-        if not shown or shown[-1] != line:
-            shown.append(line)
-            out.print(Text(line), soft_wrap=True)
-
-    try:
-        final = asyncio.run(run_demo(options, say, on_status))
-    except (LocalProcessError, TemporalUnreachable, launches.LaunchError) as err:
-        _fail(str(err))
-    except KeyboardInterrupt:
-        _fail("interrupted; the demo's servers are stopped")
-    out.print(render_status(final))
-    _finish(final)
+# The local stack: `dev`, `demo`, `kube …`, `migration demo`.
+devstack_commands.register(app)
+app.add_typer(schedule_app, name="schedule")
 
 
 def main() -> None:
@@ -425,10 +306,10 @@ def _decide(
 ) -> None:
     by = _who(approver)
     taken = _run(
-        _settings(ctx),
+        settings_of(ctx),
         lambda client: launches.decide(client, launch_id, gate, by, decision, comment),
     )
-    _out().print(
+    stdout().print(
         Text.assemble(
             (taken.outcome, "green" if taken.outcome == "approved" else "red"),
             f" {taken.gate} of {launch_id} as {taken.by}",
@@ -441,20 +322,12 @@ def _decide(
 async def _follow(client: Client, launch_id: str, interval: float) -> LaunchStatus:
     """Redraw the status until the launch finishes; returns the last status seen."""
     last: LaunchStatus | None = None
-    with Live(Text(f"waiting for {launch_id}…"), console=_out(), auto_refresh=False) as live:
+    with Live(Text(f"waiting for {launch_id}…"), console=stdout(), auto_refresh=False) as live:
         async for current in launches.follow_launch(client, launch_id, interval=interval):
             last = current
             live.update(render_status(current), refresh=True)
     assert last is not None
     return last
-
-
-def _finish(final: LaunchStatus) -> None:
-    if final.status == LaunchStatusValue.COMPLETED:
-        _out().print(Text(f"{final.launch_id} completed", style="bold green"), soft_wrap=True)
-        return
-    reason = f": {final.reason}" if final.reason else ""
-    _fail(f"{final.launch_id} {final.status.value.replace('_', ' ')}{reason}")
 
 
 def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
@@ -466,67 +339,30 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
     try:
         return asyncio.run(connected())
     except launches.DecisionError as err:
-        _fail(f"refused: {err}")
+        fail(f"refused: {err}")
     except (TemporalUnreachable, launches.LaunchError) as err:
-        _fail(str(err))
+        fail(str(err))
     except RPCError as err:
-        _fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
+        fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
     except KeyboardInterrupt:
-        _fail("interrupted; the launch itself goes on")
-
-
-def _valid_plan(path: Path) -> LaunchPlan:
-    try:
-        return launches.validate_plan(path)
-    except PlanError as err:
-        err_console = _err()
-        err_console.print(
-            Text(f"{path}: {_count(len(err.problems), 'problem')}", style="bold red"),
-            soft_wrap=True,
-        )
-        for problem in err.problems:
-            err_console.print(Text(f"  {problem}", style="red"), soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID_PLAN) from None
+        fail("interrupted; the launch itself goes on")
 
 
 def _who(approver: str | None) -> str:
     name = approver or os.environ.get("USER")
     if not name:
-        _fail("who are you? give --as NAME or set PHASEGATE_APPROVER")
+        fail("who are you? give --as NAME or set PHASEGATE_APPROVER")
     return name
 
 
 def _sent(launch_id: str, what: str) -> None:
-    _out().print(
+    stdout().print(
         Text(
             f"asked {launch_id} for a {what}; the refusal, if any, shows in "
             f"`phasegate status {launch_id}`"
         ),
         soft_wrap=True,
     )
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _fail(message: str) -> NoReturn:
-    _err().print(Text(message, style="red"), soft_wrap=True)
-    raise typer.Exit(EXIT_FAILED)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
 
 
 if __name__ == "__main__":
