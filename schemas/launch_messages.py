@@ -41,7 +41,9 @@ class PhaseInput(Message, Generic[P]):
         phase = self.plan.phases[self.phase_index]
         kind = self.__pydantic_generic_metadata__["args"]
         if kind and not isinstance(phase, kind[0]):
-            raise TypeError(f"phases[{self.phase_index}] is a {phase.kind} phase, not {kind[0].__name__}")
+            raise TypeError(
+                f"phases[{self.phase_index}] is a {phase.kind} phase, not {kind[0].__name__}"
+            )
         return cast(P, phase)
 
 
