@@ -6,21 +6,18 @@ backs off and tries again; the alert ledger records a receiver that stays down.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import httpx
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.options import activity_options
+from activities.options import SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.health_messages import AlertBatch, AlertState, LedgerDelivery, LedgerInput
 
-ALERT_OPTIONS = activity_options(
-    timedelta(seconds=15), attempts=4, longest_retry=timedelta(seconds=8)
-)
-LEDGER_OPTIONS = activity_options(timedelta(seconds=30), attempts=5)
+ALERT_OPTIONS = activity_options(15 * SECOND, attempts=4, longest_retry=8 * SECOND)
+LEDGER_OPTIONS = activity_options(30 * SECOND, attempts=5)
 ALERT_NAME = "PhasegateHealthCheck"
 LEDGER_WORKFLOW = "HealthAlertLedger"
 RECORD_SIGNAL = "record"

@@ -35,7 +35,7 @@ from activities.kube_client import (
     api_client_from_kubeconfig,
     metadata_of,
 )
-from activities.options import activity_options
+from activities.options import MINUTE, SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.kube_messages import (
     AppliedObject,
@@ -62,25 +62,19 @@ LAUNCH_ANNOTATION = "phasegate.dev/launch-id"
 BACKUP_OF = "phasegate.dev/backup-of"
 
 KUBE_OPTIONS = activity_options(
-    timedelta(seconds=60),
-    attempts=8,
-    first_retry=timedelta(milliseconds=500),
-    longest_retry=timedelta(seconds=10),
-    heartbeat=timedelta(seconds=20),
+    MINUTE, attempts=8, first_retry=SECOND / 2, longest_retry=10 * SECOND, heartbeat=20 * SECOND
 )
 
 
 # A health reading reports what it cannot read instead of raising; a hanging API server is
 # cut off by HEALTH_REQUEST_TIMEOUT_S and reported like a refused connection.
-KUBE_HEALTH_OPTIONS = activity_options(timedelta(seconds=60), attempts=3)
+KUBE_HEALTH_OPTIONS = activity_options(MINUTE, attempts=3)
 HEALTH_REQUEST_TIMEOUT_S = 10.0
 
 
 def rollout_options(timeout: timedelta) -> workflow.ActivityConfig:
     """Waiting is polling by retry: `check_rollout` raises until done, within `timeout`."""
-    return activity_options(
-        timedelta(seconds=30), backoff=1.5, longest_retry=timedelta(seconds=5), deadline=timeout
-    )
+    return activity_options(30 * SECOND, backoff=1.5, longest_retry=5 * SECOND, deadline=timeout)
 
 
 # Applied first, in this order; anything else keeps its place in the manifests after them.

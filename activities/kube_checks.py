@@ -10,20 +10,17 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from temporalio import activity
 
-from activities.options import activity_options
+from activities.options import MINUTE, SECOND, activity_options
 from activities.probes import finding
 from schemas.probe_messages import AuthorizationProbe, CheckReport, HygieneProbe
 from schemas.security_validation_spec import AccessRule, AuthorizationCheck, SecretHygieneCheck
 
-KUBE_CHECK_OPTIONS = activity_options(
-    timedelta(minutes=1), attempts=5, first_retry=timedelta(milliseconds=500)
-)
+KUBE_CHECK_OPTIONS = activity_options(MINUTE, attempts=5, first_retry=SECOND / 2)
 
 # A name that says "credential", and known credential formats whatever the name.
 CREDENTIAL_NAME = re.compile(

@@ -15,7 +15,7 @@ from prometheus_api_client import PrometheusConnect
 from temporalio import activity, workflow
 from urllib3.util.retry import Retry
 
-from activities.options import activity_options
+from activities.options import SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.analysis_spec import VARIANT_PLACEHOLDER
 from schemas.metrics_messages import (
@@ -26,16 +26,12 @@ from schemas.metrics_messages import (
 )
 from schemas.targets import PrometheusTarget
 
-METRICS_OPTIONS = activity_options(
-    timedelta(seconds=20), attempts=2, first_retry=timedelta(milliseconds=200)
-)
+METRICS_OPTIONS = activity_options(20 * SECOND, attempts=2, first_retry=SECOND / 5)
 
 
 def targets_options(timeout: timedelta) -> workflow.ActivityConfig:
     """`check_targets_up` raises until every job is up; the retry policy polls, within `timeout`."""
-    return activity_options(
-        timedelta(seconds=20), backoff=1.5, longest_retry=timedelta(seconds=5), deadline=timeout
-    )
+    return activity_options(20 * SECOND, backoff=1.5, longest_retry=5 * SECOND, deadline=timeout)
 
 
 class TargetsDown(Exception):

@@ -6,17 +6,15 @@ never hold a launch or its rollback hostage.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import httpx
 from temporalio import activity
 
 from activities.errors import ConfigurationError
-from activities.options import activity_options
+from activities.options import SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.notify_messages import Notification, NotificationResult
 
-NOTIFY_OPTIONS = activity_options(timedelta(seconds=30), attempts=3)
+NOTIFY_OPTIONS = activity_options(30 * SECOND, attempts=3)
 
 
 class NotifyActivities:

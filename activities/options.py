@@ -10,6 +10,10 @@ from temporalio.common import RetryPolicy
 
 from activities.errors import NON_RETRYABLE
 
+SECOND = timedelta(seconds=1)
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
 
 def activity_options(
     timeout: timedelta,

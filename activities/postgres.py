@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, LiteralString
 
@@ -29,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from temporalio import activity
 
 from activities.errors import ConfigurationError, MigrationError, WritesAfterCutover
-from activities.options import activity_options
+from activities.options import HOUR, MINUTE, SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.basics import SecretRef
 from schemas.migration_messages import (
@@ -57,18 +56,12 @@ from schemas.migration_messages import (
 
 # Quick checks: a few retries for a database that is restarting, then the launch hears of it.
 POSTGRES_OPTIONS = activity_options(
-    timedelta(minutes=10),
-    attempts=5,
-    longest_retry=timedelta(seconds=30),
-    heartbeat=timedelta(seconds=30),
+    10 * MINUTE, attempts=5, longest_retry=30 * SECOND, heartbeat=30 * SECOND
 )
 # Backup, migrate and restore can run for hours; a dead worker is noticed by its missing
 # heartbeat within seconds and the activity resumes on another one from the ledger.
 LONG_POSTGRES_OPTIONS = activity_options(
-    timedelta(hours=6),
-    attempts=20,
-    longest_retry=timedelta(seconds=30),
-    heartbeat=timedelta(seconds=10),
+    6 * HOUR, attempts=20, longest_retry=30 * SECOND, heartbeat=10 * SECOND
 )
 HEARTBEAT_S = 2.0
 NO_TRANSACTION_MARK = "-- phasegate: no-transaction"

@@ -18,14 +18,14 @@ import warnings
 from collections import Counter
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 from cryptography import x509
 from temporalio import activity, workflow
 
 from activities.errors import ConfigurationError
-from activities.options import activity_options
+from activities.options import MINUTE, SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.basics import SecretRef
 from schemas.health_messages import HttpProbe, HttpProbeResult
@@ -41,12 +41,12 @@ from schemas.probe_messages import (
 )
 from schemas.security_validation_spec import RateLimitCheck, SecurityCheck, TlsCheck
 
-PROBE_OPTIONS = activity_options(timedelta(minutes=2), attempts=3)
+PROBE_OPTIONS = activity_options(2 * MINUTE, attempts=3)
 
 
 def burst_options(check: RateLimitCheck) -> workflow.ActivityConfig:
     """A burst runs for at most `max_duration`; a retry would start a second burst, so none."""
-    return activity_options(check.max_duration + timedelta(seconds=30), attempts=1)
+    return activity_options(check.max_duration + 30 * SECOND, attempts=1)
 
 
 REQUEST_TIMEOUT = 10.0

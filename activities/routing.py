@@ -9,13 +9,12 @@ which router is in use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Generic, Protocol, TypeAlias, TypedDict, TypeVar, assert_never
 
 from temporalio import activity
 
 from activities.errors import ConfigurationError
-from activities.options import activity_options
+from activities.options import SECOND, activity_options
 from schemas.routing_messages import (
     ExposureRequest,
     ExposureState,
@@ -28,10 +27,7 @@ from schemas.targets import FlagdRouter, IngressCanaryRouter, ReplicaCanaryRoute
 from schemas.targets import TrafficRouter as RouterSpec
 
 ROUTING_OPTIONS = activity_options(
-    timedelta(seconds=30),
-    attempts=10,
-    first_retry=timedelta(milliseconds=200),
-    longest_retry=timedelta(seconds=10),
+    30 * SECOND, attempts=10, first_retry=SECOND / 5, longest_retry=10 * SECOND
 )
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Duration, PositiveDuration, StrictModel
+from schemas.basics import Duration, PositiveDuration, StrictModel, one_of
 
 
 class BaselineComparison(StrictModel):
@@ -19,9 +19,8 @@ class BaselineComparison(StrictModel):
 
     @model_validator(mode="after")
     def _one_direction(self) -> BaselineComparison:
-        if (self.max_ratio is None) == (self.min_ratio is None):
-            raise ValueError("give exactly one of `max_ratio` or `min_ratio`")
-        return self
+        problem = "give exactly one of `max_ratio` or `min_ratio`"
+        return one_of(self, ("max_ratio", "min_ratio"), problem, exactly=True)
 
 
 VARIANT_PLACEHOLDER = "{{variant}}"
@@ -43,8 +42,8 @@ class MetricSpec(StrictModel):
 
     @model_validator(mode="after")
     def _has_condition(self) -> MetricSpec:
-        if self.max is None and self.min is None and self.baseline is None:
-            raise ValueError("give a success condition: `max`, `min` or `baseline`")
+        problem = "give a success condition: `max`, `min` or `baseline`"
+        one_of(self, ("max", "min", "baseline"), problem)
         if VARIANT_PLACEHOLDER not in self.query and self.baseline is not None:
             raise ValueError(
                 f"`baseline` compares variants, so the query must contain {VARIANT_PLACEHOLDER}"

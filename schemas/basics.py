@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -40,6 +41,18 @@ PositiveDuration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterV
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=63)]
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def one_of(model: M, fields: Sequence[str], problem: str, *, exactly: bool = False) -> M:
+    """`model` if it gives one of `fields` (just one, if `exactly`); else the `problem`.
+    A field left at None or empty is not given."""
+    given = [name for name in fields if getattr(model, name) not in (None, [], {})]
+    if not given or (exactly and len(given) > 1):
+        raise ValueError(problem)
+    return model
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,9 +65,7 @@ class SecretRef(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of `env` or `file`")
-        return self
+        return one_of(self, ("env", "file"), "give exactly one of `env` or `file`", exactly=True)
 
 
 class Message(BaseModel):

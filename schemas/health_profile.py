@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel
-from schemas.problems import PlanError, describe_errors
+from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel, one_of
+from schemas.problems import PlanError, describe_errors, names_used_twice
 from schemas.targets import PrometheusTarget
 
 CheckStatus = Literal["pass", "warn", "fail"]
@@ -31,9 +31,7 @@ class Bounds(StrictModel):
 
     @model_validator(mode="after")
     def _has_a_bound(self) -> Bounds:
-        if self.max is None and self.min is None:
-            raise ValueError("give `max` and/or `min`")
-        return self
+        return one_of(self, ("max", "min"), "give `max` and/or `min`")
 
     def breached_by(self, value: float) -> bool:
         return (self.max is not None and value > self.max) or (
@@ -140,9 +138,8 @@ class ScheduleSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one_timing(self) -> ScheduleSpec:
-        if (self.every is None) == (self.cron is None):
-            raise ValueError("give exactly one of `every` (e.g. 10s) or `cron`")
-        return self
+        problem = "give exactly one of `every` (e.g. 10s) or `cron`"
+        return one_of(self, ("every", "cron"), problem, exactly=True)
 
 
 class AlertReceiver(StrictModel):
@@ -191,11 +188,9 @@ class HealthProfile(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> HealthProfile:
         problems: list[str] = []
-        seen: set[str] = set()
+        twice = names_used_twice([check.name for check in self.checks], "checks", "check")
         for index, check in enumerate(self.checks):
-            if check.name in seen:
-                problems.append(f"checks[{index}].name: {check.name!r} is used by an earlier check")
-            seen.add(check.name)
+            problems.extend([twice[index]] if index in twice else [])
             if check.kind == "prometheus" and self.prometheus is None:
                 problems.append(f"checks[{index}]: a prometheus check needs `prometheus` to query")
         if problems:

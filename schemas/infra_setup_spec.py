@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Name, PositiveDuration, SecretRef, StrictModel
+from schemas.basics import Name, PositiveDuration, SecretRef, StrictModel, one_of
 from schemas.phase_spec import PhaseSpec
 
 
@@ -32,9 +32,7 @@ class InfraSetupPhase(PhaseSpec):
 
     @model_validator(mode="after")
     def _has_something(self) -> InfraSetupPhase:
-        if not self.manifests and not self.secrets:
-            raise ValueError("give `manifests` and/or `secrets` to apply")
-        return self
+        return one_of(self, ("manifests", "secrets"), "give `manifests` and/or `secrets` to apply")
 
     def prometheus_needs(self) -> list[tuple[str, str]]:
         return [("prometheus_jobs", "to query")] if self.prometheus_jobs else []

@@ -10,14 +10,9 @@ from pydantic import Field
 
 from schemas.basics import Message
 from schemas.decision_messages import Decision
-from schemas.full_launch_spec import FullLaunchPhase
-from schemas.infra_setup_spec import InfraSetupPhase
-from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.phase_spec import PhaseSpec
 from schemas.plan import LaunchPlan
 from schemas.probe_messages import Finding
-from schemas.security_validation_spec import SecurityValidationPhase
-from schemas.soft_launch_spec import SoftLaunchPhase
 
 # Covariant: a soft launch's input is a phase input, as its phase is a phase.
 P = TypeVar("P", bound=PhaseSpec, covariant=True)
@@ -45,13 +40,6 @@ class PhaseInput(Message, Generic[P]):
                 f"phases[{self.phase_index}] is a {phase.kind} phase, not {kind[0].__name__}"
             )
         return cast(P, phase)
-
-
-InfraSetupInput = PhaseInput[InfraSetupPhase]
-SecurityValidationInput = PhaseInput[SecurityValidationPhase]
-SoftLaunchInput = PhaseInput[SoftLaunchPhase]
-FullLaunchInput = PhaseInput[FullLaunchPhase]
-MigrationCutoverInput = PhaseInput[MigrationCutoverPhase]
 
 
 class LaunchStatusValue(StrEnum):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Name, SecretRef, StrictModel
+from schemas.basics import Name, SecretRef, StrictModel, one_of
 from schemas.gate_spec import Gate, GateSpec, gate_id
 from schemas.phase_spec import PhaseSpec
 from schemas.targets import FlagdRouter
@@ -55,9 +55,7 @@ class CutoverSpec(StrictModel):
 
     @model_validator(mode="after")
     def _has_action(self) -> CutoverSpec:
-        if self.flag is None and self.sql is None:
-            raise ValueError("give a cutover action: `flag`, `sql` or both")
-        return self
+        return one_of(self, ("flag", "sql"), "give a cutover action: `flag`, `sql` or both")
 
 
 class WatchSpec(StrictModel):

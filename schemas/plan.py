@@ -19,7 +19,7 @@ from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.notification_spec import Webhook
-from schemas.problems import PlanError, describe_errors
+from schemas.problems import PlanError, describe_errors, names_used_twice
 from schemas.security_validation_spec import SecurityValidationPhase
 from schemas.soft_launch_spec import SoftLaunchPhase
 from schemas.targets import FlagdRouter, Targets
@@ -54,11 +54,9 @@ class LaunchPlan(StrictModel):
     @model_validator(mode="after")
     def _references_resolve(self) -> LaunchPlan:
         problems: list[str] = []
-        seen: set[str] = set()
+        twice = names_used_twice([phase.name for phase in self.phases], "phases", "phase")
         for index, phase in enumerate(self.phases):
-            if phase.name in seen:
-                problems.append(f"phases[{index}].name: {phase.name!r} is used by an earlier phase")
-            seen.add(phase.name)
+            problems.extend([twice[index]] if index in twice else [])
             if self.targets.prometheus is None:
                 for where, why in phase.prometheus_needs():
                     problems.append(f"phases[{index}].{where}: needs targets.prometheus {why}")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from pydantic import ValidationError
+
+
+def names_used_twice(names: Sequence[str], path: str, noun: str) -> dict[int, str]:
+    """By index, the problem of each name an earlier item already has: `phases[2].name: ...`."""
+    return {
+        index: f"{path}[{index}].name: {name!r} is used by an earlier {noun}"
+        for index, name in enumerate(names)
+        if name in names[:index]
+    }
 
 
 class PlanError(ValueError):

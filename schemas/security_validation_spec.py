@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel
+from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel, one_of
 from schemas.gate_spec import GateSpec, gate_id
 from schemas.phase_spec import PhaseSpec
 
@@ -155,8 +155,7 @@ class AuthorizationCheck(SecurityCheck):
 
     @model_validator(mode="after")
     def _rules(self) -> AuthorizationCheck:
-        if not self.can and not self.cannot:
-            raise ValueError("give at least one rule in `can` or `cannot`")
+        one_of(self, ("can", "cannot"), "give at least one rule in `can` or `cannot`")
         aspects = self.aspects()
         repeated = sorted({a for a in aspects if aspects.count(a) > 1})
         if repeated:

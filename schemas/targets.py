@@ -16,32 +16,32 @@ class PrometheusTarget(StrictModel):
     timeout: PositiveDuration = timedelta(seconds=5)
 
 
-class FlagdRouter(StrictModel):
+class _VariantRouter(StrictModel):
+    """A router between two variants; their names are also the `variant` label of metrics."""
+
+    stable_variant: Name = "stable"
+    canary_variant: Name = "canary"
+
+    @model_validator(mode="after")
+    def _distinct_variants(self) -> _VariantRouter:
+        if self.stable_variant == self.canary_variant:
+            raise ValueError("stable_variant and canary_variant must differ")
+        return self
+
+
+class FlagdRouter(_VariantRouter):
     """Exposure through an OpenFeature flag in flagd's JSON format, in a file the service watches."""
 
     kind: Literal["flagd"] = "flagd"
     flag_file: str
     flag_key: Annotated[str, Field(min_length=1)]
-    stable_variant: Name = "stable"
-    canary_variant: Name = "canary"
-
-    @model_validator(mode="after")
-    def _distinct_variants(self) -> FlagdRouter:
-        if self.stable_variant == self.canary_variant:
-            raise ValueError("stable_variant and canary_variant must differ")
-        return self
 
 
-class _KubeRouter(StrictModel):
+class _KubeRouter(_VariantRouter):
+    """A router of Kubernetes objects; the variant names are also the pods' `phasegate.dev/variant`
+    label."""
+
     namespace: Name
-    stable_variant: Name = "stable"  # also the pods' `phasegate.dev/variant` label
-    canary_variant: Name = "canary"
-
-    @model_validator(mode="after")
-    def _distinct_variants(self) -> _KubeRouter:
-        if self.stable_variant == self.canary_variant:
-            raise ValueError("stable_variant and canary_variant must differ")
-        return self
 
 
 class ReplicaCanaryRouter(_KubeRouter):

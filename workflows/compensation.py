@@ -18,7 +18,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.kube import KubeActivities
-    from activities.options import activity_options
+    from activities.options import MINUTE, SECOND, activity_options
     from activities.postgres import PostgresActivities
     from activities.routing import RouterActivities
     from schemas.kube_messages import RestoreObjectRequest
@@ -34,9 +34,7 @@ R = TypeVar("R", bound=BaseModel)
 
 # An undo is retried with backoff; if it still fails, a person is alerted and asked to
 # retry or skip it explicitly. It is never dropped silently.
-COMPENSATION_OPTIONS = activity_options(
-    timedelta(minutes=2), attempts=5, longest_retry=timedelta(seconds=30)
-)
+COMPENSATION_OPTIONS = activity_options(2 * MINUTE, attempts=5, longest_retry=30 * SECOND)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.routing import ROUTING_OPTIONS, RouterActivities
+    from schemas.exposure_spec import ExposurePhase
     from schemas.gate_spec import gate_id
-    from schemas.launch_messages import FullLaunchInput, SoftLaunchInput
+    from schemas.launch_messages import PhaseInput
     from schemas.routing_messages import (
         ExposureRequest,
         PromoteRequest,
@@ -24,7 +25,10 @@ with workflow.unsafe.imports_passed_through():
 
 
 async def run_exposure_steps(
-    phase: PhaseWorkflow, inp: SoftLaunchInput | FullLaunchInput, *, promote: bool
+    phase: PhaseWorkflow,
+    inp: PhaseInput[ExposurePhase],
+    *,
+    promote: bool,
 ) -> None:
     plan, spec, state = inp.plan, inp.phase, phase.state
     router = plan.targets.router

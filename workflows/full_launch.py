@@ -5,7 +5,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.launch_messages import FullLaunchInput, PhaseState
+    from schemas.full_launch_spec import FullLaunchPhase
+    from schemas.launch_messages import PhaseInput, PhaseState
     from workflows.exposure import run_exposure_steps
     from workflows.phase import PhaseWorkflow
 
@@ -13,5 +14,5 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="FullLaunch")
 class FullLaunchWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: FullLaunchInput) -> PhaseState:
+    async def run(self, inp: PhaseInput[FullLaunchPhase]) -> PhaseState:
         return await self.run_phase(inp, lambda: run_exposure_steps(self, inp, promote=True))

@@ -11,6 +11,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.kube import KUBE_OPTIONS, KubeActivities, rollout_options
     from activities.metrics import MetricsActivities, targets_options
     from activities.options import summarized
+    from schemas.infra_setup_spec import InfraSetupPhase, SecretSpec
     from schemas.kube_messages import (
         ApplyObjectRequest,
         ApplySecretRequest,
@@ -20,10 +21,8 @@ with workflow.unsafe.imports_passed_through():
         RolloutRequest,
         SnapshotObjectRequest,
     )
-    from schemas.launch_messages import InfraSetupInput, PhaseState
-    from schemas.metrics_messages import (
-        TargetsUpRequest,
-    )
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.metrics_messages import TargetsUpRequest
     from workflows.compensation import RESTORE_OBJECT
     from workflows.phase import PhaseWorkflow
 
@@ -31,10 +30,10 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="InfraSetup")
 class InfraSetupWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: InfraSetupInput) -> PhaseState:
+    async def run(self, inp: PhaseInput[InfraSetupPhase]) -> PhaseState:
         return await self.run_phase(inp, lambda: self.set_up(inp))
 
-    async def set_up(self, inp: InfraSetupInput) -> None:
+    async def set_up(self, inp: PhaseInput[InfraSetupPhase]) -> None:
         spec = inp.phase
         plan, state = inp.plan, self.state
 
@@ -55,20 +54,7 @@ class InfraSetupWorkflow(PhaseWorkflow):
 
         await self.apply(namespace, inp)
         for secret in spec.secrets:
-            ref = KubeObjectRef(
-                api_version="v1", kind="Secret", name=secret.name, namespace=spec.namespace
-            )
-            await self.register_undo(ref, inp)
-            await workflow.execute_activity_method(
-                KubeActivities.apply_secret,
-                ApplySecretRequest(
-                    secret=secret,
-                    namespace=spec.namespace,
-                    launch_id=inp.launch_id,
-                    service=plan.service,
-                ),
-                **KUBE_OPTIONS,
-            )
+            await self.apply_secret(secret, inp)
         for obj in objects:
             await self.apply(obj, inp)
 
@@ -96,7 +82,7 @@ class InfraSetupWorkflow(PhaseWorkflow):
                 **targets_options(spec.targets_timeout),
             )
 
-    async def apply(self, obj: dict[str, object], inp: InfraSetupInput) -> None:
+    async def apply(self, obj: dict[str, object], inp: PhaseInput[InfraSetupPhase]) -> None:
         ref = KubeObjectRef.of(obj)
         await self.register_undo(ref, inp)
         await workflow.execute_activity_method(
@@ -105,7 +91,21 @@ class InfraSetupWorkflow(PhaseWorkflow):
             **summarized(KUBE_OPTIONS, f"apply {ref.describe()}"),
         )
 
-    async def register_undo(self, ref: KubeObjectRef, inp: InfraSetupInput) -> None:
+    async def apply_secret(self, secret: SecretSpec, inp: PhaseInput[InfraSetupPhase]) -> None:
+        """A Secret whose values the worker resolves from their references."""
+        namespace = inp.phase.namespace
+        ref = KubeObjectRef(api_version="v1", kind="Secret", name=secret.name, namespace=namespace)
+        await self.register_undo(ref, inp)
+        request = ApplySecretRequest(
+            secret=secret, namespace=namespace, launch_id=inp.launch_id, service=inp.plan.service
+        )
+        await workflow.execute_activity_method(
+            KubeActivities.apply_secret,
+            request,
+            **summarized(KUBE_OPTIONS, f"apply {ref.describe()}"),
+        )
+
+    async def register_undo(self, ref: KubeObjectRef, inp: PhaseInput[InfraSetupPhase]) -> None:
         """Snapshot the object as it is, then record how to return to that, before applying."""
         self.state.step += 1
         self.state.activity = f"applying {ref.describe()}"

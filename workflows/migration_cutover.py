@@ -16,7 +16,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.postgres import LONG_POSTGRES_OPTIONS, POSTGRES_OPTIONS, PostgresActivities
     from activities.routing import ROUTING_OPTIONS, RouterActivities
     from schemas.gate_spec import gate_id
-    from schemas.launch_messages import MigrationCutoverInput, PhaseState
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.migration_cutover_spec import MigrationCutoverPhase
     from schemas.migration_messages import (
         BackupRequest,
         MigrateRequest,
@@ -45,7 +46,7 @@ STEPS = ("preflight", "backup", "migrate", "verify", "cutover", "watch")
 @workflow.defn(name="MigrationCutover")
 class MigrationCutoverWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: MigrationCutoverInput) -> PhaseState:
+    async def run(self, inp: PhaseInput[MigrationCutoverPhase]) -> PhaseState:
         self.state.steps = len(STEPS)
         return await self.run_phase(inp, lambda: self._migrate_and_cut_over(inp))
 
@@ -55,7 +56,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         self.state.activity = activity
         await self.report()
 
-    async def _migrate_and_cut_over(self, inp: MigrationCutoverInput) -> None:
+    async def _migrate_and_cut_over(self, inp: PhaseInput[MigrationCutoverPhase]) -> None:
         spec = inp.phase
         where = MigrationTarget(
             launch_id=inp.launch_id,

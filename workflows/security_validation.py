@@ -21,18 +21,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.options import summarized
     from activities.probes import PROBE_OPTIONS, ProbeActivities, burst_options, finding
     from schemas.analysis_spec import MetricSpec
-    from schemas.basics import Message
-    from schemas.launch_messages import PhaseState, SecurityValidationInput
+    from schemas.launch_messages import PhaseInput, PhaseState
     from schemas.metrics_messages import MetricQuery, MetricReading
     from schemas.probe_messages import (
-        AuthorizationProbe,
-        AuthProbe,
+        CheckProbe,
         CheckReport,
-        HeaderProbe,
-        HygieneProbe,
         ProbeRequest,
         RateLimitProbe,
-        TlsProbe,
     )
     from schemas.security_validation_spec import (
         AuditCheck,
@@ -45,10 +40,10 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="SecurityValidation")
 class SecurityValidationWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: SecurityValidationInput) -> PhaseState:
+    async def run(self, inp: PhaseInput[SecurityValidationPhase]) -> PhaseState:
         return await self.run_phase(inp, lambda: self._validate(inp))
 
-    async def _validate(self, inp: SecurityValidationInput) -> None:
+    async def _validate(self, inp: PhaseInput[SecurityValidationPhase]) -> None:
         spec = inp.phase
         state = self.state
         state.steps = len(spec.checks())
@@ -103,47 +98,31 @@ class SecurityValidationWorkflow(PhaseWorkflow):
             await self.report()
 
     def _probes(self, spec: SecurityValidationPhase) -> list[asyncio.Future[CheckReport]]:
-        """Every probe but audits and bursts, started at once, each check by the activity of
-        its kind: (kind, the plan's checks, activity, its request, its options)."""
-        kinds: list[tuple[str, Sequence[SecurityCheck], str, type[Message], ActivityConfig]] = [
-            ("TLS", spec.tls, "check_tls", TlsProbe, PROBE_OPTIONS),
-            ("headers", spec.headers, "check_headers", HeaderProbe, PROBE_OPTIONS),
-            (
-                "authentication",
-                spec.authentication,
-                "check_authentication",
-                AuthProbe,
-                PROBE_OPTIONS,
-            ),
-            (
-                "authorization",
-                spec.authorization,
-                "check_authorization",
-                AuthorizationProbe,
-                KUBE_CHECK_OPTIONS,
-            ),
-            (
-                "secret hygiene",
-                spec.secret_hygiene,
-                "check_secret_hygiene",
-                HygieneProbe,
-                KUBE_CHECK_OPTIONS,
-            ),
+        """Every probe but audits and bursts, started at once: each check of the plan by the
+        activity of its kind, with that kind's options."""
+        kinds: list[tuple[Sequence[SecurityCheck], str, ActivityConfig]] = [
+            (spec.tls, "check_tls", PROBE_OPTIONS),
+            (spec.headers, "check_headers", PROBE_OPTIONS),
+            (spec.authentication, "check_authentication", PROBE_OPTIONS),
+            (spec.authorization, "check_authorization", KUBE_CHECK_OPTIONS),
+            (spec.secret_hygiene, "check_secret_hygiene", KUBE_CHECK_OPTIONS),
         ]
         return [
             workflow.start_activity(
                 activity,
-                # Kubernetes checks take no trust bundle: a message ignores fields it lacks.
-                request.model_validate({"check": check, "ca_file": spec.ca_file}),
+                CheckProbe(check=check, ca_file=spec.ca_file),
                 result_type=CheckReport,
-                **summarized(options, f"{kind} {check.id}"),
+                **summarized(options, f"{activity.replace('_', ' ')} {check.id}"),
             )
-            for kind, checks, activity, request, options in kinds
+            for checks, activity, options in kinds
             for check in checks
         ]
 
     async def _audit(
-        self, inp: SecurityValidationInput, spec: SecurityValidationPhase, check: AuditCheck
+        self,
+        inp: PhaseInput[SecurityValidationPhase],
+        spec: SecurityValidationPhase,
+        check: AuditCheck,
     ) -> CheckReport:
         """Read the audit query, call the endpoint once, and wait for the query to go up."""
         assert inp.plan.targets.prometheus is not None

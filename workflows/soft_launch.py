@@ -5,7 +5,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.launch_messages import PhaseState, SoftLaunchInput
+    from schemas.launch_messages import PhaseInput, PhaseState
+    from schemas.soft_launch_spec import SoftLaunchPhase
     from workflows.exposure import run_exposure_steps
     from workflows.phase import PhaseWorkflow
 
@@ -13,5 +14,5 @@ with workflow.unsafe.imports_passed_through():
 @workflow.defn(name="SoftLaunch")
 class SoftLaunchWorkflow(PhaseWorkflow):
     @workflow.run
-    async def run(self, inp: SoftLaunchInput) -> PhaseState:
+    async def run(self, inp: PhaseInput[SoftLaunchPhase]) -> PhaseState:
         return await self.run_phase(inp, lambda: run_exposure_steps(self, inp, promote=False))

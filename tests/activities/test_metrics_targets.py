@@ -10,9 +10,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.metrics import MetricsActivities, TargetsDown
 from devstack.processes import ManagedProcess, free_port, start_prometheus, wait_for_first_scrape
-from schemas.metrics_messages import (
-    TargetsUpRequest,
-)
+from schemas.metrics_messages import TargetsUpRequest
 from schemas.targets import PrometheusTarget
 
 pytestmark = pytest.mark.integration

@@ -15,18 +15,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from schemas import routing_messages
 from schemas.launch_messages import LaunchInput, LaunchStatus
 from schemas.metrics_messages import MetricQuery, MetricReading
 from schemas.notify_messages import Notification, NotificationResult
 from schemas.plan import LaunchPlan
-from schemas.routing_messages import (
-    ExposureRequest,
-    ExposureState,
-    PromoteRequest,
-    RestoreRequest,
-    RouterSnapshot,
-    SnapshotRequest,
-)
 from workers.main import WORKFLOWS
 from workflows.launch import LaunchWorkflow
 
@@ -50,18 +43,26 @@ class FakeWorld:
         world = self
 
         @activity.defn(name="snapshot_exposure")
-        async def snapshot_exposure(request: SnapshotRequest) -> RouterSnapshot:
+        async def snapshot_exposure(
+            request: routing_messages.SnapshotRequest,
+        ) -> routing_messages.RouterSnapshot:
             world.calls.append(("snapshot_exposure", world.exposure))
-            return RouterSnapshot(kind="flagd", existed=True, definition={"weight": world.exposure})
+            return routing_messages.RouterSnapshot(
+                kind="flagd", existed=True, definition={"weight": world.exposure}
+            )
 
         @activity.defn(name="set_exposure")
-        async def set_exposure(request: ExposureRequest) -> ExposureState:
+        async def set_exposure(
+            request: routing_messages.ExposureRequest,
+        ) -> routing_messages.ExposureState:
             world.calls.append(("set_exposure", request.weight))
             world.exposure = request.weight
-            return ExposureState(weight=request.weight, changed=True)
+            return routing_messages.ExposureState(weight=request.weight, changed=True)
 
         @activity.defn(name="restore_exposure")
-        async def restore_exposure(request: RestoreRequest) -> ExposureState:
+        async def restore_exposure(
+            request: routing_messages.RestoreRequest,
+        ) -> routing_messages.ExposureState:
             if world.restore_failures > 0:
                 world.restore_failures -= 1
                 world.calls.append(("restore_exposure_failed", None))
@@ -69,13 +70,15 @@ class FakeWorld:
             assert request.snapshot.definition is not None
             world.exposure = request.snapshot.definition["weight"]
             world.calls.append(("restore_exposure", world.exposure))
-            return ExposureState(weight=world.exposure, changed=True)
+            return routing_messages.ExposureState(weight=world.exposure, changed=True)
 
         @activity.defn(name="promote_exposure")
-        async def promote_exposure(request: PromoteRequest) -> ExposureState:
+        async def promote_exposure(
+            request: routing_messages.PromoteRequest,
+        ) -> routing_messages.ExposureState:
             world.calls.append(("promote_exposure", 100.0))
             world.exposure = 100.0
-            return ExposureState(weight=100.0, changed=True)
+            return routing_messages.ExposureState(weight=100.0, changed=True)
 
         @activity.defn(name="query_metric")
         async def query_metric(request: MetricQuery) -> MetricReading:

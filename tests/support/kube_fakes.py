@@ -9,19 +9,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from schemas.kube_messages import (
-    AppliedObject,
-    ApplyObjectRequest,
-    ApplySecretRequest,
-    KubeObjectRef,
-    Manifests,
-    ManifestsRequest,
-    ObjectSnapshot,
-    RestoreObjectRequest,
-    RolloutRequest,
-    RolloutStatus,
-    SnapshotObjectRequest,
-)
+from schemas import kube_messages
 from schemas.metrics_messages import (
     TargetsUp,
     TargetsUpRequest,
@@ -41,25 +29,33 @@ class KubeFakeWorld(FakeWorld):
         world = self
 
         @activity.defn(name="read_manifests")
-        async def read_manifests(request: ManifestsRequest) -> Manifests:
+        async def read_manifests(
+            request: kube_messages.ManifestsRequest,
+        ) -> kube_messages.Manifests:
             world.calls.append(("read_manifests", request.paths))
             namespace = {
                 "apiVersion": "v1",
                 "kind": "Namespace",
                 "metadata": {"name": request.namespace},
             }
-            return Manifests(objects=[namespace, *world.objects])
+            return kube_messages.Manifests(objects=[namespace, *world.objects])
 
         @activity.defn(name="snapshot_object")
-        async def snapshot_object(request: SnapshotObjectRequest) -> ObjectSnapshot:
+        async def snapshot_object(
+            request: kube_messages.SnapshotObjectRequest,
+        ) -> kube_messages.ObjectSnapshot:
             key = request.ref.describe()
             world.calls.append(("snapshot_object", key))
             previous = world.cluster.get(key)
-            return ObjectSnapshot(ref=request.ref, existed=previous is not None, previous=previous)
+            return kube_messages.ObjectSnapshot(
+                ref=request.ref, existed=previous is not None, previous=previous
+            )
 
         @activity.defn(name="apply_object")
-        async def apply_object(request: ApplyObjectRequest) -> AppliedObject:
-            ref = KubeObjectRef.of(request.object)
+        async def apply_object(
+            request: kube_messages.ApplyObjectRequest,
+        ) -> kube_messages.AppliedObject:
+            ref = kube_messages.KubeObjectRef.of(request.object)
             world.calls.append(("apply_object", ref.describe()))
             if ref.describe() in world.reject:
                 raise ApplicationError(
@@ -68,11 +64,13 @@ class KubeFakeWorld(FakeWorld):
                     non_retryable=True,
                 )
             world.cluster[ref.describe()] = request.object
-            return AppliedObject(ref=ref, changed=True, action="applied")
+            return kube_messages.AppliedObject(ref=ref, changed=True, action="applied")
 
         @activity.defn(name="apply_secret")
-        async def apply_secret(request: ApplySecretRequest) -> AppliedObject:
-            ref = KubeObjectRef(
+        async def apply_secret(
+            request: kube_messages.ApplySecretRequest,
+        ) -> kube_messages.AppliedObject:
+            ref = kube_messages.KubeObjectRef(
                 api_version="v1",
                 kind="Secret",
                 name=request.secret.name,
@@ -80,22 +78,30 @@ class KubeFakeWorld(FakeWorld):
             )
             world.calls.append(("apply_secret", ref.describe()))
             world.cluster[ref.describe()] = {"kind": "Secret"}
-            return AppliedObject(ref=ref, changed=True, action="applied")
+            return kube_messages.AppliedObject(ref=ref, changed=True, action="applied")
 
         @activity.defn(name="restore_object")
-        async def restore_object(request: RestoreObjectRequest) -> AppliedObject:
+        async def restore_object(
+            request: kube_messages.RestoreObjectRequest,
+        ) -> kube_messages.AppliedObject:
             key = request.snapshot.ref.describe()
             world.calls.append(("restore_object", key))
             if request.snapshot.existed:
                 world.cluster[key] = request.snapshot.previous or {}
             else:
                 world.cluster.pop(key, None)
-            return AppliedObject(ref=request.snapshot.ref, changed=True, action="restored")
+            return kube_messages.AppliedObject(
+                ref=request.snapshot.ref, changed=True, action="restored"
+            )
 
         @activity.defn(name="check_rollout")
-        async def check_rollout(request: RolloutRequest) -> RolloutStatus:
+        async def check_rollout(
+            request: kube_messages.RolloutRequest,
+        ) -> kube_messages.RolloutStatus:
             world.calls.append(("check_rollout", request.deployments))
-            return RolloutStatus(ready={name: "ready" for name in request.deployments})
+            return kube_messages.RolloutStatus(
+                ready={name: "ready" for name in request.deployments}
+            )
 
         @activity.defn(name="check_targets_up")
         async def check_targets_up(request: TargetsUpRequest) -> TargetsUp:

@@ -11,27 +11,9 @@ from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from schemas import migration_messages
 from schemas.launch_messages import LaunchInput
 from schemas.metrics_messages import MetricReading
-from schemas.migration_messages import (
-    BackupRecord,
-    BackupRequest,
-    DatabaseFingerprint,
-    MigrateRequest,
-    MigrateResult,
-    MigrationScript,
-    PreflightReport,
-    PreflightRequest,
-    RestoreDatabaseRequest,
-    RestoreReport,
-    SqlSwitchRequest,
-    SqlSwitchResult,
-    TableComparison,
-    VerificationReport,
-    VerifyRequest,
-    WritesGuardRequest,
-    WritesGuardResult,
-)
 from schemas.plan import LaunchPlan
 from tests.support.fakes import FakeWorld, gate_open, wait_for
 from tests.support.plans import plan_dict
@@ -58,12 +40,14 @@ def migration_plan(**phase: Any) -> LaunchPlan:
 
 
 def postgres_fakes(world: FakeWorld) -> list[Callable[..., Any]]:
-    script = MigrationScript(version="001", name="a", sha256="x", has_down=True)
+    script = migration_messages.MigrationScript(version="001", name="a", sha256="x", has_down=True)
 
     @activity.defn(name="preflight_migration")
-    async def preflight(request: PreflightRequest) -> PreflightReport:
+    async def preflight(
+        request: migration_messages.PreflightRequest,
+    ) -> migration_messages.PreflightReport:
         world.calls.append(("preflight_migration", None))
-        return PreflightReport(
+        return migration_messages.PreflightReport(
             source_version="15",
             target_version="15",
             database_bytes=1,
@@ -72,52 +56,64 @@ def postgres_fakes(world: FakeWorld) -> list[Callable[..., Any]]:
         )
 
     @activity.defn(name="backup_database")
-    async def backup(request: BackupRequest) -> BackupRecord:
+    async def backup(request: migration_messages.BackupRequest) -> migration_messages.BackupRecord:
         world.calls.append(("backup_database", None))
-        return BackupRecord(
+        return migration_messages.BackupRecord(
             path="/srv/backups/b.dump",
             sha256="abc",
             size_bytes=1,
             entries=1,
             database="checkout",
-            fingerprint=DatabaseFingerprint(schema_hash="s"),
+            fingerprint=migration_messages.DatabaseFingerprint(schema_hash="s"),
         )
 
     @activity.defn(name="apply_migrations")
-    async def migrate(request: MigrateRequest) -> MigrateResult:
+    async def migrate(
+        request: migration_messages.MigrateRequest,
+    ) -> migration_messages.MigrateResult:
         world.calls.append(("apply_migrations", [s.version for s in request.scripts]))
-        return MigrateResult()
+        return migration_messages.MigrateResult()
 
     @activity.defn(name="verify_migration")
-    async def verify(request: VerifyRequest) -> VerificationReport:
+    async def verify(
+        request: migration_messages.VerifyRequest,
+    ) -> migration_messages.VerificationReport:
         world.calls.append(("verify_migration", None))
-        return VerificationReport(
+        return migration_messages.VerificationReport(
             tables=[
-                TableComparison(
+                migration_messages.TableComparison(
                     table="orders", target_table="orders_v2", source_rows=7, target_rows=7
                 )
             ]
         )
 
     @activity.defn(name="cut_over_sql")
-    async def cut_over(request: SqlSwitchRequest) -> SqlSwitchResult:
+    async def cut_over(
+        request: migration_messages.SqlSwitchRequest,
+    ) -> migration_messages.SqlSwitchResult:
         world.calls.append(("cut_over_sql", None))
-        return SqlSwitchResult(changed=True)
+        return migration_messages.SqlSwitchResult(changed=True)
 
     @activity.defn(name="switch_back_sql")
-    async def switch_back(request: SqlSwitchRequest) -> SqlSwitchResult:
+    async def switch_back(
+        request: migration_messages.SqlSwitchRequest,
+    ) -> migration_messages.SqlSwitchResult:
         world.calls.append(("switch_back_sql", None))
-        return SqlSwitchResult(changed=True)
+        return migration_messages.SqlSwitchResult(changed=True)
 
     @activity.defn(name="check_writes_since_cutover")
-    async def guard(request: WritesGuardRequest) -> WritesGuardResult:
+    async def guard(
+        request: migration_messages.WritesGuardRequest,
+    ) -> migration_messages.WritesGuardResult:
         world.calls.append(("check_writes_since_cutover", request.at_cutover[0].target_rows))
-        return WritesGuardResult()
+        return migration_messages.WritesGuardResult()
 
     @activity.defn(name="restore_database")
-    async def restore(request: RestoreDatabaseRequest) -> RestoreReport:
+    async def restore(
+        request: migration_messages.RestoreDatabaseRequest,
+    ) -> migration_messages.RestoreReport:
         world.calls.append(("restore_database", request.backup.path))
-        return RestoreReport(method="down_scripts")
+        return migration_messages.RestoreReport(method="down_scripts")
 
     return [preflight, backup, migrate, verify, cut_over, switch_back, guard, restore]
 

@@ -12,20 +12,10 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.probes import finding
+from schemas import probe_messages
 from schemas.decision_messages import Decision, DecisionRequest
 from schemas.metrics_messages import MetricReading
 from schemas.plan import LaunchPlan
-from schemas.probe_messages import (
-    AuthorizationProbe,
-    AuthProbe,
-    CheckReport,
-    HeaderProbe,
-    HygieneProbe,
-    ProbeRequest,
-    ProbeResponse,
-    RateLimitProbe,
-    TlsProbe,
-)
 from schemas.security_validation_spec import SecurityCheck
 from tests.support.fakes import FakeWorld, gate_open, running_launch, wait_for
 from tests.support.histories import HISTORIES, replay
@@ -84,9 +74,9 @@ class ProbedWorld(FakeWorld):
         # The audit query counts the records the audited request wrote, unless it should fail.
         self.readings = lambda query: MetricReading(value=float(self.audit_records))
 
-    def _report(self, check: SecurityCheck, target: str) -> CheckReport:
+    def _report(self, check: SecurityCheck, target: str) -> probe_messages.CheckReport:
         self.calls.append(("probe", check.id))
-        return CheckReport(
+        return probe_messages.CheckReport(
             findings=[
                 finding(check, a, target, f"{check.id}.{a}" not in self.failing, f"fake {a}")
                 for a in check.aspects()
@@ -97,35 +87,45 @@ class ProbedWorld(FakeWorld):
         world = self
 
         @activity.defn(name="check_tls")
-        async def check_tls(probe: TlsProbe) -> CheckReport:
+        async def check_tls(probe: probe_messages.TlsProbe) -> probe_messages.CheckReport:
             return world._report(probe.check, probe.check.url)
 
         @activity.defn(name="check_headers")
-        async def check_headers(probe: HeaderProbe) -> CheckReport:
+        async def check_headers(probe: probe_messages.HeaderProbe) -> probe_messages.CheckReport:
             return world._report(probe.check, probe.check.url)
 
         @activity.defn(name="check_authentication")
-        async def check_authentication(probe: AuthProbe) -> CheckReport:
+        async def check_authentication(
+            probe: probe_messages.AuthProbe,
+        ) -> probe_messages.CheckReport:
             return world._report(probe.check, probe.check.url)
 
         @activity.defn(name="check_rate_limit")
-        async def check_rate_limit(probe: RateLimitProbe) -> CheckReport:
+        async def check_rate_limit(
+            probe: probe_messages.RateLimitProbe,
+        ) -> probe_messages.CheckReport:
             return world._report(probe.check, probe.check.url)
 
         @activity.defn(name="check_authorization")
-        async def check_authorization(probe: AuthorizationProbe) -> CheckReport:
+        async def check_authorization(
+            probe: probe_messages.AuthorizationProbe,
+        ) -> probe_messages.CheckReport:
             return world._report(probe.check, probe.check.service_account)
 
         @activity.defn(name="check_secret_hygiene")
-        async def check_secret_hygiene(probe: HygieneProbe) -> CheckReport:
+        async def check_secret_hygiene(
+            probe: probe_messages.HygieneProbe,
+        ) -> probe_messages.CheckReport:
             return world._report(probe.check, probe.check.namespace)
 
         @activity.defn(name="send_request")
-        async def send_request(request: ProbeRequest) -> ProbeResponse:
+        async def send_request(
+            request: probe_messages.ProbeRequest,
+        ) -> probe_messages.ProbeResponse:
             world.calls.append(("send_request", request.url))
             if "orders-audit.recorded" not in world.failing:
                 world.audit_records += 1
-            return ProbeResponse(status=200)
+            return probe_messages.ProbeResponse(status=200)
 
         return [
             *super().activities(),
