@@ -57,7 +57,10 @@ def peak_rss_mib(who: int) -> float:
 
 
 class ChildMemory:
-    """The largest RSS of any child process (pg_dump, pg_restore) seen while running."""
+    """The largest RSS of any pg_dump or pg_restore seen while running (the PostgreSQL server,
+    a child process too, does not count)."""
+
+    TOOLS = ("pg_dump", "pg_restore")
 
     def __init__(self) -> None:
         self.peak_mib = 0.0
@@ -69,7 +72,8 @@ class ChildMemory:
         while not self._stop.wait(0.02):
             for child in me.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    self.peak_mib = max(self.peak_mib, child.memory_info().rss / 2**20)
+                    if child.name() in self.TOOLS:
+                        self.peak_mib = max(self.peak_mib, child.memory_info().rss / 2**20)
 
     def __enter__(self) -> ChildMemory:
         self._thread.start()

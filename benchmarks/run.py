@@ -48,13 +48,13 @@ from activities.flags import FlagdFileRouter
 from benchmarks.baseline import SequenceWorkflow, SignalThenActivityWorkflow, noop
 from devstack.demo import demo_stack, example_plan
 from devstack.processes import start_temporal_dev_server
-from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.launch_messages import LaunchStatus
 from schemas.plan import LaunchPlan, load_plan
+from starters import launches
 from workers.client import connect
 from workers.main import WORKFLOWS, activities
 from workers.settings import Settings
 from workflows.launch import LaunchWorkflow
-from workflows.visibility import SEARCH_ATTRIBUTES
 
 TASK_QUEUE = "phasegate-bench"
 APPROVER = "bench"
@@ -142,16 +142,6 @@ def reaction_plan(base: LaunchPlan) -> LaunchPlan:
 # --- measurements -----------------------------------------------------------------------
 
 
-async def start_launch(client: Client, plan: LaunchPlan) -> WorkflowHandle[Any, LaunchResult]:
-    launch_id = f"bench-{uuid.uuid4().hex[:8]}"
-    return await client.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
-        id=launch_id,
-        task_queue=TASK_QUEUE,
-    )
-
-
 async def count_activities(client: Client, workflow_ids: list[str]) -> int:
     total = 0
     for workflow_id in workflow_ids:
@@ -164,7 +154,9 @@ async def count_activities(client: Client, workflow_ids: list[str]) -> int:
     return total
 
 
-async def orchestration_overhead(client: Client, workdir: Path, rounds: int) -> dict[str, Any]:
+async def orchestration_overhead(
+    client: Client, settings: Settings, workdir: Path, rounds: int
+) -> dict[str, Any]:
     soft_steps, full_steps = 8, 4
     launch_s: list[float] = []
     bare_s: list[float] = []
@@ -174,7 +166,7 @@ async def orchestration_overhead(client: Client, workdir: Path, rounds: int) -> 
             workdir / f"overhead-{number}.json", soft_steps, full_steps, gated=False
         )
         started = time.perf_counter()
-        handle = await start_launch(client, plan)
+        handle = await launches.start_launch(client, plan, settings=settings)
         result = await handle.result()
         launch_s.append(time.perf_counter() - started)
         assert result.status == "completed", result.reason
@@ -217,10 +209,10 @@ async def next_start_after(starts: ActivityStarts, moment: float) -> float:
 
 
 async def approval_latency(
-    client: Client, workdir: Path, starts: ActivityStarts, gates: int
+    client: Client, settings: Settings, workdir: Path, starts: ActivityStarts, gates: int
 ) -> dict[str, Any]:
     plan = instant_plan(workdir / "approval.json", gates, 1, gated=True)
-    handle = await start_launch(client, plan)
+    handle = await launches.start_launch(client, plan, settings=settings)
     launch_ms: list[float] = []
     for number in range(1, gates + 1):
         gate = f"soft-launch.step-{number}"
@@ -263,16 +255,18 @@ async def approval_latency(
     }
 
 
-async def rollback_reaction(client: Client, workdir: Path, rounds: int) -> dict[str, Any]:
+async def rollback_reaction(
+    client: Client, settings: Settings, workdir: Path, rounds: int
+) -> dict[str, Any]:
     budget = SCRAPE_INTERVAL_S + 2 * ANALYSIS_INTERVAL_S + 2
     reactions: list[float] = []
     with demo_stack(workdir / "stack", rps=40, duration=1800) as stack:
         plan = reaction_plan(stack.plan_for(load_plan(example_plan())))
         flags = FlagdFileRouter()
         for _ in range(rounds):
-            handle = await start_launch(client, plan)
+            handle = await launches.start_launch(client, plan, settings=settings)
 
-            async def analysed_healthy(handle: WorkflowHandle[Any, LaunchResult] = handle) -> bool:
+            async def analysed_healthy(handle: WorkflowHandle[Any, Any] = handle) -> bool:
                 current: LaunchStatus = await handle.query(LaunchWorkflow.status)
                 results = [r for p in current.phases for r in p.analysis]
                 return bool(results) and results[-1].successes >= 3
@@ -320,10 +314,12 @@ def machine() -> dict[str, Any]:
 
 async def run(quick: bool) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="phasegate-bench-"))
-    server = start_temporal_dev_server(workdir=workdir, search_attributes=SEARCH_ATTRIBUTES)
+    server = start_temporal_dev_server(workdir=workdir)
     starts = ActivityStarts()
     try:
-        client = await connect(Settings(TEMPORAL_ADDRESS=server.address))
+        # Launches start as `phasegate launch` starts them, on the benchmark's task queue.
+        settings = Settings(TEMPORAL_ADDRESS=server.address, task_queue=TASK_QUEUE)
+        client = await connect(settings)
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as executor:
             async with (
                 httpx.AsyncClient() as http,
@@ -337,10 +333,16 @@ async def run(quick: bool) -> dict[str, Any]:
                 ),
             ):
                 # One launch first, so imports and the server's caches are warm for both sides.
-                await orchestration_overhead(client, workdir, rounds=1)
-                overhead = await orchestration_overhead(client, workdir, rounds=3 if quick else 7)
-                approval = await approval_latency(client, workdir, starts, 10 if quick else 40)
-                reaction = await rollback_reaction(client, workdir, rounds=1 if quick else 3)
+                await orchestration_overhead(client, settings, workdir, rounds=1)
+                overhead = await orchestration_overhead(
+                    client, settings, workdir, rounds=3 if quick else 7
+                )
+                approval = await approval_latency(
+                    client, settings, workdir, starts, 10 if quick else 40
+                )
+                reaction = await rollback_reaction(
+                    client, settings, workdir, rounds=1 if quick else 3
+                )
     finally:
         server.stop()
     return {

@@ -27,7 +27,6 @@ from starters import launches
 from starters.output import fail, finish, settings_of, stdout, valid_plan
 from starters.render import render_line, render_status
 from workers.client import TemporalUnreachable
-from workflows.visibility import SEARCH_ATTRIBUTES
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +55,6 @@ def dev(
                 db_filename=db_file,
                 port=port,
                 ui_port=ui_port,
-                search_attributes=SEARCH_ATTRIBUTES,
                 namespace=settings.temporal_namespace,
             )
         except LocalProcessError as err:

@@ -38,7 +38,6 @@ from schemas.targets import FlagdRouter, PrometheusTarget
 from starters import launches
 from workers.client import connect
 from workers.settings import Settings
-from workflows.visibility import SEARCH_ATTRIBUTES
 
 T = TypeVar("T")
 
@@ -247,12 +246,7 @@ async def run_demo(
     cancels it on a stop signal); with `keep_running` it waits for that cancellation.
     """
     server = _on_preferred_ports(
-        functools.partial(
-            start_temporal_dev_server,
-            workdir=options.workdir,
-            db_filename=options.workdir / "temporal.db",
-            search_attributes=SEARCH_ATTRIBUTES,
-        ),
+        functools.partial(start_temporal_dev_server, workdir=options.workdir),
         port=options.temporal_port,
         ui_port=options.ui_port,
     )

@@ -28,7 +28,6 @@ from devstack.processes import (
     BinaryNotFoundError,
     LocalProcessError,
     ManagedProcess,
-    _launch,
     free_port,
     wait_until_ready,
 )
@@ -309,10 +308,7 @@ def control_plane(workdir: Path, *, nodes: int = 2) -> Iterator[ControlPlane]:
 def _start(
     plane: ControlPlane, name: str, argv: list[str], workdir: Path, port: int, url: str
 ) -> ManagedProcess:
-    process, log_path, log_file = _launch(name, argv, workdir)
-    managed = ManagedProcess(
-        name=name, process=process, log_path=log_path, port=port, url=url, log_file=log_file
-    )
+    managed = ManagedProcess(name, argv, workdir=workdir, port=port, url=url)
     plane.processes.append(managed)
     return managed
 
@@ -449,96 +445,95 @@ def _get_ok(url: str) -> bool:
 
 
 # kwok plays the kubelet: fake nodes become Ready, pods scheduled onto them become Running and
-# Ready at once, and a pod being deleted goes away (there is no container to stop).
-KWOK_STAGES = """\
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: phasegate-node-ready
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Node
-  selector:
-    matchExpressions:
-    - key: '.status.phase'
-      operator: 'NotIn'
-      values: ['Running']
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      {{ range NodeConditions }}
-      - lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $now | Quote }}
-        message: {{ .message | Quote }}
-        reason: {{ .reason | Quote }}
-        status: {{ .status | Quote }}
-        type: {{ .type | Quote }}
-      {{ end }}
-      addresses:
-      - address: {{ NodeIP | Quote }}
-        type: InternalIP
-      allocatable: {cpu: "64", memory: 256Gi, pods: "500"}
-      capacity: {cpu: "64", memory: 256Gi, pods: "500"}
-      nodeInfo:
-        architecture: amd64
-        operatingSystem: linux
-        kubeletVersion: kwok
-      phase: Running
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: phasegate-pod-ready
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.podIP'
-      operator: 'DoesNotExist'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: ContainersReady, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      - {type: Ready, status: "True", lastTransitionTime: {{ $now | Quote }}}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - name: {{ .name | Quote }}
-        image: {{ .image | Quote }}
-        ready: true
-        started: true
-        restartCount: 0
-        state: {running: {startedAt: {{ $now | Quote }}}}
-      {{ end }}
-      hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-      podIP: {{ PodIPWith .spec.nodeName false ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
-      phase: Running
-      startTime: {{ $now | Quote }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: phasegate-pod-gone
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'Exists'
-  next:
-    finalizers:
-      empty: true
-    delete: true
+# Ready at once, and a pod being deleted goes away (there is no container to stop). Each
+# status template is Go template text kwok renders into the object's status.
+NODE_READY_STATUS = """\
+{{ $now := Now }}
+conditions:
+{{ range NodeConditions }}
+- lastHeartbeatTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $now | Quote }}
+  message: {{ .message | Quote }}
+  reason: {{ .reason | Quote }}
+  status: {{ .status | Quote }}
+  type: {{ .type | Quote }}
+{{ end }}
+addresses:
+- address: {{ NodeIP | Quote }}
+  type: InternalIP
+allocatable: {cpu: "64", memory: 256Gi, pods: "500"}
+capacity: {cpu: "64", memory: 256Gi, pods: "500"}
+nodeInfo:
+  architecture: amd64
+  operatingSystem: linux
+  kubeletVersion: kwok
+phase: Running
 """
+POD_READY_STATUS = """\
+{{ $now := Now }}
+conditions:
+- {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
+- {type: ContainersReady, status: "True", lastTransitionTime: {{ $now | Quote }}}
+- {type: Ready, status: "True", lastTransitionTime: {{ $now | Quote }}}
+containerStatuses:
+{{ range .spec.containers }}
+- name: {{ .name | Quote }}
+  image: {{ .image | Quote }}
+  ready: true
+  started: true
+  restartCount: 0
+  state: {running: {startedAt: {{ $now | Quote }}}}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName false ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+
+
+def _kwok_stage(
+    name: str, kind: str, match: list[dict[str, object]], next_: dict[str, object]
+) -> dict[str, object]:
+    """A kwok Stage: every object of `kind` matching all `match` expressions changes as
+    `next_` says."""
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": kind},
+            "selector": {"matchExpressions": match},
+            "next": next_,
+        },
+    }
+
+
+KWOK_STAGES = yaml.safe_dump_all(
+    [
+        _kwok_stage(
+            "phasegate-node-ready",
+            "Node",
+            [{"key": ".status.phase", "operator": "NotIn", "values": ["Running"]}],
+            {"statusTemplate": NODE_READY_STATUS},
+        ),
+        _kwok_stage(
+            "phasegate-pod-ready",
+            "Pod",
+            [
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.podIP", "operator": "DoesNotExist"},
+            ],
+            {"statusTemplate": POD_READY_STATUS},
+        ),
+        _kwok_stage(
+            "phasegate-pod-gone",
+            "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            {"finalizers": {"empty": True}, "delete": True},
+        ),
+    ],
+    sort_keys=False,
+)
 
 
 def main() -> None:

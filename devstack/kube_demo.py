@@ -13,13 +13,14 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
-from kubernetes import client, config
+from kubernetes import client
 from rich.console import Console
 from temporalio.client import Client
 
+from activities.kube_client import api_client_from_kubeconfig
 from devstack.demo import auto_approve, example_plan
 from devstack.kube_cluster import ControlPlane, control_plane, start_control_plane
 from devstack.processes import (
@@ -32,9 +33,9 @@ from devstack.processes import (
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.launch_messages import LaunchStatus
 from starters import launches
-from workers.client import connect
+from starters.output import fail
+from workers.client import TemporalUnreachable, connect
 from workers.settings import Settings
-from workflows.visibility import SEARCH_ATTRIBUTES
 
 kube_app = typer.Typer(
     help="The local Kubernetes control plane and the Kubernetes demo.", no_args_is_help=True
@@ -51,8 +52,7 @@ def up(workdir: Workdir = Path(".phasegate/kube")) -> None:
         try:
             plane = start_control_plane(workdir.resolve())
         except LocalProcessError as err:
-            console.print(f"[red]{err}[/red]")
-            raise typer.Exit(1) from None
+            fail(str(err))
         try:
             console.print(
                 f"control plane ready in {time.monotonic() - started:.1f}s at {plane.server}"
@@ -64,11 +64,7 @@ def up(workdir: Workdir = Path(".phasegate/kube")) -> None:
             exited = next(process for process in plane.processes if not process.running)
         finally:
             plane.stop()
-        console.print(
-            f"[red]{exited.name} exited with code {exited.process.returncode}; "
-            f"see {exited.log_path}[/red]"
-        )
-        raise typer.Exit(1)
+        fail(f"{exited.name} exited with code {exited.process.returncode}; see {exited.log_path}")
 
 
 @kube_app.command("demo")
@@ -85,15 +81,14 @@ def demo(
         try:
             with control_plane(workdir / "cluster") as plane:
                 final = run_stoppable(_run(plane, workdir, reject))
-        except LocalProcessError as err:
-            console.print(f"[red]{err}[/red]")
-            raise typer.Exit(1) from None
+        except (LocalProcessError, TemporalUnreachable, launches.LaunchError) as err:
+            fail(str(err))
     raise typer.Exit(0 if final.status.value == ("rolled_back" if reject else "completed") else 1)
 
 
 async def _run(plane: ControlPlane, workdir: Path, reject: bool) -> LaunchStatus:
     console.print(f"Kubernetes API at {plane.server} (KUBECONFIG={plane.kubeconfig})")
-    server = start_temporal_dev_server(workdir=workdir, search_attributes=SEARCH_ATTRIBUTES)
+    server = start_temporal_dev_server(workdir=workdir)
     worker = start_worker(
         address=server.address,
         workdir=workdir,
@@ -147,9 +142,7 @@ async def _reject_soft_launch(
 
 
 def _show_namespace(plane: ControlPlane, namespace: str) -> None:
-    # The kubernetes package leaves new_client_from_config unannotated; it returns an ApiClient.
-    new_client = cast(Callable[[str], client.ApiClient], config.new_client_from_config)
-    api = new_client(str(plane.kubeconfig))
+    api = api_client_from_kubeconfig(plane.kubeconfig)
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     names = {n.metadata.name for n in core.list_namespace().items if n.metadata is not None}
     if namespace not in names:

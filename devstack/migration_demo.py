@@ -11,14 +11,16 @@ from typing import Annotated
 import psycopg
 import typer
 import yaml
-from rich.console import Console
 from rich.text import Text
 
 from devstack.checkout_db import seed_checkout
 from devstack.demo import DemoOptions, example_plan, run_demo
 from devstack.postgres_cluster import postgres_cluster
-from devstack.processes import run_stoppable, stop_on_signals
+from devstack.processes import LocalProcessError, run_stoppable, stop_on_signals
 from schemas.launch_messages import LaunchStatus
+from starters import launches
+from starters.output import fail, stdout
+from workers.client import TemporalUnreachable
 
 app = typer.Typer(
     help="The migration cutover phase against a local PostgreSQL.", no_args_is_help=True
@@ -37,11 +39,11 @@ def demo(
 ) -> None:
     """Launch examples/plans/checkout-migration.yaml: soft and full launch, then back up,
     migrate, verify and cut the orders over to orders_v2, and watch."""
-    console = Console(highlight=False)
+    out = stdout()
     seen: set[str] = set()
 
     def say(line: str) -> None:
-        console.print(Text(line), soft_wrap=True)
+        out.print(Text(line), soft_wrap=True)
 
     def on_status(status: LaunchStatus) -> None:
         line = f"{status.status.value}: {status.phase} — " + next(
@@ -56,32 +58,42 @@ def demo(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     plan = _plan_in(workdir)
-    with (
-        stop_on_signals("phasegate migration demo"),
-        postgres_cluster(workdir / "postgres") as cluster,
-    ):
-        dsn = cluster.create_database("checkout")
-        seed_checkout(dsn, rows)
-        say(f"PostgreSQL on port {cluster.port}: database checkout with {rows} orders")
-        options = DemoOptions(
-            workdir=workdir,
-            plan=plan,
-            auto_approve=auto_approve,
-            worker_env={"CHECKOUT_DSN": dsn},
-        )
-        final = run_stoppable(run_demo(options, say, on_status))
-        with psycopg.connect(dsn) as conn:
-            view = conn.execute(
-                "SELECT definition FROM pg_views WHERE viewname = 'checkout_orders'"
-            ).fetchone()
-            new_table = conn.execute("SELECT to_regclass('orders_v2')").fetchone()
-        reads = "orders_v2" if view and "orders_v2" in str(view[0]) else "orders"
-        say(
-            f"launch {final.launch_id} {final.status.value}{': ' + final.reason if final.reason else ''}; "
-            f"checkout_orders reads {reads}; orders_v2 {'exists' if new_table and new_table[0] else 'is gone'}"
-        )
+    with stop_on_signals("phasegate migration demo"):
+        try:
+            with postgres_cluster(workdir / "postgres") as cluster:
+                dsn = cluster.create_database("checkout")
+                seed_checkout(dsn, rows)
+                say(f"PostgreSQL on port {cluster.port}: database checkout with {rows} orders")
+                options = DemoOptions(
+                    workdir=workdir,
+                    plan=plan,
+                    auto_approve=auto_approve,
+                    worker_env={"CHECKOUT_DSN": dsn},
+                )
+                final = run_stoppable(run_demo(options, say, on_status))
+                say(
+                    f"launch {final.launch_id} {final.status.value}{_reason(final)}; {_cutover(dsn)}"
+                )
+        except (LocalProcessError, TemporalUnreachable, launches.LaunchError) as err:
+            fail(str(err))
     if final.status.value != "completed":
         raise typer.Exit(1)
+
+
+def _reason(final: LaunchStatus) -> str:
+    return f": {final.reason}" if final.reason else ""
+
+
+def _cutover(dsn: str) -> str:
+    """Which table the checkout reads now, and whether orders_v2 is still there."""
+    with psycopg.connect(dsn) as conn:
+        view = conn.execute(
+            "SELECT definition FROM pg_views WHERE viewname = 'checkout_orders'"
+        ).fetchone()
+        new_table = conn.execute("SELECT to_regclass('orders_v2')").fetchone()
+    reads = "orders_v2" if view and "orders_v2" in str(view[0]) else "orders"
+    exists = "exists" if new_table and new_table[0] else "is gone"
+    return f"checkout_orders reads {reads}; orders_v2 {exists}"
 
 
 def _plan_in(workdir: Path) -> Path:

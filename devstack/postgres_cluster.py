@@ -1,15 +1,15 @@
-"""A throwaway PostgreSQL cluster from Debian's packages: initdb + pg_ctl into a folder, on a
-free loopback port, for the migration tests, the benchmark and the demo.
+"""A throwaway PostgreSQL cluster from Debian's packages: initdb into a fresh folder, then the
+server as a `ManagedProcess` on a free loopback port, for the migration tests, the benchmark
+and the demo. Like every process started here, a stop signal or exit stops it.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +18,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from devstack.processes import LOOPBACK, BinaryNotFoundError, LocalProcessError, free_port
+from devstack.processes import (
+    LOOPBACK,
+    BinaryNotFoundError,
+    LocalProcessError,
+    ManagedProcess,
+    as_user,
+    free_port,
+    wait_until_ready,
+)
 
 PG_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "phasegate"
@@ -27,10 +35,19 @@ POSTGRES_NOT_FOUND = (
     "`deploy/setup.sh postgres` (Debian packages postgresql, postgresql-client) or set "
     "PHASEGATE_PG_BIN"
 )
+READY_TIMEOUT_S = 60.0
+# Durability is pointless for a cluster that is thrown away; speed is not.
+THROWAWAY_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "50",
+    "shared_buffers": "64MB",
+}
 
 
 def server_bin_dir() -> Path:
-    """The newest installed server's bin folder (initdb, pg_ctl, pg_dump, pg_restore)."""
+    """The newest installed server's bin folder (initdb, postgres, pg_dump, pg_restore)."""
     explicit = os.environ.get("PHASEGATE_PG_BIN")
     candidates = (
         [Path(explicit)]
@@ -42,7 +59,7 @@ def server_bin_dir() -> Path:
         )
     )
     for candidate in candidates:
-        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
+        if (candidate / "initdb").is_file() and (candidate / "postgres").is_file():
             return candidate
     raise BinaryNotFoundError(f"{POSTGRES_NOT_FOUND} (tried: {', '.join(map(str, candidates))})")
 
@@ -51,11 +68,17 @@ def server_bin_dir() -> Path:
 class PostgresCluster:
     """A running cluster; `dsn(db)` is a connection string for one of its databases."""
 
+    server: ManagedProcess
     data_dir: Path
-    port: int
     bin_dir: Path
-    log_path: Path
-    workdir: Path
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def log_path(self) -> Path:
+        return self.server.log_path
 
     def dsn(self, database: str = "postgres") -> str:
         return f"host={LOOPBACK} port={self.port} user={SUPERUSER} dbname={database}"
@@ -69,108 +92,69 @@ class PostgresCluster:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn(name)
 
+    def accepts_connections(self) -> bool:
+        try:
+            with psycopg.connect(self.dsn(), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
     def stop(self) -> None:
-        subprocess.run(
-            [
-                *_as_server_user(),
-                str(self.bin_dir / "pg_ctl"),
-                "stop",
-                "-D",
-                str(self.data_dir),
-                "-m",
-                "immediate",
-            ],
-            capture_output=True,
-            check=False,
-        )
-        if self.log_path.exists():
-            shutil.copy(self.log_path, self.workdir / "postgres.log")
+        """Stop the server and throw its data away."""
+        self.server.stop()
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
 
-def _as_server_user() -> list[str]:
-    """initdb refuses to run as root: then the cluster runs as Debian's `postgres` user."""
-    if os.geteuid() != 0:
-        return []
-    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
-    if runuser is None:
-        raise BinaryNotFoundError("runuser not found (util-linux): needed to run initdb as root")
-    return [runuser, "-u", "postgres", "--"]
+def _server_user() -> str | None:
+    """initdb and postgres refuse to run as root: then they run as Debian's `postgres` user."""
+    return "postgres" if os.geteuid() == 0 else None
 
 
 def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresCluster:
-    """initdb (trust auth for the loopback superuser, fsync off: it is thrown away) and start.
+    """initdb (trust auth for the loopback superuser, durability off: it is thrown away) and
+    start the server, ready for connections.
 
-    The cluster and its log live in a fresh temporary folder (owned by the server's user, as
-    a pytest folder of root's would not be reachable) that `stop` removes after copying the
-    log to `workdir`.
+    The cluster lives in a fresh temporary folder (owned by the server's user, as a pytest
+    folder of root's would not be reachable) that `stop` removes; the server's log is
+    `workdir/postgres.log`.
     """
     bin_dir = server_bin_dir()
+    user = _server_user()
     workdir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="phasegate-pg-"))
-    if os.geteuid() == 0:
-        os.chown(base, pwd.getpwnam("postgres").pw_uid, -1)
+    if user is not None:
+        shutil.chown(base, user)
     data_dir = base / "pgdata"
-    log_path = base / "postgres.log"
     port = port or free_port()
+    settings = {
+        "port": str(port),
+        "listen_addresses": LOOPBACK,
+        "unix_socket_directories": str(base),
+        **THROWAWAY_SETTINGS,
+    }
     try:
-        _run(
+        _initdb(bin_dir, data_dir, user)
+        server = ManagedProcess(
+            "postgres",
             [
-                *_as_server_user(),
-                str(bin_dir / "initdb"),
+                str(bin_dir / "postgres"),
                 "-D",
                 str(data_dir),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
+                *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
             ],
-            "initdb",
+            workdir=workdir,
+            port=port,
+            url=f"postgresql://{LOOPBACK}:{port}",
+            stop_signal=signal.SIGQUIT,  # immediate shutdown: nothing in it needs keeping
+            user=user,
         )
-        options = (
-            f"-c port={port} -c listen_addresses={LOOPBACK} -c unix_socket_directories='{base}' "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50 "
-            "-c shared_buffers=64MB"
-        )
-        _run(
-            [
-                *_as_server_user(),
-                str(bin_dir / "pg_ctl"),
-                "start",
-                "-D",
-                str(data_dir),
-                "-l",
-                str(log_path),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-            ],
-            "pg_ctl start",
-            log_path=log_path,
-        )
+        cluster = PostgresCluster(server=server, data_dir=data_dir, bin_dir=bin_dir)
+        # Stops the server if it exits, does not answer in time, or a stop signal comes.
+        wait_until_ready(server, cluster.accepts_connections, READY_TIMEOUT_S)
     except BaseException:
-        # A cluster that never started leaves nothing behind (a server that did is stopped
-        # by `stop`).
         shutil.rmtree(base, ignore_errors=True)
         raise
-    cluster = PostgresCluster(
-        data_dir=data_dir, port=port, bin_dir=bin_dir, log_path=log_path, workdir=workdir
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with psycopg.connect(cluster.dsn(), connect_timeout=2):
-                return cluster
-        except psycopg.OperationalError as err:
-            if time.monotonic() > deadline:
-                cluster.stop()
-                raise LocalProcessError(
-                    f"PostgreSQL on port {port} does not answer: {err}"
-                ) from err
-            time.sleep(0.1)
+    return cluster
 
 
 @contextmanager
@@ -182,10 +166,16 @@ def postgres_cluster(workdir: Path) -> Iterator[PostgresCluster]:
         cluster.stop()
 
 
-def _run(argv: list[str], what: str, *, log_path: Path | None = None) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+def _initdb(bin_dir: Path, data_dir: Path, user: str | None) -> None:
+    argv = [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", SUPERUSER, "--auth=trust"]
+    done = subprocess.run(
+        [*argv, "--encoding=UTF8", "--locale=C"],
+        capture_output=True,
+        text=True,
+        check=False,
+        **as_user(user),
+    )
     if done.returncode != 0:
-        log = log_path.read_text()[-3000:] if log_path and log_path.exists() else ""
         raise LocalProcessError(
-            f"{what} failed with code {done.returncode}: {done.stderr.strip()[-2000:]}\n{log}"
+            f"initdb failed with code {done.returncode}: {done.stderr.strip()[-2000:]}"
         )

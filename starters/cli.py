@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.live import Live
@@ -45,51 +45,29 @@ compensation_app = typer.Typer(
 app.add_typer(compensation_app, name="compensation")
 
 LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
-Approver = Annotated[
-    str | None,
-    typer.Option(
-        "--as",
-        metavar="NAME",
-        envvar="PHASEGATE_APPROVER",
-        help="Who you are, as the plan's approvers name you. Default: $PHASEGATE_APPROVER, "
-        "then $USER.",
-        show_default=False,
-    ),
-]
-Comment = Annotated[str, typer.Option("--comment", "-m", help="Why; kept in the audit trail.")]
 PlanPath = Annotated[
     Path, typer.Argument(help="The launch plan (YAML).", dir_okay=False, show_default=False)
 ]
+
+
+def _setting(envvar: str, help: str) -> Any:
+    """A root option overriding one setting; left out, `envvar` (then the default) decides."""
+    return typer.Option(envvar=envvar, help=help, show_default=False)
 
 
 @app.callback()
 def options(
     ctx: typer.Context,
     address: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TEMPORAL_ADDRESS", help="Temporal frontend host:port.", show_default=False
-        ),
+        str | None, _setting("TEMPORAL_ADDRESS", "Temporal frontend host:port.")
     ] = None,
-    namespace: Annotated[
-        str | None,
-        typer.Option(envvar="TEMPORAL_NAMESPACE", help="Temporal namespace.", show_default=False),
-    ] = None,
+    namespace: Annotated[str | None, _setting("TEMPORAL_NAMESPACE", "Temporal namespace.")] = None,
     task_queue: Annotated[
         str | None,
-        typer.Option(
-            envvar="PHASEGATE_TASK_QUEUE",
-            help="Task queue the launch workflows and the worker use.",
-            show_default=False,
-        ),
+        _setting("PHASEGATE_TASK_QUEUE", "Task queue the launch workflows and the worker use."),
     ] = None,
     ui_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PHASEGATE_UI_URL",
-            help="Temporal Web UI base URL, for links.",
-            show_default=False,
-        ),
+        str | None, _setting("PHASEGATE_UI_URL", "Temporal Web UI base URL, for links.")
     ] = None,
 ) -> None:
     """Run a software launch as one durable Temporal pipeline."""
@@ -193,29 +171,82 @@ def list_(
 
 # --- people acting on a launch ---------------------------------------------------------
 
+Approver = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        metavar="NAME",
+        envvar="PHASEGATE_APPROVER",
+        help="Who you are, as the plan's approvers name you. Default: $PHASEGATE_APPROVER, "
+        "then $USER.",
+        show_default=False,
+    ),
+]
+Comment = Annotated[str, typer.Option("--comment", "-m", help="Why; kept in the audit trail.")]
 
-@app.command()
-def approve(
-    ctx: typer.Context,
-    launch_id: LaunchId,
-    gate: Annotated[str, typer.Argument(help="The gate id, e.g. soft-launch.before.")],
-    approver: Approver = None,
-    comment: Comment = "",
-) -> None:
-    """Go: approve an open gate (refused unless it is open and you are one of its approvers)."""
-    _decide(ctx, launch_id, gate, "approve", approver, comment)
+# What a person does to one gate or undo of a launch, given the settings, the launch id, the
+# gate or undo id, who they are and their comment: send it, then say what was done.
+Act = Callable[[Settings, str, str, str, str], None]
 
 
-@app.command()
-def reject(
-    ctx: typer.Context,
-    launch_id: LaunchId,
-    gate: Annotated[str, typer.Argument(help="The gate id, e.g. soft-launch.before.")],
-    approver: Approver = None,
-    comment: Comment = "",
-) -> None:
-    """No-go: reject an open gate; the launch rolls back."""
-    _decide(ctx, launch_id, gate, "reject", approver, comment)
+def _acting_on(item: str, item_help: str, act: Act) -> Callable[..., None]:
+    """A command by which a person acts on one `item` (a gate, an undo) of a launch, on record
+    under their name (`--as`) and with their `--comment`."""
+
+    def command(
+        ctx: typer.Context,
+        launch_id: LaunchId,
+        target: str = typer.Argument(metavar=item, help=item_help, show_default=False),
+        approver: Approver = None,
+        comment: Comment = "",
+    ) -> None:
+        act(settings_of(ctx), launch_id, target, _who(approver), comment)
+
+    return command
+
+
+def _decide(decision: Literal["approve", "reject"]) -> Act:
+    def decide(settings: Settings, launch_id: str, gate: str, by: str, comment: str) -> None:
+        taken = _run(
+            settings,
+            lambda client: launches.decide(client, launch_id, gate, by, decision, comment),
+        )
+        stdout().print(
+            Text.assemble(
+                (taken.outcome, "green" if taken.outcome == "approved" else "red"),
+                f" {taken.gate} of {launch_id} as {taken.by}",
+                f": {taken.comment}" if taken.comment else "",
+            ),
+            soft_wrap=True,
+        )
+
+    return decide
+
+
+def _compensate(action: str, send: Callable[[Client, str, str, str, str], Awaitable[None]]) -> Act:
+    def compensate(settings: Settings, launch_id: str, undo: str, by: str, comment: str) -> None:
+        _run(settings, lambda client: send(client, launch_id, undo, by, comment))
+        stdout().print(
+            Text(
+                f"asked {launch_id} for a {action} of {undo}; the refusal, if any, shows in "
+                f"`phasegate status {launch_id}`"
+            ),
+            soft_wrap=True,
+        )
+
+    return compensate
+
+
+# What each command acts on: its name in the usage line, and its help.
+GATE = ("gate", "The gate id, e.g. soft-launch.before.")
+UNDO = ("compensation", "The undo's id, e.g. soft-launch.1.")
+app.command(
+    "approve",
+    help="Go: approve an open gate (refused unless it is open and you are one of its approvers).",
+)(_acting_on(*GATE, _decide("approve")))
+app.command("reject", help="No-go: reject an open gate; the launch rolls back.")(
+    _acting_on(*GATE, _decide("reject"))
+)
 
 
 @app.command()
@@ -234,38 +265,12 @@ def abort(
     )
 
 
-@compensation_app.command("retry")
-def compensation_retry(
-    ctx: typer.Context,
-    launch_id: LaunchId,
-    compensation: Annotated[str, typer.Argument(help="The undo's id, e.g. soft-launch.1.")],
-    approver: Approver = None,
-    comment: Comment = "",
-) -> None:
-    """Try a failing undo again, once its cause is fixed."""
-    by = _who(approver)
-    _run(
-        settings_of(ctx),
-        lambda client: launches.retry_compensation(client, launch_id, compensation, by, comment),
-    )
-    _sent(launch_id, f"retry of {compensation}")
-
-
-@compensation_app.command("skip")
-def compensation_skip(
-    ctx: typer.Context,
-    launch_id: LaunchId,
-    compensation: Annotated[str, typer.Argument(help="The undo's id, e.g. soft-launch.1.")],
-    approver: Approver = None,
-    comment: Comment = "",
-) -> None:
-    """Give up on a failing undo, on record (a comment saying why is required)."""
-    by = _who(approver)
-    _run(
-        settings_of(ctx),
-        lambda client: launches.skip_compensation(client, launch_id, compensation, by, comment),
-    )
-    _sent(launch_id, f"skip of {compensation}")
+compensation_app.command("retry", help="Try a failing undo again, once its cause is fixed.")(
+    _acting_on(*UNDO, _compensate("retry", launches.retry_compensation))
+)
+compensation_app.command(
+    "skip", help="Give up on a failing undo, on record (a comment saying why is required)."
+)(_acting_on(*UNDO, _compensate("skip", launches.skip_compensation)))
 
 
 # --- running things ----------------------------------------------------------------------
@@ -294,29 +299,6 @@ def main() -> None:
 
 
 # --- glue --------------------------------------------------------------------------------
-
-
-def _decide(
-    ctx: typer.Context,
-    launch_id: str,
-    gate: str,
-    decision: Literal["approve", "reject"],
-    approver: str | None,
-    comment: str,
-) -> None:
-    by = _who(approver)
-    taken = _run(
-        settings_of(ctx),
-        lambda client: launches.decide(client, launch_id, gate, by, decision, comment),
-    )
-    stdout().print(
-        Text.assemble(
-            (taken.outcome, "green" if taken.outcome == "approved" else "red"),
-            f" {taken.gate} of {launch_id} as {taken.by}",
-            f": {taken.comment}" if taken.comment else "",
-        ),
-        soft_wrap=True,
-    )
 
 
 async def _follow(client: Client, launch_id: str, interval: float) -> LaunchStatus:
@@ -353,16 +335,6 @@ def _who(approver: str | None) -> str:
     if not name:
         fail("who are you? give --as NAME or set PHASEGATE_APPROVER")
     return name
-
-
-def _sent(launch_id: str, what: str) -> None:
-    stdout().print(
-        Text(
-            f"asked {launch_id} for a {what}; the refusal, if any, shows in "
-            f"`phasegate status {launch_id}`"
-        ),
-        soft_wrap=True,
-    )
 
 
 if __name__ == "__main__":

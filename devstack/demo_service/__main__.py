@@ -31,7 +31,11 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"PHASEGATE_DEMO_{name}", default)
 
 
-def _in_range(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+# Reads an option's text as a number: `float`, `int`, or either checked by `_in_range`.
+NumberParser = Callable[[str], float]
+
+
+def _in_range(kind: NumberParser, low: float, high: float) -> NumberParser:
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -60,23 +64,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="flagd JSON flag file; may not exist yet (everyone is on stable until it does)",
     )
     parser.add_argument("--flag-key", default=_env("FLAG_KEY", "checkout-v2"))
-    parser.add_argument(
-        "--error-rate",
-        type=_in_range(float, 0.0, 1.0),
-        default=_env("ERROR_RATE", "0"),
-        help="share of canary requests that answer 500, 0..1",
-    )
-    parser.add_argument(
-        "--latency-ms",
-        type=_in_range(float, 0, MAX_LATENCY_MS),
-        default=_env("LATENCY_MS", "0"),
-        help=f"latency added to canary requests, 0..{MAX_LATENCY_MS} ms",
-    )
-    parser.add_argument(
-        "--poll-ms",
-        type=_in_range(int, 10, 60_000),
-        default=_env("POLL_MS", str(DEFAULT_POLL_MS)),
-        help="how often the flag file's mtime is checked",
+
+    def number(
+        option: str, kind: NumberParser, low: float, high: float, default: float, text: str
+    ) -> None:
+        """A number from `low` to `high`; PHASEGATE_DEMO_<OPTION> if set, else `default`."""
+        variable = option.removeprefix("--").replace("-", "_").upper()
+        parser.add_argument(
+            option, type=_in_range(kind, low, high), default=_env(variable, str(default)), help=text
+        )
+
+    latency = f"latency added to canary requests, 0..{MAX_LATENCY_MS} ms"
+    number("--error-rate", float, 0.0, 1.0, 0, "share of canary requests that answer 500, 0..1")
+    number("--latency-ms", float, 0, MAX_LATENCY_MS, 0, latency)
+    number(
+        "--poll-ms", int, 10, 60_000, DEFAULT_POLL_MS, "how often the flag file's mtime is checked"
     )
     parser.add_argument(
         "--tls-cert", type=Path, default=_env("TLS_CERT"), help="serve HTTPS with this PEM chain"
@@ -89,12 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="turn on the secure surface: security headers, /orders needing this bearer token "
         "(audited), rate-limited /login",
     )
-    parser.add_argument(
-        "--login-limit",
-        type=_in_range(int, 1, 100_000),
-        default=_env("LOGIN_LIMIT", "20"),
-        help="/login requests per minute before 429",
-    )
+    number("--login-limit", int, 1, 100_000, 20, "/login requests per minute before 429")
     parser.add_argument(
         "--metrics-port",
         type=int,
