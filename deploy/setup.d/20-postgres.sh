@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # parts: postgres
 # PostgreSQL server and client tools from Debian's packages, for the migration_cutover phase:
-# the migration demo, the tests and the benchmark start throwaway clusters with initdb/pg_ctl
-# from /usr/lib/postgresql/<version>/bin; pg_dump/pg_restore take and check backups.
+# the migration demo, the tests and the benchmark start throwaway clusters with initdb and the
+# postgres server from /usr/lib/postgresql/<version>/bin; pg_dump/pg_restore take and check backups.
 set -euo pipefail
 
 have_server() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; }
