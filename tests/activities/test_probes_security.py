@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -181,7 +182,10 @@ async def test_hsts_shorter_than_the_minimum_fails(
 ) -> None:
     target = https_target()
     check = HeaderCheck(
-        id="home", url=f"{target.url}/", hsts_min_max_age="730d", frame_protection=False
+        id="home",
+        url=f"{target.url}/",
+        hsts_min_max_age=timedelta(days=730),
+        frame_protection=False,
     )
     findings = await run(
         probes.check_headers, HeaderProbe(check=check, ca_file=certificates.ca_file)
@@ -307,7 +311,9 @@ async def test_rate_limit_fails_without_any_limit_and_the_burst_stays_capped(
     probes: ProbeActivities, https_target: TargetFactory, certificates: Certificates
 ) -> None:
     target = https_target(rate_limit=None)
-    check = RateLimitCheck(id="login", url=f"{target.url}/login", limit=50, max_duration="1s")
+    check = RateLimitCheck(
+        id="login", url=f"{target.url}/login", limit=50, max_duration=timedelta(seconds=1)
+    )
     findings = await run(
         probes.check_rate_limit, RateLimitProbe(check=check, ca_file=certificates.ca_file)
     )

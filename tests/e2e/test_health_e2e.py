@@ -12,7 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -90,16 +95,78 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.5)
 
 
-async def finished_reports(client: Client, schedule_id: str) -> list[HealthReport]:
+async def started_runs(
+    client: Client, schedule_id: str
+) -> list[WorkflowHandle[HealthValidationWorkflow, HealthReport]]:
+    """The runs the schedule started, oldest first, as the schedule itself records them."""
     description = await client.get_schedule_handle(schedule_id).describe()
-    reports = []
+    runs = []
     for action in description.info.recent_actions:
-        handle = client.get_workflow_handle_for(
-            HealthValidationWorkflow.run, action.action.workflow_id
+        started = action.action
+        if not isinstance(started, ScheduleActionExecutionStartWorkflow):
+            pytest.fail(f"schedule {schedule_id} took a {type(started).__name__} action")
+        runs.append(
+            client.get_workflow_handle_for(
+                HealthValidationWorkflow.run,
+                started.workflow_id,
+                run_id=started.first_execution_run_id,
+            )
         )
+    return runs
+
+
+async def finished_reports(
+    client: Client, schedule_id: str, *, after: set[str] | frozenset[str] = frozenset()
+) -> list[HealthReport]:
+    """The reports of the schedule's recent runs that have completed, skipping `after`'s runs.
+
+    A run's own state (describe), not visibility, says whether it is finished."""
+    reports = []
+    for handle in await started_runs(client, schedule_id):
+        if handle.run_id in after:
+            continue
         if (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED:
             reports.append(await handle.result())
     return reports
+
+
+async def reports_until(
+    client: Client,
+    schedule_id: str,
+    done: Callable[[list[HealthReport]], bool],
+    what: str,
+    timeout: float,
+    *,
+    after: set[str] | frozenset[str] = frozenset(),
+) -> list[HealthReport]:
+    """The finished reports (of runs not in `after`, oldest first) once `done` holds for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = await finished_reports(client, schedule_id, after=after)
+        if done(reports):
+            return reports
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what} of {schedule_id}; "
+                f"finished so far: {[report.status for report in reports]}"
+            )
+        await asyncio.sleep(0.5)
+
+
+async def runs_so_far(client: Client, schedule_id: str) -> set[str]:
+    """The run ids of every run started until now, finished or not."""
+    return {handle.run_id or "" for handle in await started_runs(client, schedule_id)}
+
+
+async def only_run_report(client: Client, schedule_id: str, timeout: float) -> HealthReport:
+    """The report of the one run the schedule started, once that run has finished."""
+    deadline = time.monotonic() + timeout
+    while not (runs := await started_runs(client, schedule_id)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"schedule {schedule_id} started no run within {timeout:g}s")
+        await asyncio.sleep(0.2)
+    (run,) = runs
+    return await asyncio.wait_for(run.result(), max(deadline - time.monotonic(), 1.0))
 
 
 def prometheus_value(stack: DemoStack, query: str) -> float | None:
@@ -125,43 +192,56 @@ async def test_a_schedule_alerts_once_on_a_fault_and_resolves_once_when_it_heals
     await schedules.create_schedule(client, profile, settings)
     try:
         # Healthy: runs pass and nobody is alerted.
-        for _ in range(40):
-            reports = await finished_reports(client, profile.schedule_id)
-            if len(reports) >= 2:
-                break
-            await asyncio.sleep(0.5)
-        assert len(reports) >= 2
+        reports = await reports_until(
+            client, profile.schedule_id, lambda done: len(done) >= 2, "two finished runs", 60
+        )
         assert {report.status for report in reports} == {"pass"}
         assert receiver.posts == []
 
         clean_stack.set_faults(error_rate=0.5)
+        firing = {"am": ["error-rate:firing"], "chat": ["error-rate:firing"]}
         try:
             await until(
-                lambda: (
-                    alerts_received(receiver)
-                    == {"am": ["error-rate:firing"], "chat": ["error-rate:firing"]}
-                ),
-                60,
+                lambda: alerts_received(receiver) == firing,
+                90,
                 "one firing alert on each receiver",
             )
         except AssertionError:
             reports = await finished_reports(client, profile.schedule_id)
             raise AssertionError(
-                f"no firing alert within 60s; received {receiver.posts}; last report {reports[-1:]}"
+                f"no firing alert within 90s; received {receiver.posts}; last report {reports[-1:]}"
             ) from None
-        await asyncio.sleep(8)  # four more failing runs: nothing is resent
-        assert alerts_received(receiver) == {
-            "am": ["error-rate:firing"],
-            "chat": ["error-rate:firing"],
-        }
+        # Four more runs see the same failure; the ledger resends nothing.
+        fired_before = await runs_so_far(client, profile.schedule_id)
+        failing = await reports_until(
+            client,
+            profile.schedule_id,
+            lambda done: len(done) >= 4,
+            "four more finished runs",
+            60,
+            after=fired_before,
+        )
+        assert {report.status for report in failing} == {"fail"}
+        assert alerts_received(receiver) == firing
 
         clean_stack.set_faults()
         resolved = {
             "am": ["error-rate:firing", "error-rate:resolved"],
             "chat": ["error-rate:firing", "error-rate:resolved"],
         }
-        await until(lambda: alerts_received(receiver) == resolved, 60, "one resolved alert each")
-        await asyncio.sleep(6)
+        await until(lambda: alerts_received(receiver) == resolved, 90, "one resolved alert each")
+        # The alert resolves once the check is no longer failing; as the error window drains the
+        # runs go from warn to pass, and neither sends anything more.
+        resolved_before = await runs_so_far(client, profile.schedule_id)
+        healing = await reports_until(
+            client,
+            profile.schedule_id,
+            lambda done: len(done) >= 3 and done[-1].status == "pass",
+            "three more finished runs, the last one passing",
+            90,
+            after=resolved_before,
+        )
+        assert {report.status for report in healing} <= {"warn", "pass"}
         assert alerts_received(receiver) == resolved
 
         listing = await schedules.describe(client, profile.name)
@@ -206,8 +286,9 @@ async def test_a_failing_critical_check_aborts_the_running_launch(
             "the fault to show in Prometheus",
         )
         await schedules.trigger(client, profile.name)
-        result = await asyncio.wait_for(launch.result(), 60)
-        (report,) = await finished_reports(client, profile.schedule_id)
+        result = await asyncio.wait_for(launch.result(), 90)
+        # The run signals the launch before it alerts, so the launch can finish first.
+        report = await only_run_report(client, profile.schedule_id, 60)
     finally:
         await schedules.delete(client, profile.name)
 
@@ -238,16 +319,13 @@ async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(
             "the fault to show in Prometheus",
         )
         await schedules.trigger(client, profile.name)
-        listing = None
-        for _ in range(60):
-            listing = await schedules.describe(client, profile.name)
-            if listing.paused:
-                break
+        deadline = time.monotonic() + 60
+        while not (listing := await schedules.describe(client, profile.name)).paused:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the schedule did not pause within 60s: {listing}")
             await asyncio.sleep(0.5)
     finally:
         await schedules.delete(client, profile.name)
 
-    assert listing is not None
-    assert listing.paused
     assert "failed" in listing.note.lower()
     assert alerts_received(receiver)["am"] == ["error-rate:firing"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from devstack.demo import DemoStack, example_plan
 from devstack.processes import start_worker
-from schemas.decision_messages import DecideRequest
+from schemas.decision_messages import Decision, DecisionRequest
 from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan, load_plan
 from tests.support.servers import canary_share
@@ -59,14 +61,21 @@ async def start(
 
 
 async def status_until(
-    handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60
+    handle: WorkflowHandle[LaunchWorkflow, Any],
+    predicate: Callable[[LaunchStatus], bool],
+    timeout: float = 60,
 ) -> LaunchStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            current = await handle.query(LaunchWorkflow.status)
-            if predicate(current):
-                return current
-            await asyncio.sleep(0.2)
+    """Poll the launch's `status` query until `predicate` holds; fail with the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await handle.query(LaunchWorkflow.status)
+        if predicate(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g}s; last status: {current.model_dump_json(indent=1)}"
+            )
+        await asyncio.sleep(0.2)
 
 
 async def test_healthy_launch_reaches_everyone(
@@ -118,11 +127,11 @@ async def test_decide_update_answers_at_once(
     await status_until(handle, lambda s: s.open_gate is not None)
 
     async def refusal(**fields: str) -> str:
-        request = DecideRequest.model_validate(
+        request = DecisionRequest.model_validate(
             {"decision": "approve", "approver": "alice", **fields}
         )
         with pytest.raises(WorkflowUpdateFailedError) as caught:
-            await handle.execute_update(LaunchWorkflow.decide, request)
+            await handle.execute_update("decide", request, result_type=Decision)
         return str(caught.value.cause)
 
     assert "unknown gate 'launch'" in await refusal(gate="launch")
@@ -133,11 +142,12 @@ async def test_decide_update_answers_at_once(
     assert "'mallory' may not decide gate 'soft-launch.before'; approvers: alice" in await refusal(
         gate="soft-launch.before", approver="mallory"
     )
-    decision = await handle.execute_update(
-        LaunchWorkflow.decide,
-        DecideRequest(
+    decision: Decision = await handle.execute_update(
+        "decide",
+        DecisionRequest(
             gate="soft-launch.before", approver="alice", decision="approve", comment="ship it"
         ),
+        result_type=Decision,
     )
     assert (decision.outcome, decision.by, decision.source) == ("approved", "alice", "update")
     result = await handle.result()

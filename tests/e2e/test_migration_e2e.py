@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,21 @@ async def start(
 
 
 async def status_until(
-    handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60
+    handle: WorkflowHandle[LaunchWorkflow, Any],
+    predicate: Callable[[LaunchStatus], bool],
+    timeout: float = 60,
 ) -> LaunchStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            current = await handle.query(LaunchWorkflow.status)
-            if predicate(current):
-                return current
-            await asyncio.sleep(0.2)
+    """Poll the launch's `status` query until `predicate` holds; fail with the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await handle.query(LaunchWorkflow.status)
+        if predicate(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g}s; last status: {current.model_dump_json(indent=1)}"
+            )
+        await asyncio.sleep(0.2)
 
 
 def view_source(db: CheckoutDatabase) -> str:
@@ -114,8 +123,8 @@ async def test_failing_third_script_leaves_database_as_before(
     before = checkout_db.contents()
     folder = migrations(
         checkout_db.workdir,
+        {"003_index_orders_v2": "CREATE INDEX orders_v2_bad ON orders_v2 (no_such_column);"},
         downs=False,
-        **{"003_index_orders_v2": "CREATE INDEX orders_v2_bad ON orders_v2 (no_such_column);"},
     )
     handle = await start(dev_env.client, migration_plan(checkout_db, folder), worker)
     result = await handle.result()
@@ -139,7 +148,7 @@ async def test_verification_mismatch_rolls_back(
         "SELECT id, customer_id, total_cents / 100.0, status, created_at FROM orders "
         "WHERE id % 1000 <> 0;"
     )
-    folder = migrations(checkout_db.workdir, **{"002_copy_orders": lossy_copy})
+    folder = migrations(checkout_db.workdir, {"002_copy_orders": lossy_copy})
     handle = await start(dev_env.client, migration_plan(checkout_db, folder), worker)
     result = await handle.result()
 
@@ -162,7 +171,7 @@ async def test_rollback_after_cutover_restores_every_row(
     # A script that rewrites the old table too, without a down script: only the backup undoes it.
     folder = migrations(
         checkout_db.workdir,
-        **{
+        {
             "004_mark_orders_migrated": "ALTER TABLE orders ADD COLUMN migrated_at timestamptz "
             "NOT NULL DEFAULT now();"
         },
@@ -243,7 +252,7 @@ async def test_worker_killed_mid_script_resumes_without_reapplying(
     record = "INSERT INTO script_runs (version) VALUES ('{}');"
     folder = migrations(
         checkout_db.workdir,
-        **{
+        {
             "001_create_orders_v2": (
                 (migrations(checkout_db.workdir) / "001_create_orders_v2.sql").read_text()
                 + record.format("001")

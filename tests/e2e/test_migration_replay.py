@@ -26,7 +26,7 @@ async def test_migration_histories_replay(
     dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase, outcome: str
 ) -> None:
     broken = {"003_index_orders_v2": "CREATE INDEX broken ON orders_v2 (no_such_column);"}
-    folder = migrations(checkout_db.workdir, **(broken if outcome == "rolled_back" else {}))
+    folder = migrations(checkout_db.workdir, broken if outcome == "rolled_back" else None)
     plan = LaunchPlan.model_validate(migration_plan(checkout_db, folder))
     launch_id = f"mig-replay-{uuid.uuid4().hex[:8]}"
     handle = await dev_env.client.start_workflow(

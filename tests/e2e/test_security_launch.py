@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from devstack.kube_cluster import ControlPlane
 from devstack.processes import ManagedProcess
-from schemas.decision_messages import DecideRequest
+from schemas.decision_messages import Decision, DecisionRequest
 from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan
 from starters.render import render_status
@@ -34,8 +35,15 @@ pytestmark = pytest.mark.integration
 
 
 def launch_plan(
-    target: HttpsTarget, certificates: Certificates, prometheus: ManagedProcess, flag_file: Path
+    target: HttpsTarget,
+    certificates: Certificates,
+    prometheus: ManagedProcess,
+    flag_file: Path,
+    *,
+    audit_within: str = "30s",
 ) -> LaunchPlan:
+    """A security phase over `target`, then a full launch. The audit check ends as soon as the
+    record is scraped, so `audit_within` only bounds how long a loaded machine may take."""
     base = target.url
     data = plan_dict(flag_file)
     data["targets"]["prometheus"] = {"url": prometheus.url}
@@ -57,7 +65,7 @@ def launch_plan(
                     "url": f"{base}/orders",
                     "token": {"env": "ORDERS_TOKEN"},
                     "query": f'sum(audit_records_total{{target="{target.name}"}})',
-                    "within": "8s",
+                    "within": audit_within,
                     "interval": "1s",
                 }
             ],
@@ -80,14 +88,21 @@ async def start(
 
 
 async def status_until(
-    handle: WorkflowHandle[LaunchWorkflow, Any], predicate: Any, timeout: float = 60
+    handle: WorkflowHandle[LaunchWorkflow, Any],
+    predicate: Callable[[LaunchStatus], bool],
+    timeout: float = 60,
 ) -> LaunchStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            current = await handle.query(LaunchWorkflow.status)
-            if predicate(current):
-                return current
-            await asyncio.sleep(0.2)
+    """Poll the launch's `status` query until `predicate` holds; fail with the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await handle.query(LaunchWorkflow.status)
+        if predicate(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g}s; last status: {current.model_dump_json(indent=1)}"
+            )
+        await asyncio.sleep(0.2)
 
 
 def rendered(status: LaunchStatus) -> str:
@@ -151,11 +166,12 @@ async def test_a_waived_warning_lets_the_launch_proceed(
     assert waiting.open_gate.gate == gate
     assert "expires" in waiting.open_gate.question
 
-    decision = await handle.execute_update(
-        LaunchWorkflow.decide,
-        DecideRequest(
+    decision: Decision = await handle.execute_update(
+        "decide",
+        DecisionRequest(
             gate=gate, approver="carol", decision="approve", comment="renewal is booked for Friday"
         ),
+        result_type=Decision,
     )
     assert decision.outcome == "approved"
     result = await handle.result()
@@ -183,7 +199,9 @@ async def test_a_missing_audit_record_fails_the_phase(
     tmp_path: Path,
 ) -> None:
     target = https_target(audit=False)
-    plan = launch_plan(target, certificates, audit_prometheus, tmp_path / "flags.json")
+    plan = launch_plan(
+        target, certificates, audit_prometheus, tmp_path / "flags.json", audit_within="8s"
+    )
     result = await (await start(dev_env, plan, worker)).result()
 
     assert result.status == "rolled_back"
@@ -250,15 +268,17 @@ async def test_kubernetes_checks_in_a_launch_a_waived_hygiene_warning(
     assert waiting.open_gate is not None, waiting.reason
     assert waiting.open_gate.gate == "security.waive.shop.literals"
     assert "ConfigMap/checkout-config/SMTP_PASSWORD" in waiting.open_gate.question
-    await handle.execute_update(
-        LaunchWorkflow.decide,
-        DecideRequest(
+    decision: Decision = await handle.execute_update(
+        "decide",
+        DecisionRequest(
             gate="security.waive.shop.literals",
             approver="carol",
             decision="approve",
             comment="test fixture value, moved to a Secret in SEC-7",
         ),
+        result_type=Decision,
     )
+    assert decision.outcome == "approved"
     result = await handle.result()
 
     assert result.status == "completed", result.reason

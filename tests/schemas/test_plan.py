@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.plan import load_plan, parse_plan
+from schemas.exposure_spec import ExposurePhase
+from schemas.plan import LaunchPlan, load_plan, parse_plan
 from schemas.problems import PlanError
+from schemas.targets import FlagdRouter
 from tests.support.plans import plan_dict
 
 
@@ -19,15 +21,25 @@ def problems(data: dict[str, object]) -> list[str]:
     return caught.value.problems
 
 
+def exposure_phase(plan: LaunchPlan, index: int) -> ExposurePhase:
+    phase = plan.phases[index]
+    if not isinstance(phase, ExposurePhase):
+        pytest.fail(f"phases[{index}] is a {type(phase).__name__}, not a soft or full launch")
+    return phase
+
+
 def test_a_valid_plan_parses_with_defaults_filled() -> None:
     plan = parse_plan(yaml.safe_dump(plan_dict()))
-    assert plan.phases[1].steps[0].pause == timedelta(seconds=30)
+    assert exposure_phase(plan, 1).steps[0].pause == timedelta(seconds=30)
     assert plan.phases[0].gate_ids() == [
         "soft-launch.before",
         "soft-launch.step-1.analysis",
         "soft-launch.step-2",
     ]
-    gate = plan.gate(plan.phases[0].steps[1].approval)  # type: ignore[arg-type]
+    approval = exposure_phase(plan, 0).steps[1].approval
+    if approval is None:
+        pytest.fail("phases[0].steps[1] has no approval gate; `approval: true` was dropped")
+    gate = plan.gate(approval)
     assert (gate.approvers, gate.timeout, gate.on_timeout) == (
         ["alice", "bob"],
         timedelta(hours=1),
@@ -37,10 +49,10 @@ def test_a_valid_plan_parses_with_defaults_filled() -> None:
 
 def test_every_problem_is_listed_with_its_path() -> None:
     data = plan_dict()
-    data["phases"][1]["steps"][1]["weight"] = 150  # type: ignore[index]
-    data["phases"][0]["steps"][0]["pause"] = "soon"  # type: ignore[index]
-    data["phases"][0]["colour"] = "blue"  # type: ignore[index]
-    data["approvals"]["approvers"] = []  # type: ignore[index]
+    data["phases"][1]["steps"][1]["weight"] = 150
+    data["phases"][0]["steps"][0]["pause"] = "soon"
+    data["phases"][0]["colour"] = "blue"
+    data["approvals"]["approvers"] = []
     assert problems(data) == [
         "approvals.approvers: must have at least 1 item(s)",
         "phases[0].steps[0].pause: 'soon' is not a duration; write e.g. 30s, 5m, 1h30m or 500ms",
@@ -51,8 +63,8 @@ def test_every_problem_is_listed_with_its_path() -> None:
 
 def test_references_and_phase_rules_are_checked() -> None:
     data = plan_dict()
-    data["phases"][0]["steps"][0]["analysis"] = ["latency"]  # type: ignore[index]
-    data["phases"][1]["name"] = "soft-launch"  # type: ignore[index]
+    data["phases"][0]["steps"][0]["analysis"] = ["latency"]
+    data["phases"][1]["name"] = "soft-launch"
     assert problems(data) == [
         "phases[0].steps[0].analysis: no analysis named 'latency' (defined: error-rate)",
         "phases[1].name: 'soft-launch' is used by an earlier phase",
@@ -76,13 +88,13 @@ def test_references_and_phase_rules_are_checked() -> None:
 )
 def test_phase_rules(change: dict[str, object], expected: str) -> None:
     data = plan_dict()
-    data["phases"][0].update(change)  # type: ignore[index]
+    data["phases"][0].update(change)
     assert any(expected in line for line in problems(data)), problems(data)
 
 
 def test_full_launch_must_reach_everyone() -> None:
     data = plan_dict()
-    data["phases"][1]["steps"] = [{"weight": 50}]  # type: ignore[index]
+    data["phases"][1]["steps"] = [{"weight": 50}]
     assert problems(data) == ["phases[1]: a full launch must end with a step of weight 100"]
 
 
@@ -90,7 +102,7 @@ def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
     data = plan_dict(
         analysis={"m": {"query": "up"}, "b": {"query": "up", "baseline": {"max_ratio": 2}}}
     )
-    data["phases"][0]["steps"][0]["analysis"] = []  # type: ignore[index]
+    data["phases"][0]["steps"][0]["analysis"] = []
     assert problems(data) == [
         "analysis.b: `baseline` compares variants, so the query must contain {{variant}}",
         "analysis.m: give a success condition: `max`, `min` or `baseline`",
@@ -129,7 +141,10 @@ def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
 def test_relative_flag_files_resolve_against_the_plan(tmp_path: Path) -> None:
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan_dict(flag_file="flags/checkout.json")))
-    assert load_plan(path).targets.router.flag_file == str(tmp_path / "flags" / "checkout.json")
+    router = load_plan(path).targets.router
+    if not isinstance(router, FlagdRouter):
+        pytest.fail(f"the plan's router parsed as {type(router).__name__}, not FlagdRouter")
+    assert router.flag_file == str(tmp_path / "flags" / "checkout.json")
 
 
 def test_missing_file_is_a_plan_error(tmp_path: Path) -> None:

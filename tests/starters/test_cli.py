@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from click.testing import Result
 from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from devstack.processes import free_port
 from starters.cli import app

@@ -6,16 +6,16 @@ Plain `def` tests: each command runs its own `asyncio.run`.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from click.testing import Result
 from temporalio.client import ScheduleOverlapPolicy
 from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from devstack.processes import free_port
 from starters.cli import app
@@ -88,7 +88,7 @@ def test_a_schedule_is_created_listed_paused_updated_and_deleted(
 
     created = phasegate(dev_settings, "schedule", "create", str(profile), "--paused")
     again = phasegate(dev_settings, "schedule", "create", str(profile))
-    listed = phasegate(dev_settings, "schedule", "list")
+    listed = listed_row(dev_settings, f"health-{name}")
     unpaused = phasegate(dev_settings, "schedule", "unpause", name)
     paused = phasegate(dev_settings, "schedule", "pause", name, "-m", "maintenance")
     write_profile(
@@ -97,7 +97,7 @@ def test_a_schedule_is_created_listed_paused_updated_and_deleted(
         schedule={"cron": "*/5 * * * *", "overlap": "buffer_one", "jitter": "3s"},
     )
     updated = phasegate(dev_settings, "schedule", "update", str(profile), "--launch", "l-123")
-    relisted = phasegate(dev_settings, "schedule", "list")
+    relisted = listed_row(dev_settings, f"health-{name}")
     description = asyncio.run(_describe(dev_settings, f"health-{name}"))
     deleted = phasegate(dev_settings, "schedule", "delete", name)
     missing = phasegate(dev_settings, "schedule", "trigger", name)
@@ -111,16 +111,14 @@ def test_a_schedule_is_created_listed_paused_updated_and_deleted(
     assert again.stderr.strip() == (
         f"schedule health-{name} already exists; change it with `phasegate schedule update`"
     )
-    row = next(line for line in listed.stdout.splitlines() if f"health-{name}" in line)
-    assert "paused (created by phasegate)" in row
-    assert "every 10s, overlap skip" in row
+    assert "paused (created by phasegate)" in listed
+    assert "every 10s, overlap skip" in listed
     assert unpaused.stdout.strip() == f"health-{name} unpaused"
     assert paused.stdout.strip() == f"health-{name} paused"
     assert updated.exit_code == 0, updated.output
-    row = next(line for line in relisted.stdout.splitlines() if f"health-{name}" in line)
-    assert "paused (maintenance)" in row
-    assert "cron */5 * * * * ±3s, overlap buffer_one" in row
-    assert "l-123" in row
+    assert "paused (maintenance)" in relisted
+    assert "cron */5 * * * * ±3s, overlap buffer_one" in relisted
+    assert "l-123" in relisted
     assert description.schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
     assert description.schedule.spec.jitter is not None
     assert description.schedule.spec.jitter.total_seconds() == 3
@@ -129,6 +127,20 @@ def test_a_schedule_is_created_listed_paused_updated_and_deleted(
     assert missing.stderr.strip() == (
         f"no schedule health-{name}; create it with `phasegate schedule create`"
     )
+
+
+def listed_row(settings: Settings, schedule_id: str) -> str:
+    """The schedule's row in `schedule list`, which finds schedules through visibility: that
+    trails a create by a moment, so the row is waited for."""
+    deadline = time.monotonic() + 15
+    while True:
+        result = phasegate(settings, "schedule", "list")
+        assert result.exit_code == 0, result.output
+        rows = [line for line in result.stdout.splitlines() if schedule_id in line]
+        if rows:
+            return rows[0]
+        assert time.monotonic() < deadline, f"{schedule_id} never listed:\n{result.stdout}"
+        time.sleep(0.3)
 
 
 async def _describe(settings: Settings, schedule_id: str) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ class CheckoutDatabase:
 
     def query(self, text: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            cursor = conn.execute(text.encode() if not params else text, params or None)  # type: ignore[call-overload]
+            cursor = conn.execute(text.encode() if not params else text, params or None)
             return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
     def scalar(self, text: str, params: tuple[Any, ...] = ()) -> Any:
@@ -87,14 +87,16 @@ def checkout_db(postgres: PostgresCluster, tmp_path: Path) -> CheckoutDatabase:
     return CheckoutDatabase(dsn=dsn, dsn_file=dsn_file, workdir=tmp_path)
 
 
-def migrations(tmp_path: Path, *, downs: bool = True, **scripts: str) -> Path:
-    """The example scripts, with some replaced or added (`name=sql`, `name=None` drops one)."""
+def migrations(
+    tmp_path: Path, scripts: Mapping[str, str | None] | None = None, *, downs: bool = True
+) -> Path:
+    """The example scripts, with some replaced or added (`{stem: sql}`; `{stem: None}` drops one)."""
     folder = tmp_path / "migrations"
     folder.mkdir(exist_ok=True)
     for path in EXAMPLE_MIGRATIONS.glob("*.sql"):
         if downs or not path.name.endswith(".down.sql"):
             shutil.copy(path, folder / path.name)
-    for stem, text in scripts.items():
+    for stem, text in (scripts or {}).items():
         target = folder / f"{stem}.sql"
         if text is None:
             target.unlink()
