@@ -172,8 +172,13 @@ async def describe(client: Client, name: str) -> ScheduleListing:
 async def list_schedules(client: Client) -> list[ScheduleListing]:
     found = []
     async for entry in await client.list_schedules():
-        if entry.id.startswith(SCHEDULE_PREFIX):
+        if not entry.id.startswith(SCHEDULE_PREFIX):
+            continue
+        try:
             found.append(await describe(client, entry.id))
+        except ScheduleError:
+            # Visibility lags: a schedule deleted a moment ago may still be listed.
+            continue
     return sorted(found, key=lambda listing: listing.schedule_id)
 
 
