@@ -14,7 +14,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel, one_of
-from schemas.problems import PlanError, describe_errors, names_used_twice
+from schemas.problems import PlanError, check_items, describe_errors
 from schemas.targets import PrometheusTarget
 
 CheckStatus = Literal["pass", "warn", "fail"]
@@ -187,15 +187,13 @@ class HealthProfile(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> HealthProfile:
-        problems: list[str] = []
-        twice = names_used_twice([check.name for check in self.checks], "checks", "check")
-        for index, check in enumerate(self.checks):
-            problems.extend([twice[index]] if index in twice else [])
-            if check.kind == "prometheus" and self.prometheus is None:
-                problems.append(f"checks[{index}]: a prometheus check needs `prometheus` to query")
-        if problems:
-            raise ValueError("; ".join(problems))
+        check_items(self.checks, "checks", "check", self._check_problems)
         return self
+
+    def _check_problems(self, index: int, check: HealthCheck) -> list[str]:
+        if check.kind == "prometheus" and self.prometheus is None:
+            return [f"checks[{index}]: a prometheus check needs `prometheus` to query"]
+        return []
 
     @property
     def schedule_id(self) -> str:

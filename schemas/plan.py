@@ -6,6 +6,7 @@ Every model here is strict (unknown fields are errors) so a typo in a plan is ca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.notification_spec import Webhook
-from schemas.problems import PlanError, describe_errors, names_used_twice
+from schemas.problems import PlanError, check_items, describe_errors
 from schemas.security_validation_spec import SecurityValidationPhase
 from schemas.soft_launch_spec import SoftLaunchPhase
 from schemas.targets import FlagdRouter, Targets
@@ -53,25 +54,21 @@ class LaunchPlan(StrictModel):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> LaunchPlan:
-        problems: list[str] = []
-        twice = names_used_twice([phase.name for phase in self.phases], "phases", "phase")
-        for index, phase in enumerate(self.phases):
-            problems.extend([twice[index]] if index in twice else [])
-            if self.targets.prometheus is None:
-                for where, why in phase.prometheus_needs():
-                    problems.append(f"phases[{index}].{where}: needs targets.prometheus {why}")
-            for where, names in phase.analysis_references():
-                for name in names:
-                    if name not in self.analysis:
-                        problems.append(
-                            f"phases[{index}].{where}: no analysis named "
-                            f"{name!r} (defined: {', '.join(sorted(self.analysis)) or 'none'})"
-                        )
-                if names and self.targets.prometheus is None:
-                    problems.append(f"phases[{index}].{where}: needs targets.prometheus to query")
-        if problems:
-            raise ValueError("; ".join(problems))
+        check_items(self.phases, "phases", "phase", self._phase_problems)
         return self
+
+    def _phase_problems(self, index: int, phase: Phase) -> Iterator[str]:
+        """What a phase refers to that the plan does not define."""
+        if self.targets.prometheus is None:
+            for where, why in phase.prometheus_needs():
+                yield f"phases[{index}].{where}: needs targets.prometheus {why}"
+        defined = ", ".join(sorted(self.analysis)) or "none"
+        for where, names in phase.analysis_references():
+            for name in names:
+                if name not in self.analysis:
+                    yield f"phases[{index}].{where}: no analysis named {name!r} (defined: {defined})"
+            if names and self.targets.prometheus is None:
+                yield f"phases[{index}].{where}: needs targets.prometheus to query"
 
     def gate(self, spec: GateSpec) -> ResolvedGate:
         """Fill a gate's missing fields from the plan's approval defaults."""

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
 
-def names_used_twice(names: Sequence[str], path: str, noun: str) -> dict[int, str]:
-    """By index, the problem of each name an earlier item already has: `phases[2].name: ...`."""
-    return {
-        index: f"{path}[{index}].name: {name!r} is used by an earlier {noun}"
-        for index, name in enumerate(names)
-        if name in names[:index]
-    }
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
+
+
+def check_items(
+    items: Sequence[N], path: str, noun: str, check: Callable[[int, N], Iterable[str]]
+) -> None:
+    """Raise every problem of a list of named items at once, item by item in order: a name
+    an earlier item already has (`phases[2].name: ...`), then what `check` finds."""
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        if item.name in [earlier.name for earlier in items[:index]]:
+            problems.append(f"{path}[{index}].name: {item.name!r} is used by an earlier {noun}")
+        problems.extend(check(index, item))
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class PlanError(ValueError):
