@@ -10,11 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel, one_of
-from schemas.problems import PlanError, check_items, describe_errors
+from schemas.problems import check_items, parse_document, read_document
 from schemas.targets import PrometheusTarget
 
 CheckStatus = Literal["pass", "warn", "fail"]
@@ -208,16 +207,14 @@ def parse_profile(
     text: str, *, source: str = "<profile>", base_dir: Path | None = None
 ) -> HealthProfile:
     """Parse and validate a profile; a relative `ca_file` is made absolute against `base_dir`."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise PlanError(source, [f"(yaml): {err}"]) from None
-    if not isinstance(data, dict):
-        raise PlanError(source, ["(profile): must be a mapping with name, service, checks, ..."])
-    try:
-        profile = HealthProfile.model_validate(data)
-    except ValidationError as err:
-        raise PlanError(source, _split_problems(describe_errors(err, CHECK_KINDS))) from None
+    profile = parse_document(
+        text,
+        HealthProfile,
+        source=source,
+        document="profile",
+        fields="name, service, checks",
+        branches=CHECK_KINDS,
+    )
     if base_dir is None:
         return profile
     checks = [
@@ -229,21 +226,5 @@ def parse_profile(
     return profile.model_copy(update={"checks": checks})
 
 
-def _split_problems(lines: list[str]) -> list[str]:
-    """The cross-field validator joins its problems with `; `; give each its own line."""
-    out: list[str] = []
-    for line in lines:
-        path, _, message = line.partition(": ")
-        if path == "(plan)" and message.startswith("checks["):
-            out.extend(message.split("; "))
-        else:
-            out.append(line.replace("(plan)", "(profile)", 1))
-    return out
-
-
 def load_profile(path: Path) -> HealthProfile:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise PlanError(str(path), [f"(file): cannot read: {err.strerror}"]) from None
-    return parse_profile(text, source=str(path), base_dir=path.parent)
+    return parse_profile(read_document(path), source=str(path), base_dir=path.parent)

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from schemas.analysis_spec import MetricSpec
 from schemas.basics import Name, StrictModel
@@ -20,7 +19,7 @@ from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.notification_spec import Webhook
-from schemas.problems import PlanError, check_items, describe_errors
+from schemas.problems import check_items, parse_document, read_document
 from schemas.security_validation_spec import SecurityValidationPhase
 from schemas.soft_launch_spec import SoftLaunchPhase
 from schemas.targets import FlagdRouter, Targets
@@ -83,21 +82,15 @@ class LaunchPlan(StrictModel):
 
 def parse_plan(text: str, *, source: str = "<plan>", base_dir: Path | None = None) -> LaunchPlan:
     """Parse and validate a plan; relative file paths are made absolute against `base_dir`."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        raise PlanError(source, [f"(yaml) {where}: {getattr(err, 'problem', err)}"]) from None
-    if not isinstance(data, dict):
-        raise PlanError(source, ["(plan): must be a mapping with service, version, phases, ..."])
-    try:
-        plan = LaunchPlan.model_validate(data)
-    except ValidationError as err:
-        raise PlanError(source, describe_errors(err, PHASE_KINDS)) from None
-    if base_dir is not None:
-        plan = _resolve_paths(plan, base_dir)
-    return plan
+    plan = parse_document(
+        text,
+        LaunchPlan,
+        source=source,
+        document="plan",
+        fields="service, version, phases",
+        branches=PHASE_KINDS,
+    )
+    return plan if base_dir is None else _resolve_paths(plan, base_dir)
 
 
 def _resolve_paths(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:
@@ -128,8 +121,4 @@ def _resolve_paths(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:
 
 
 def load_plan(path: Path) -> LaunchPlan:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise PlanError(str(path), [f"(file): cannot read: {err.strerror}"]) from None
-    return parse_plan(text, source=str(path), base_dir=path.parent)
+    return parse_plan(read_document(path), source=str(path), base_dir=path.parent)

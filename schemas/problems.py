@@ -1,11 +1,15 @@
-"""Validation problems in the user's own terms: one `path: message` line each."""
+"""Plans and profiles read from YAML, with every problem in the user's own terms: one
+`path: message` line each, the path as the user wrote it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Iterable, Sequence
+from pathlib import Path
 from typing import Protocol, TypeVar
 
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
 
 
 class Named(Protocol):
@@ -14,6 +18,9 @@ class Named(Protocol):
 
 
 N = TypeVar("N", bound=Named)
+M = TypeVar("M", bound=BaseModel)
+# A problem `check_items` found names its item first: `phases[2].name: ...`.
+_ITEM_PATH = re.compile(r"^[a-z_]+\[\d+\]")
 
 
 def check_items(
@@ -65,12 +72,15 @@ def _path(loc: tuple[int | str, ...], branches: Collection[str]) -> str:
         else:
             path += f".{part}" if path else str(part)
         previous = part
-    return path or "(plan)"
+    return path
 
 
-def describe_errors(error: ValidationError, branches: Collection[str] = ()) -> list[str]:
-    """One `path: message` line per problem, in the plan's own terms; `branches` are the tags
-    of discriminated unions, left out of paths (`phases[0].steps`, not `phases[0].soft_launch.steps`)."""
+def describe_errors(
+    error: ValidationError, branches: Collection[str] = (), document: str = "plan"
+) -> list[str]:
+    """One `path: message` line per problem, in the document's own terms; `branches` are the
+    tags of discriminated unions, left out of paths (`phases[0].steps`, not
+    `phases[0].soft_launch.steps`); a problem of the whole document says `(plan)`."""
     lines: list[str] = []
     for item in error.errors():
         template = _MESSAGES.get(item["type"])
@@ -82,11 +92,43 @@ def describe_errors(error: ValidationError, branches: Collection[str] = ()) -> l
             message = template.format(**context)
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
-        path = _path(tuple(item["loc"]), branches)
+        path = _path(tuple(item["loc"]), branches) or f"({document})"
         if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path += "." + str(context.get("discriminator", "kind")).strip("'")
-        if item["type"] == "value_error" and message.startswith("phases["):
-            lines.extend(message.split("; "))
+        if item["type"] == "value_error" and _ITEM_PATH.match(message):
+            lines.extend(message.split("; "))  # `check_items`' problems, each with its path
             continue
         lines.append(f"{path}: {message}")
     return lines
+
+
+def read_document(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise PlanError(str(path), [f"(file): cannot read: {err.strerror}"]) from None
+
+
+def parse_document(
+    text: str,
+    model: type[M],
+    *,
+    source: str,
+    document: str,
+    fields: str,
+    branches: Collection[str] = (),
+) -> M:
+    """A YAML `document` (a plan, a profile) as `model`, or a `PlanError` with every problem:
+    where the YAML is broken, or each field that does not validate."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise PlanError(source, [f"(yaml) {where}: {getattr(err, 'problem', err)}"]) from None
+    if not isinstance(data, dict):
+        raise PlanError(source, [f"({document}): must be a mapping with {fields}, ..."])
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise PlanError(source, describe_errors(err, branches, document)) from None
