@@ -18,12 +18,7 @@ from urllib3.util.retry import Retry
 from activities.options import SECOND, activity_options
 from activities.secrets import resolve_secret
 from schemas.analysis_spec import VARIANT_PLACEHOLDER
-from schemas.metrics_messages import (
-    MetricQuery,
-    MetricReading,
-    TargetsUp,
-    TargetsUpRequest,
-)
+from schemas.metrics_messages import MetricQuery, MetricReading, TargetsUp, TargetsUpRequest
 from schemas.targets import PrometheusTarget
 
 METRICS_OPTIONS = activity_options(20 * SECOND, attempts=2, first_retry=SECOND / 5)

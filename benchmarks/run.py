@@ -37,12 +37,7 @@ import httpx
 import temporalio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
-from temporalio.worker import (
-    ActivityInboundInterceptor,
-    ExecuteActivityInput,
-    Interceptor,
-    Worker,
-)
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from activities.flags import FlagdFileRouter
 from benchmarks.baseline import SequenceWorkflow, SignalThenActivityWorkflow, noop

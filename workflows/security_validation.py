@@ -23,17 +23,8 @@ with workflow.unsafe.imports_passed_through():
     from schemas.analysis_spec import MetricSpec
     from schemas.launch_messages import PhaseInput, PhaseState
     from schemas.metrics_messages import MetricQuery, MetricReading
-    from schemas.probe_messages import (
-        CheckProbe,
-        CheckReport,
-        ProbeRequest,
-        RateLimitProbe,
-    )
-    from schemas.security_validation_spec import (
-        AuditCheck,
-        SecurityCheck,
-        SecurityValidationPhase,
-    )
+    from schemas.probe_messages import CheckProbe, CheckReport, ProbeRequest, RateLimitProbe
+    from schemas.security_validation_spec import AuditCheck, SecurityCheck, SecurityValidationPhase
     from workflows.phase import PhaseWorkflow
 
 
