@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.kube",
     "tests.support.postgres",
     "tests.support.security",
+    "tests.support.cli",
 ]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -15,7 +13,7 @@ from kubernetes import client
 from temporalio.testing import ActivityEnvironment
 
 from activities.errors import KubeRejected
-from activities.kube import KubeActivities, KubeConnection, RolloutPending
+from activities.kube import KubeActivities, KubeConnection
 from activities.kube_client import metadata_of
 from schemas.infra_setup_spec import SecretSpec
 from schemas.kube_messages import (
@@ -28,11 +26,21 @@ from schemas.kube_messages import (
     RolloutRequest,
     SnapshotObjectRequest,
 )
-from tests.support.kube import image_of, name_of
+from tests.support.kube import (
+    deployment_manifest,
+    image_of,
+    name_of,
+    poll_until_rolled_out,
+    service_manifest,
+)
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 LAUNCH = "launch-kube-activities"
+# The Secret every test applies, its value read from the environment as a plan's would be.
+APP_DB_PASSWORD = "s3cret"
+APP_DB_SECRET = SecretSpec.model_validate(
+    {"name": "app-db", "data": {"password": {"env": "APP_DB_PASSWORD"}}}
+)
 
 
 def manifests(directory: Path, *, replicas: int = 3, config: str = "new") -> Path:
@@ -46,40 +54,12 @@ def manifests(directory: Path, *, replicas: int = 3, config: str = "new") -> Pat
                     "metadata": {"name": "app-config"},
                     "data": {"mode": config},
                 },
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": "app"},
-                    "spec": {
-                        "replicas": replicas,
-                        "selector": {"matchLabels": {"app": "app"}},
-                        "template": {
-                            "metadata": {"labels": {"app": "app"}},
-                            "spec": {"containers": [{"name": "app", "image": "app:2"}]},
-                        },
-                    },
-                },
-                {
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": {"name": "app"},
-                    "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]},
-                },
+                deployment_manifest("app", "app:2", replicas=replicas),
+                service_manifest("app"),
             ]
         )
     )
     return path
-
-
-def poll(call: Callable[[], T], timeout: float = 60) -> T:
-    """Call until it stops raising RolloutPending, the way the retry policy does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except RolloutPending:
-            assert time.monotonic() < deadline, "still pending"
-            time.sleep(0.5)
 
 
 def cluster_state(api: client.ApiClient, namespace: str) -> dict[str, Any]:
@@ -152,34 +132,40 @@ def kube_activities(kube_api: client.ApiClient) -> KubeActivities:
     return KubeActivities(KubeConnection(api=kube_api))
 
 
-def test_apply_wait_compensate_leaves_a_new_namespace_as_it_was(
-    kube_activities: KubeActivities,
-    kube_api: client.ApiClient,
-    namespace_name: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("APP_DB_PASSWORD", "s3cret")
-    env = ActivityEnvironment()
-    before = cluster_state(kube_api, namespace_name)
-    request = ManifestsRequest(
-        paths=[str(manifests(tmp_path))], namespace=namespace_name, launch_id=LAUNCH, service="app"
-    )
-    secret = SecretSpec.model_validate(
-        {"name": "app-db", "data": {"password": {"env": "APP_DB_PASSWORD"}}}
+@pytest.fixture(autouse=True)
+def app_db_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_DB_PASSWORD", APP_DB_PASSWORD)
+
+
+def app_request(directory: Path, namespace: str, *, replicas: int = 3) -> ManifestsRequest:
+    """The app's manifests, to be applied into `namespace`."""
+    return ManifestsRequest(
+        paths=[str(manifests(directory, replicas=replicas))],
+        namespace=namespace,
+        launch_id=LAUNCH,
+        service="app",
     )
 
-    snapshots = apply_all(env, kube_activities, request, secret)
-    status = poll(
+
+def test_apply_wait_compensate_leaves_a_new_namespace_as_it_was(
+    kube_activities: KubeActivities, kube_api: client.ApiClient, namespace_name: str, tmp_path: Path
+) -> None:
+    env = ActivityEnvironment()
+    before = cluster_state(kube_api, namespace_name)
+    request = app_request(tmp_path, namespace_name)
+
+    snapshots = apply_all(env, kube_activities, request, APP_DB_SECRET)
+    status = poll_until_rolled_out(
         lambda: env.run(
             kube_activities.check_rollout,
             RolloutRequest(namespace=namespace_name, deployments=["app"]),
-        )
+        ),
+        timeout=60,
     )
     assert status.ready == {"app": "3/3 available"}
     applied = cluster_state(kube_api, namespace_name)
     assert applied["deployments"] == {"app": (3, "app:2")}
-    assert base64.b64decode(applied["secrets"]["app-db"][0]["password"]) == b"s3cret"
+    assert base64.b64decode(applied["secrets"]["app-db"][0]["password"]) == APP_DB_PASSWORD.encode()
     assert applied["configmaps"]["app-config"][1]["phasegate.dev/launch"] == LAUNCH
     # Applying again changes nothing: server-side apply is idempotent.
     again = env.run(kube_activities.read_manifests, request).objects
@@ -196,11 +182,7 @@ def test_apply_wait_compensate_leaves_a_new_namespace_as_it_was(
 
 
 def test_compensation_restores_changed_objects_and_deletes_created_ones(
-    kube_activities: KubeActivities,
-    kube_api: client.ApiClient,
-    namespace_name: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    kube_activities: KubeActivities, kube_api: client.ApiClient, namespace_name: str, tmp_path: Path
 ) -> None:
     core = client.CoreV1Api(kube_api)
     core.create_namespace(
@@ -219,22 +201,16 @@ def test_compensation_restores_changed_objects_and_deletes_created_ones(
         ),
     )
     try:
-        monkeypatch.setenv("APP_DB_PASSWORD", "new")
         env = ActivityEnvironment()
         before = cluster_state(kube_api, namespace_name)
-        request = ManifestsRequest(
-            paths=[str(manifests(tmp_path, replicas=2))],
-            namespace=namespace_name,
-            launch_id=LAUNCH,
-            service="app",
-        )
-        secret = SecretSpec.model_validate(
-            {"name": "app-db", "data": {"password": {"env": "APP_DB_PASSWORD"}}}
-        )
-        snapshots = apply_all(env, kube_activities, request, secret)
+        request = app_request(tmp_path, namespace_name, replicas=2)
+        snapshots = apply_all(env, kube_activities, request, APP_DB_SECRET)
         changed = cluster_state(kube_api, namespace_name)
         assert changed["configmaps"]["app-config"][0] == {"mode": "new"}
-        assert base64.b64decode(changed["secrets"]["app-db"][0]["password"]) == b"new"
+        assert (
+            base64.b64decode(changed["secrets"]["app-db"][0]["password"])
+            == APP_DB_PASSWORD.encode()
+        )
         # The old Secret value is kept in the cluster, never in the snapshot (workflow history).
         secret_snapshot = next(s for s in snapshots if s.ref.kind == "Secret")
         assert secret_snapshot.previous is None

@@ -11,6 +11,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.kube_checks import KubeCheckActivities, credential_reason, shannon_entropy
 from schemas.probe_messages import AuthorizationProbe, Finding, HygieneProbe
 from schemas.security_validation_spec import AuthorizationCheck, SecretHygieneCheck
+from tests.support.kube import create_config_map
 
 GITHUB_TOKEN = "ghp_" + "Zq8rT2vW9xY4bN7mK3pL6sD1fG5hJ0aQcE2u"
 DB_PASSWORD = "Xk9#mP2$vL7qR4!wZ8"
@@ -175,12 +176,11 @@ def test_secret_hygiene_passes_when_credentials_live_in_secrets(
             metadata=client.V1ObjectMeta(name="checkout-db"), string_data={"value": DB_PASSWORD}
         ),
     )
-    core.create_namespaced_config_map(
+    create_config_map(
+        kube_api,
         namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="checkout-config"),
-            data={"LOG_LEVEL": "info", "PAYMENTS_URL": "https://payments.internal/v2"},
-        ),
+        "checkout-config",
+        {"LOG_LEVEL": "info", "PAYMENTS_URL": "https://payments.internal/v2"},
     )
     apps.create_namespaced_deployment(
         namespace,
@@ -213,15 +213,10 @@ def test_secret_hygiene_passes_when_credentials_live_in_secrets(
 def test_secret_hygiene_fails_on_literal_credentials_and_missing_secrets(
     kube_api: client.ApiClient, namespace: str
 ) -> None:
-    core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
-    core.create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="checkout-config"),
-            data={"DB_PASSWORD": DB_PASSWORD, "LOG_LEVEL": "info"},
-        ),
+    create_config_map(
+        kube_api, namespace, "checkout-config", {"DB_PASSWORD": DB_PASSWORD, "LOG_LEVEL": "info"}
     )
-    apps.create_namespaced_deployment(
+    client.AppsV1Api(kube_api).create_namespaced_deployment(
         namespace,
         deployment(
             "checkout",

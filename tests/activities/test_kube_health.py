@@ -15,7 +15,7 @@ from activities.kube import KubeActivities, KubeConnection
 from schemas.health_messages import CheckResult
 from schemas.health_profile import KubernetesCheck
 from schemas.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
-from tests.support.kube import name_of
+from tests.support.kube import deployment_manifest, name_of
 from workflows.health import judge_deployments
 
 pytestmark = pytest.mark.integration
@@ -30,29 +30,10 @@ def namespace(kube_api: client.ApiClient, namespace_name: str) -> Iterator[str]:
 
 
 def deployment(name: str, replicas: int, cpu: str = "10m") -> client.V1Deployment:
-    return client.V1Deployment.model_validate(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "app",
-                                "image": "app:1",
-                                "resources": {"requests": {"cpu": cpu}},
-                            }
-                        ]
-                    },
-                },
-            },
-        }
-    )
+    """Pods on image app:1, each asking for `cpu` (more than a node has: never scheduled)."""
+    manifest = deployment_manifest(name, "app:1", replicas=replicas)
+    manifest["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": cpu}}
+    return client.V1Deployment.model_validate(manifest)
 
 
 def check(namespace: str, *names: str, **limits: Any) -> KubernetesCheck:

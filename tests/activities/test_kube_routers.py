@@ -4,32 +4,26 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
-from typing import TypeVar
 
 import pytest
 from kubernetes import client
 
-from activities.kube import KubeConnection, RolloutPending
+from activities.kube import KubeConnection
 from activities.kube_client import metadata_of
 from activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter, split_replicas
 from schemas.targets import IngressCanaryRouter, ReplicaCanaryRouter
-from tests.support.kube import image_of, name_of, pod_spec_of
+from tests.support.kube import (
+    image_of,
+    name_of,
+    pod_spec_of,
+    poll_until_rolled_out,
+    web_deployment,
+)
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 LAUNCH = "launch-routers"
-
-
-def poll(call: Callable[[], T], timeout: float = 90) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call()
-        except RolloutPending:
-            assert time.monotonic() < deadline, "still pending"
-            time.sleep(0.5)
 
 
 def ready_images(api: client.ApiClient, namespace: str) -> Counter[str | None]:
@@ -55,25 +49,20 @@ def web(kube_api: client.ApiClient, namespace_name: str) -> Iterator[str]:
     """A namespace with a stable Deployment `web` of 10 ready pods on image web:1."""
     core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
-    apps.create_namespaced_deployment(
-        namespace_name,
-        client.V1Deployment.model_validate(
-            {
-                "metadata": {"name": "web"},
-                "spec": {
-                    "replicas": 10,
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "web"}},
-                        "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-                    },
-                },
-            }
-        ),
-    )
+    apps.create_namespaced_deployment(namespace_name, web_deployment(replicas=10))
     wait_for_images(kube_api, namespace_name, {"web:1": 10})
     yield namespace_name
     core.delete_namespace(namespace_name)
+
+
+def replica_canary(
+    api: client.ApiClient, namespace: str
+) -> tuple[ReplicaCanaryRouter, ReplicaWeightRouter]:
+    """The replica router's plan entry for `web` in `namespace` (canary on web:2), and the router."""
+    spec = ReplicaCanaryRouter(
+        kind="kube_replicas", namespace=namespace, stable="web", images={"web": "web:2"}
+    )
+    return spec, ReplicaWeightRouter(KubeConnection(api=api))
 
 
 def test_split_rounds_to_whole_pods_and_keeps_both_sides() -> None:
@@ -88,22 +77,20 @@ def test_replica_canary_reaches_each_ratio_promotes_and_rolls_back(
     kube_api: client.ApiClient, web: str
 ) -> None:
     apps = client.AppsV1Api(kube_api)
-    spec = ReplicaCanaryRouter(
-        kind="kube_replicas", namespace=web, stable="web", images={"web": "web:2"}
-    )
-    router = ReplicaWeightRouter(KubeConnection(api=kube_api))
+    spec, router = replica_canary(kube_api, web)
     original_sets = {name_of(rs) for rs in apps.list_namespaced_replica_set(web).items}
     snapshot = router.snapshot(spec)
     assert snapshot.existed is False
 
     for weight, canary in ((10, 1), (30, 3), (50, 5)):
-        assert poll(partial(router.set_weight, spec, weight, LAUNCH)) in (True, False)
+        set_weight = partial(router.set_weight, spec, weight, LAUNCH)
+        assert poll_until_rolled_out(set_weight, timeout=90) in (True, False)
         assert ready_images(kube_api, web) == Counter({"web:1": 10 - canary, "web:2": canary})
         assert router.set_weight(spec, weight, LAUNCH) is False  # idempotent
     canary_deployment = apps.read_namespaced_deployment("web-canary", web)
     assert (metadata_of(canary_deployment).labels or {})["phasegate.dev/launch"] == LAUNCH
 
-    poll(lambda: router.promote(spec, LAUNCH))
+    poll_until_rolled_out(lambda: router.promote(spec, LAUNCH), timeout=90)
     stable = apps.read_namespaced_deployment("web", web)
     assert (stable.spec.replicas, image_of(stable)) == (10, "web:2")
     wait_for_images(kube_api, web, {"web:2": 10})
@@ -130,12 +117,9 @@ def test_rollback_during_soft_launch_scales_the_canary_away(
     kube_api: client.ApiClient, web: str
 ) -> None:
     apps = client.AppsV1Api(kube_api)
-    spec = ReplicaCanaryRouter(
-        kind="kube_replicas", namespace=web, stable="web", images={"web": "web:2"}
-    )
-    router = ReplicaWeightRouter(KubeConnection(api=kube_api))
+    spec, router = replica_canary(kube_api, web)
     snapshot = router.snapshot(spec)
-    poll(lambda: router.set_weight(spec, 20, LAUNCH))
+    poll_until_rolled_out(lambda: router.set_weight(spec, 20, LAUNCH), timeout=90)
     assert ready_images(kube_api, web) == Counter({"web:1": 8, "web:2": 2})
 
     router.restore(spec, snapshot)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -208,18 +208,31 @@ def auth_check(url: str, severity: str = "critical") -> AuthCheck:
     )
 
 
-async def test_authentication_passes_on_a_protected_endpoint(
+Authenticate = Callable[..., Awaitable[dict[str, Finding]]]
+
+
+@pytest.fixture
+def authenticate(
     probes: ProbeActivities,
     https_target: TargetFactory,
     certificates: Certificates,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ORDERS_TOKEN", VALID_TOKEN)
-    target = https_target()
-    findings = await run(
-        probes.check_authentication,
-        AuthProbe(check=auth_check(target.url), ca_file=certificates.ca_file),
-    )
+) -> Authenticate:
+    """Probe /orders of a new target (`behaviour` as for `https_target`), holding `token`."""
+
+    async def probe(token: str, **behaviour: object) -> dict[str, Finding]:
+        monkeypatch.setenv("ORDERS_TOKEN", token)
+        target = https_target(**behaviour)
+        return await run(
+            probes.check_authentication,
+            AuthProbe(check=auth_check(target.url), ca_file=certificates.ca_file),
+        )
+
+    return probe
+
+
+async def test_authentication_passes_on_a_protected_endpoint(authenticate: Authenticate) -> None:
+    findings = await authenticate(VALID_TOKEN)
     assert verdicts(findings) == {
         "orders.no-credentials": True,
         "orders.bad-token": True,
@@ -230,18 +243,8 @@ async def test_authentication_passes_on_a_protected_endpoint(
     assert VALID_TOKEN not in str(findings)
 
 
-async def test_authentication_fails_on_an_open_endpoint(
-    probes: ProbeActivities,
-    https_target: TargetFactory,
-    certificates: Certificates,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ORDERS_TOKEN", VALID_TOKEN)
-    target = https_target(protected=False)
-    findings = await run(
-        probes.check_authentication,
-        AuthProbe(check=auth_check(target.url), ca_file=certificates.ca_file),
-    )
+async def test_authentication_fails_on_an_open_endpoint(authenticate: Authenticate) -> None:
+    findings = await authenticate(VALID_TOKEN, protected=False)
     assert verdicts(findings) == {
         "orders.no-credentials": False,
         "orders.bad-token": False,
@@ -251,17 +254,9 @@ async def test_authentication_fails_on_an_open_endpoint(
 
 
 async def test_authentication_fails_when_the_valid_token_is_refused(
-    probes: ProbeActivities,
-    https_target: TargetFactory,
-    certificates: Certificates,
-    monkeypatch: pytest.MonkeyPatch,
+    authenticate: Authenticate,
 ) -> None:
-    monkeypatch.setenv("ORDERS_TOKEN", "revoked-token")
-    target = https_target()
-    findings = await run(
-        probes.check_authentication,
-        AuthProbe(check=auth_check(target.url), ca_file=certificates.ca_file),
-    )
+    findings = await authenticate("revoked-token")
     assert not findings["orders.valid-token"].passed
     assert "answered 403" in findings["orders.valid-token"].evidence
 
@@ -281,30 +276,32 @@ async def test_authentication_without_its_secret_is_a_configuration_error(
 # --- rate limiting ---------------------------------------------------------------------
 
 
-async def test_rate_limit_passes_when_the_burst_is_limited_in_time(
-    probes: ProbeActivities, https_target: TargetFactory, certificates: Certificates
+@pytest.mark.parametrize(
+    ("server_limit", "margin", "passed", "evidence", "requests"),
+    [
+        pytest.param(5, 1, True, "first 429 at request 6", 6, id="limited-in-time"),
+        pytest.param(20, 2, False, "no 429 in 8 requests", 8, id="limit-too-loose"),
+    ],
+)
+async def test_rate_limit_is_judged_on_a_burst_of_limit_plus_margin_plus_one(
+    probes: ProbeActivities,
+    https_target: TargetFactory,
+    certificates: Certificates,
+    server_limit: int,
+    margin: int,
+    passed: bool,
+    evidence: str,
+    requests: int,
 ) -> None:
-    target = https_target(rate_limit=5)
-    check = RateLimitCheck(id="login", url=f"{target.url}/login", limit=5, margin=1)
+    """The plan allows 5 requests; the server starts refusing after `server_limit`."""
+    target = https_target(rate_limit=server_limit)
+    check = RateLimitCheck(id="login", url=f"{target.url}/login", limit=5, margin=margin)
     findings = await run(
         probes.check_rate_limit, RateLimitProbe(check=check, ca_file=certificates.ca_file)
     )
-    assert findings["login.limited"].passed
-    assert "first 429 at request 6" in findings["login.limited"].evidence
-    assert target.login_requests == 6
-
-
-async def test_rate_limit_fails_when_the_limit_is_too_loose(
-    probes: ProbeActivities, https_target: TargetFactory, certificates: Certificates
-) -> None:
-    target = https_target(rate_limit=20)
-    check = RateLimitCheck(id="login", url=f"{target.url}/login", limit=5, margin=2)
-    findings = await run(
-        probes.check_rate_limit, RateLimitProbe(check=check, ca_file=certificates.ca_file)
-    )
-    assert not findings["login.limited"].passed
-    assert "no 429 in 8 requests" in findings["login.limited"].evidence
-    assert target.login_requests == 8  # the burst stops at limit + margin + 1
+    assert findings["login.limited"].passed is passed
+    assert evidence in findings["login.limited"].evidence
+    assert target.login_requests == requests  # the burst stops at the first 429 or at its end
 
 
 async def test_rate_limit_fails_without_any_limit_and_the_burst_stays_capped(

@@ -13,6 +13,7 @@ from kubernetes import client
 from activities.kube_client import api_client_from_kubeconfig
 from devstack import kube_cluster
 from devstack.kube_cluster import ControlPlane
+from tests.support.kube import web_deployment
 from tests.support.servers import IN_CI
 
 pytestmark = pytest.mark.integration
@@ -54,22 +55,7 @@ def test_deployment_pods_become_ready_and_deleted_pods_go_away(
     core, apps = client.CoreV1Api(kube_api), client.AppsV1Api(kube_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace_name)))
     try:
-        apps.create_namespaced_deployment(
-            namespace_name,
-            client.V1Deployment.model_validate(
-                {
-                    "metadata": {"name": "web"},
-                    "spec": {
-                        "replicas": 3,
-                        "selector": {"matchLabels": {"app": "web"}},
-                        "template": {
-                            "metadata": {"labels": {"app": "web"}},
-                            "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-                        },
-                    },
-                }
-            ),
-        )
+        apps.create_namespaced_deployment(namespace_name, web_deployment(replicas=3))
         wait_until(
             lambda: ready_replicas(apps.read_namespaced_deployment("web", namespace_name)) == 3
         )

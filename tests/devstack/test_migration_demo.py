@@ -3,38 +3,23 @@ migration against a local PostgreSQL, cut over and kept."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.cli import run_phasegate
 
 pytestmark = pytest.mark.integration
 
 
 def test_migration_demo_migrates_and_cuts_over(tmp_path: Path) -> None:
-    phasegate = Path(sys.executable).parent / "phasegate"
     workdir = tmp_path / "demo"
 
-    run = subprocess.run(
-        [
-            str(phasegate),
-            "migration",
-            "demo",
-            "--auto-approve",
-            "--rows",
-            "5000",
-            "--workdir",
-            str(workdir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"COLUMNS": "200", "PATH": str(phasegate.parent) + ":/usr/bin:/bin"},
-        check=False,
+    run = run_phasegate(
+        "migration", "demo", "--auto-approve", "--rows", "5000", "--workdir", str(workdir)
     )
 
-    output = run.stdout + run.stderr
+    output = run.output
     assert run.returncode == 0, output
     assert "database checkout with 5000 orders" in output
     assert "waiting at gate orders-migration.cutover" in output

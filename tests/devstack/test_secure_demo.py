@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from devstack.demo import FLAG_KEY
+from tests.support.cli import run_phasegate
 from tests.support.servers import canary_share
 
 pytestmark = pytest.mark.integration
 
 
 def test_secure_demo_validates_the_service_behind_tls_then_launches(tmp_path: Path) -> None:
-    phasegate = Path(sys.executable).parent / "phasegate"
     workdir = tmp_path / "demo"
 
-    run = subprocess.run(
-        [str(phasegate), "demo", "--auto-approve", "--secure", "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"COLUMNS": "250", "PATH": str(phasegate.parent) + ":/usr/bin:/bin"},
-        check=False,
+    run = run_phasegate(
+        "demo", "--auto-approve", "--secure", "--workdir", str(workdir), columns=250
     )
 
-    output = run.stdout + run.stderr
+    output = run.output
     assert run.returncode == 0, output
     assert "the same service behind TLS at https://127.0.0.1:" in output
     assert "Security findings" in output

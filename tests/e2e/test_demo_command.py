@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from devstack.demo import FLAG_KEY
+from tests.support.cli import run_phasegate
 from tests.support.servers import canary_share
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_with_a_faulty_version_rolls_back_and_says_why(tmp_path: Path) -> None:
-    phasegate = Path(sys.executable).parent / "phasegate"
     workdir = tmp_path / "demo"
 
-    run = subprocess.run(
-        [str(phasegate), "demo", "--auto-approve", "--faulty", "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"COLUMNS": "200", "PATH": str(phasegate.parent) + ":/usr/bin:/bin"},
-        check=False,
-    )
+    run = run_phasegate("demo", "--auto-approve", "--faulty", "--workdir", str(workdir))
 
-    output = run.stdout + run.stderr
+    output = run.output
     assert run.returncode == 1, output
     assert "Temporal dev server on 127.0.0.1:" in output
     assert "--auto-approve: every gate is approved by demo-bot" in output

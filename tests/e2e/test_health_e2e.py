@@ -25,13 +25,12 @@ from activities.flags import FlagdFileRouter
 from devstack.demo import DemoStack, example_plan
 from schemas.health_messages import HealthReport
 from schemas.health_profile import HealthProfile
-from schemas.launch_messages import LaunchInput
 from schemas.plan import load_plan
 from starters import schedules
+from tests.support.launches import start_launch
 from tests.support.receiver import Receiver, webhook_receiver
 from workers.settings import Settings
 from workflows.health import HealthValidationWorkflow
-from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +181,19 @@ def expose_canary(stack: DemoStack, weight: float = 50.0) -> None:
     FlagdFileRouter().set_weight(stack.router, weight, "")
 
 
+async def fail_the_canary_then_trigger(client: Client, stack: DemoStack, name: str) -> None:
+    """Half the users on a canary that fails half its requests; once Prometheus shows the
+    fault, schedule `name` runs once."""
+    expose_canary(stack)
+    stack.set_faults(error_rate=0.5)
+    await until(
+        lambda: (prometheus_value(stack, ERROR_RATE) or 0) > 0.1,
+        30,
+        "the fault to show in Prometheus",
+    )
+    await schedules.trigger(client, name)
+
+
 async def test_a_schedule_alerts_once_on_a_fault_and_resolves_once_when_it_heals(
     dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack, receiver: Receiver
 ) -> None:
@@ -262,30 +274,17 @@ async def test_a_failing_critical_check_aborts_the_running_launch(
 ) -> None:
     client = dev_env.client
     plan = clean_stack.plan_for(load_plan(example_plan()))
-    launch_id = f"e2e-health-{uuid.uuid4().hex[:8]}"
-    launch = await client.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
-        id=launch_id,
-        task_queue=worker,
-    )
+    launch = await start_launch(client, plan, worker)
     profile = demo_profile(
         clean_stack,
         receiver,
         schedule={"every": "1h"},
-        launch={"id": launch_id},
+        launch={"id": launch.id},
     )
     settings = Settings().model_copy(update={"task_queue": worker})
     await schedules.create_schedule(client, profile, settings, paused=True)
     try:
-        expose_canary(clean_stack)
-        clean_stack.set_faults(error_rate=0.5)
-        await until(
-            lambda: (prometheus_value(clean_stack, ERROR_RATE) or 0) > 0.1,
-            30,
-            "the fault to show in Prometheus",
-        )
-        await schedules.trigger(client, profile.name)
+        await fail_the_canary_then_trigger(client, clean_stack, profile.name)
         result = await asyncio.wait_for(launch.result(), 90)
         # The run signals the launch before it alerts, so the launch can finish first.
         report = await only_run_report(client, profile.schedule_id, 60)
@@ -311,14 +310,7 @@ async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(
     settings = Settings().model_copy(update={"task_queue": worker})
     await schedules.create_schedule(client, profile, settings)
     try:
-        expose_canary(clean_stack)
-        clean_stack.set_faults(error_rate=0.5)
-        await until(
-            lambda: (prometheus_value(clean_stack, ERROR_RATE) or 0) > 0.1,
-            30,
-            "the fault to show in Prometheus",
-        )
-        await schedules.trigger(client, profile.name)
+        await fail_the_canary_then_trigger(client, clean_stack, profile.name)
         deadline = time.monotonic() + 60
         while not (listing := await schedules.describe(client, profile.name)).paused:
             if time.monotonic() > deadline:

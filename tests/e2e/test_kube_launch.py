@@ -4,28 +4,28 @@ worker, the local Kubernetes control plane."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from kubernetes import client
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kube import LAUNCH_ANNOTATION, KubeConnection
 from activities.kube_client import metadata_of
 from devstack.kube_cluster import ControlPlane
 from devstack.processes import start_worker
-from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.launch_messages import LaunchResult
 from schemas.plan import LaunchPlan
-from tests.support.kube import image_of, name_of
-from workers.main import build_worker
+from tests.support.kube import deployment_manifest, image_of, name_of, service_manifest
+from tests.support.launches import gate_open, start_launch, wait_for
+from tests.support.servers import running_worker
 from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
@@ -41,27 +41,10 @@ def write_manifests(directory: Path, *, config_maps: int = 1, broken: bool = Fal
         }
         for n in range(config_maps)
     ]
-    documents += [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "web"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 4,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web" if not broken else "other"}},
-                    "spec": {"containers": [{"name": "web", "image": "web:1"}]},
-                },
-            },
-        },
-    ]
+    deployment = deployment_manifest("web", "web:1", replicas=4)
+    if broken:  # the pods' labels no longer match the selector: the API server refuses it
+        deployment["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
+    documents += [service_manifest("web"), deployment]
     path = directory / "web.yaml"
     path.write_text(yaml.safe_dump_all(documents))
     return path
@@ -107,29 +90,6 @@ def kube_plan(
     )
 
 
-async def start(
-    client_: Client, plan: LaunchPlan, task_queue: str
-) -> WorkflowHandle[Any, LaunchResult]:
-    launch_id = f"kube-{uuid.uuid4().hex[:8]}"
-    return await client_.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
-        id=launch_id,
-        task_queue=task_queue,
-    )
-
-
-async def status_until(
-    handle: WorkflowHandle[Any, Any], predicate: Any, timeout: float = 120
-) -> LaunchStatus:
-    async with asyncio.timeout(timeout):
-        while True:
-            current: LaunchStatus = await handle.query(LaunchWorkflow.status)
-            if predicate(current):
-                return current
-            await asyncio.sleep(0.2)
-
-
 def objects_of_launch(api: client.ApiClient, launch_id: str) -> list[str]:
     """Every object anywhere in the cluster that this launch applied (by its annotation)."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
@@ -152,21 +112,30 @@ def namespace_gone(api: client.ApiClient, name: str) -> bool:
     return name not in {name_of(n) for n in client.CoreV1Api(api).list_namespace().items}
 
 
+@dataclass
+class KubeLaunches:
+    """Launches of the `web` manifests into one fresh namespace, on a real worker whose
+    Kubernetes activities talk to the local control plane."""
+
+    env: WorkflowEnvironment
+    task_queue: str
+    namespace: str
+    workdir: Path
+
+    async def start(
+        self, *, broken: bool = False, approval_at_50: bool = False
+    ) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
+        manifests = write_manifests(self.workdir, broken=broken)
+        plan = kube_plan(manifests, self.namespace, approval_at_50=approval_at_50)
+        return await start_launch(self.env.client, plan, self.task_queue)
+
+
 @pytest.fixture
-async def kube_worker(dev_env: WorkflowEnvironment, kube: ControlPlane) -> AsyncIterator[str]:
-    task_queue = f"kube-{uuid.uuid4()}"
-    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
-        async with (
-            httpx.AsyncClient() as http,
-            build_worker(
-                dev_env.client,
-                http,
-                executor,
-                task_queue=task_queue,
-                kube=KubeConnection(str(kube.kubeconfig)),
-            ),
-        ):
-            yield task_queue
+async def launches(
+    dev_env: WorkflowEnvironment, kube: ControlPlane, namespace_name: str, tmp_path: Path
+) -> AsyncIterator[KubeLaunches]:
+    async with running_worker(dev_env.client, KubeConnection(str(kube.kubeconfig))) as queue:
+        yield KubeLaunches(dev_env, queue, namespace_name, tmp_path)
 
 
 @pytest.fixture(autouse=True)
@@ -175,14 +144,9 @@ def db_password(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_infra_setup_then_replica_canary_runs_end_to_end(
-    dev_env: WorkflowEnvironment,
-    kube_worker: str,
-    kube_api: client.ApiClient,
-    namespace_name: str,
-    tmp_path: Path,
+    launches: KubeLaunches, kube_api: client.ApiClient, namespace_name: str
 ) -> None:
-    plan = kube_plan(write_manifests(tmp_path), namespace_name)
-    handle = await start(dev_env.client, plan, kube_worker)
+    handle = await launches.start()
     try:
         result = await asyncio.wait_for(handle.result(), timeout=240)
         assert result.status == "completed", result.reason
@@ -205,17 +169,10 @@ async def test_infra_setup_then_replica_canary_runs_end_to_end(
 
 
 async def test_failed_soft_launch_leaves_no_object_the_launch_created(
-    dev_env: WorkflowEnvironment,
-    kube_worker: str,
-    kube_api: client.ApiClient,
-    namespace_name: str,
-    tmp_path: Path,
+    launches: KubeLaunches, kube_api: client.ApiClient, namespace_name: str
 ) -> None:
-    plan = kube_plan(write_manifests(tmp_path), namespace_name, approval_at_50=True)
-    handle = await start(dev_env.client, plan, kube_worker)
-    await status_until(
-        handle, lambda s: s.open_gate is not None and s.open_gate.gate == "soft-launch.step-2"
-    )
+    handle = await launches.start(approval_at_50=True)
+    await gate_open(launches.env, handle, "soft-launch.step-2", timeout=120)
     assert len(objects_of_launch(kube_api, handle.id)) == 6  # namespace, secret, 2 + canary
     await handle.signal(LaunchWorkflow.reject, {"gate": "soft-launch.step-2", "approver": "alice"})
     result = await asyncio.wait_for(handle.result(), timeout=120)
@@ -227,17 +184,10 @@ async def test_failed_soft_launch_leaves_no_object_the_launch_created(
 
 
 async def test_invalid_manifest_fails_fast_with_the_servers_message(
-    dev_env: WorkflowEnvironment,
-    kube_worker: str,
-    kube_api: client.ApiClient,
-    namespace_name: str,
-    tmp_path: Path,
+    launches: KubeLaunches, kube_api: client.ApiClient, namespace_name: str
 ) -> None:
-    plan = kube_plan(write_manifests(tmp_path, broken=True), namespace_name)
     started = time.monotonic()
-    result = await asyncio.wait_for(
-        (await start(dev_env.client, plan, kube_worker)).result(), timeout=90
-    )
+    result = await asyncio.wait_for((await launches.start(broken=True)).result(), timeout=90)
 
     assert result.status == "rolled_back"
     assert time.monotonic() - started < 45  # no retrying a 4xx
@@ -264,8 +214,10 @@ async def test_worker_killed_mid_apply_converges_after_restart(
         address=address, workdir=tmp_path / "w1", task_queue=task_queue, extra_env=env
     )
     try:
-        handle = await start(dev_env.client, plan, task_queue)
-        await status_until(handle, lambda s: s.phases and s.phases[0].step >= 5)
+        handle = await start_launch(dev_env.client, plan, task_queue)
+        await wait_for(
+            dev_env, handle, lambda s: bool(s.phases) and s.phases[0].step >= 5, timeout=120
+        )
         first.kill()
     finally:
         first.stop()

@@ -5,23 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from devstack.demo import DemoStack, example_plan
 from devstack.processes import start_worker
 from schemas.decision_messages import Decision, DecisionRequest
-from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.launch_messages import LaunchResult
 from schemas.plan import LaunchPlan, load_plan
+from tests.support.launches import start_launch, wait_for
 from tests.support.servers import canary_share
-from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 
@@ -48,40 +46,10 @@ def quick_plan(stack: DemoStack, *, gate: bool = False) -> LaunchPlan:
     return LaunchPlan.model_validate(data)
 
 
-async def start(
-    client: Client, plan: LaunchPlan, task_queue: str
-) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
-    launch_id = f"e2e-{uuid.uuid4().hex[:8]}"
-    return await client.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
-        id=launch_id,
-        task_queue=task_queue,
-    )
-
-
-async def status_until(
-    handle: WorkflowHandle[LaunchWorkflow, Any],
-    predicate: Callable[[LaunchStatus], bool],
-    timeout: float = 60,
-) -> LaunchStatus:
-    """Poll the launch's `status` query until `predicate` holds; fail with the last status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await handle.query(LaunchWorkflow.status)
-        if predicate(current):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g}s; last status: {current.model_dump_json(indent=1)}"
-            )
-        await asyncio.sleep(0.2)
-
-
 async def test_healthy_launch_reaches_everyone(
     dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack
 ) -> None:
-    handle = await start(dev_env.client, quick_plan(clean_stack), worker)
+    handle = await start_launch(dev_env.client, quick_plan(clean_stack), worker)
     result = await handle.result()
 
     assert result.status == "completed", result.reason
@@ -102,7 +70,7 @@ async def test_faulty_version_rolls_back_on_its_own(
 ) -> None:
     before = json.loads(clean_stack.flag_file.read_text())
     clean_stack.set_faults(error_rate=0.5)
-    handle = await start(dev_env.client, quick_plan(clean_stack), worker)
+    handle = await start_launch(dev_env.client, quick_plan(clean_stack), worker)
     result = await handle.result()
 
     assert result.status == "rolled_back"
@@ -123,8 +91,8 @@ async def test_faulty_version_rolls_back_on_its_own(
 async def test_decide_update_answers_at_once(
     dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack
 ) -> None:
-    handle = await start(dev_env.client, quick_plan(clean_stack, gate=True), worker)
-    await status_until(handle, lambda s: s.open_gate is not None)
+    handle = await start_launch(dev_env.client, quick_plan(clean_stack, gate=True), worker)
+    await wait_for(dev_env, handle, lambda s: s.open_gate is not None, timeout=60)
 
     async def refusal(**fields: str) -> str:
         request = DecisionRequest.model_validate(
@@ -175,13 +143,16 @@ async def test_worker_killed_mid_soft_launch_converges(
 
     first = start_worker(address=address, workdir=tmp_path / "w1", task_queue=task_queue)
     try:
-        undisturbed = await (await start(dev_env.client, plan, task_queue)).result()
+        undisturbed = await (await start_launch(dev_env.client, plan, task_queue)).result()
         expected = final_state(undisturbed, clean_stack.flag_file)
         clean_stack.reset_exposure()
 
-        handle = await start(dev_env.client, plan, task_queue)
-        await status_until(
-            handle, lambda s: s.phase == "soft-launch" and s.step == 2 and s.exposure == 20
+        handle = await start_launch(dev_env.client, plan, task_queue)
+        await wait_for(
+            dev_env,
+            handle,
+            lambda s: s.phase == "soft-launch" and s.step == 2 and s.exposure == 20,
+            timeout=60,
         )
         first.kill()
         killed_at = canary_share(clean_stack.flag_file, "checkout-v2")

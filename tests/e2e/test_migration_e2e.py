@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,9 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from devstack.processes import start_worker
-from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.launch_messages import LaunchResult
 from schemas.plan import LaunchPlan
+from tests.support.launches import gate_open, start_launch, wait_for
 from tests.support.postgres import SEEDED_ROWS, CheckoutDatabase, migration_plan, migrations
 from tests.support.servers import canary_share
 from workflows.launch import LaunchWorkflow
@@ -28,31 +27,7 @@ pytestmark = pytest.mark.integration
 async def start(
     client: Client, plan: dict[str, Any], task_queue: str
 ) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
-    launch_id = f"mig-{uuid.uuid4().hex[:8]}"
-    return await client.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=LaunchPlan.model_validate(plan)),
-        id=launch_id,
-        task_queue=task_queue,
-    )
-
-
-async def status_until(
-    handle: WorkflowHandle[LaunchWorkflow, Any],
-    predicate: Callable[[LaunchStatus], bool],
-    timeout: float = 60,
-) -> LaunchStatus:
-    """Poll the launch's `status` query until `predicate` holds; fail with the last status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await handle.query(LaunchWorkflow.status)
-        if predicate(current):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g}s; last status: {current.model_dump_json(indent=1)}"
-            )
-        await asyncio.sleep(0.2)
+    return await start_launch(client, LaunchPlan.model_validate(plan), task_queue)
 
 
 def view_source(db: CheckoutDatabase) -> str:
@@ -81,7 +56,7 @@ async def test_migrates_verifies_and_cuts_over(
         },
     )
     handle = await start(dev_env.client, plan, worker)
-    waiting = await status_until(handle, lambda s: s.open_gate is not None)
+    waiting = await wait_for(dev_env, handle, lambda s: s.open_gate is not None, timeout=60)
     assert waiting.open_gate is not None
     assert waiting.open_gate.gate == "migrate.cutover"
     assert f"orders_v2 {SEEDED_ROWS}" in waiting.open_gate.question
@@ -117,50 +92,54 @@ async def test_migrates_verifies_and_cuts_over(
     ]
 
 
-async def test_failing_third_script_leaves_database_as_before(
-    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
+LOSSY_COPY = (
+    "INSERT INTO orders_v2 (id, customer_id, total, status, created_at) "
+    "SELECT id, customer_id, total_cents / 100.0, status, created_at FROM orders "
+    "WHERE id % 1000 <> 0;"
+)
+
+
+@pytest.mark.parametrize(
+    ("scripts", "downs", "reasons"),
+    [
+        pytest.param(
+            {"003_index_orders_v2": "CREATE INDEX orders_v2_bad ON orders_v2 (no_such_column);"},
+            False,  # restored from the backup: every row, same shape
+            ["003_index_orders_v2.sql failed", 'column "no_such_column" does not exist'],
+            id="failing-third-script",
+        ),
+        pytest.param(
+            {"002_copy_orders": LOSSY_COPY},
+            True,  # by the down scripts, checked against the backup
+            [
+                f"orders → orders_v2: {SEEDED_ROWS} rows in the source, {SEEDED_ROWS - 30} in "
+                "the target (-30)"
+            ],
+            id="verification-mismatch",
+        ),
+    ],
+)
+async def test_a_failure_before_the_cutover_leaves_the_database_as_before(
+    dev_env: WorkflowEnvironment,
+    worker: str,
+    checkout_db: CheckoutDatabase,
+    scripts: dict[str, str],
+    downs: bool,
+    reasons: list[str],
 ) -> None:
     before = checkout_db.contents()
-    folder = migrations(
-        checkout_db.workdir,
-        {"003_index_orders_v2": "CREATE INDEX orders_v2_bad ON orders_v2 (no_such_column);"},
-        downs=False,
-    )
+    folder = migrations(checkout_db.workdir, scripts, downs=downs)
     handle = await start(dev_env.client, migration_plan(checkout_db, folder), worker)
     result = await handle.result()
 
     assert result.status == "rolled_back"
-    assert "003_index_orders_v2.sql failed" in result.reason
-    assert 'column "no_such_column" does not exist' in result.reason
+    for reason in reasons:
+        assert reason in result.reason
     assert [(c.activity, c.status) for c in result.final.compensations] == [
         ("restore_database", "done")
     ]
-    assert checkout_db.contents() == before  # restored from the backup: every row, same shape
+    assert checkout_db.contents() == before
     assert checkout_db.scalar("SELECT to_regclass('phasegate_migrations')") is None
-
-
-async def test_verification_mismatch_rolls_back(
-    dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
-) -> None:
-    before = checkout_db.contents()
-    lossy_copy = (
-        "INSERT INTO orders_v2 (id, customer_id, total, status, created_at) "
-        "SELECT id, customer_id, total_cents / 100.0, status, created_at FROM orders "
-        "WHERE id % 1000 <> 0;"
-    )
-    folder = migrations(checkout_db.workdir, {"002_copy_orders": lossy_copy})
-    handle = await start(dev_env.client, migration_plan(checkout_db, folder), worker)
-    result = await handle.result()
-
-    assert result.status == "rolled_back"
-    assert (
-        f"orders → orders_v2: {SEEDED_ROWS} rows in the source, {SEEDED_ROWS - 30} in the "
-        "target (-30)" in result.reason
-    )
-    assert [(c.activity, c.status) for c in result.final.compensations] == [
-        ("restore_database", "done")
-    ]
-    assert checkout_db.contents() == before  # by the down scripts, checked against the backup
     assert not (checkout_db.workdir / "flags" / "db.json").exists()
 
 
@@ -178,9 +157,7 @@ async def test_rollback_after_cutover_restores_every_row(
     )
     plan = migration_plan(checkout_db, folder, gates={"after": {"approvers": ["bob"]}})
     handle = await start(dev_env.client, plan, worker)
-    await status_until(
-        handle, lambda s: s.open_gate is not None and s.open_gate.gate == "migrate.after"
-    )
+    await gate_open(dev_env, handle, "migrate.after", timeout=60)
     assert "orders_v2" in view_source(checkout_db)
     assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 100.0
     assert (
@@ -211,15 +188,13 @@ async def test_writes_after_cutover_wait_for_a_person(
         checkout_db, migrations(checkout_db.workdir), gates={"after": {"approvers": ["bob"]}}
     )
     handle = await start(dev_env.client, plan, worker)
-    await status_until(
-        handle, lambda s: s.open_gate is not None and s.open_gate.gate == "migrate.after"
-    )
+    await gate_open(dev_env, handle, "migrate.after", timeout=60)
     checkout_db.query(
         "INSERT INTO orders_v2 SELECT id + 1000000, customer_id, total, 'open', created_at "
         "FROM orders_v2 WHERE id <= 12"
     )
     await handle.signal(LaunchWorkflow.reject, {"gate": "migrate.after", "approver": "bob"})
-    stuck = await status_until(handle, lambda s: s.status == "needs_attention", timeout=90)
+    stuck = await wait_for(dev_env, handle, lambda s: s.status == "needs_attention", timeout=90)
 
     guard = next(c for c in stuck.compensations if c.activity == "check_writes_since_cutover")
     assert guard.status == "failed"

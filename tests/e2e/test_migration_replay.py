@@ -7,16 +7,14 @@ and are replayed by tests/workflows/test_replay.py. Re-record on purpose with
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.launch_messages import LaunchInput
 from schemas.plan import LaunchPlan
 from tests.support.histories import HISTORIES, replay
+from tests.support.launches import start_launch
 from tests.support.postgres import CheckoutDatabase, migration_plan, migrations
-from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +26,8 @@ async def test_migration_histories_replay(
     broken = {"003_index_orders_v2": "CREATE INDEX broken ON orders_v2 (no_such_column);"}
     folder = migrations(checkout_db.workdir, broken if outcome == "rolled_back" else None)
     plan = LaunchPlan.model_validate(migration_plan(checkout_db, folder))
-    launch_id = f"mig-replay-{uuid.uuid4().hex[:8]}"
-    handle = await dev_env.client.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
-        id=launch_id,
-        task_queue=worker,
-    )
+    handle = await start_launch(dev_env.client, plan, worker)
+    launch_id = handle.id
     result = await handle.result()
     assert result.status == outcome, result.reason
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from kubernetes import client
 from rich.console import Console
@@ -21,88 +17,103 @@ from temporalio.testing import WorkflowEnvironment
 from devstack.kube_cluster import ControlPlane
 from devstack.processes import ManagedProcess
 from schemas.decision_messages import Decision, DecisionRequest
-from schemas.launch_messages import LaunchInput, LaunchResult, LaunchStatus
+from schemas.launch_messages import LaunchResult, LaunchStatus
 from schemas.plan import LaunchPlan
 from starters.render import render_status
 from tests.support.https_target import VALID_TOKEN, HttpsTarget
+from tests.support.kube import create_config_map
+from tests.support.launches import start_launch, wait_for
 from tests.support.plans import plan_dict
 from tests.support.security import Certificates, TargetFactory
-from tests.support.servers import canary_share
-from workers.main import build_worker
+from tests.support.servers import canary_share, running_worker
 from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 
+FULL_LAUNCH = {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]}
 
-def launch_plan(
-    target: HttpsTarget,
+
+@dataclass
+class SecurityLaunches:
+    """Launches with a security phase over an HTTPS target, then a full launch, on the real
+    worker; the audit check reads the target's records from a real Prometheus."""
+
+    env: WorkflowEnvironment
+    task_queue: str
+    certificates: Certificates
+    prometheus: ManagedProcess
+    flag_file: Path
+
+    def plan(self, target: HttpsTarget, *, audit_within: str = "30s") -> LaunchPlan:
+        """The audit check ends as soon as the record is scraped, so `audit_within` only
+        bounds how long a loaded machine may take."""
+        base = target.url
+        data = plan_dict(self.flag_file)
+        data["targets"]["prometheus"] = {"url": self.prometheus.url}
+        data["phases"] = [
+            {
+                "name": "security",
+                "kind": "security_validation",
+                "ca_file": self.certificates.ca_file,
+                "waivers": {"approvers": ["carol"], "timeout": "5m"},
+                "tls": [{"id": "api", "url": base}],
+                "headers": [{"id": "home", "url": f"{base}/", "csp_directives": ["default-src"]}],
+                "authentication": [
+                    {"id": "orders", "url": f"{base}/orders", "token": {"env": "ORDERS_TOKEN"}}
+                ],
+                "rate_limits": [{"id": "login", "url": f"{base}/login", "limit": 5, "margin": 1}],
+                "audit": [
+                    {
+                        "id": "orders-audit",
+                        "url": f"{base}/orders",
+                        "token": {"env": "ORDERS_TOKEN"},
+                        "query": f'sum(audit_records_total{{target="{target.name}"}})',
+                        "within": audit_within,
+                        "interval": "1s",
+                    }
+                ],
+            },
+            FULL_LAUNCH,
+        ]
+        return LaunchPlan.model_validate(data)
+
+    async def start(
+        self, target: HttpsTarget, *, audit_within: str = "30s"
+    ) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
+        plan = self.plan(target, audit_within=audit_within)
+        return await start_launch(self.env.client, plan, self.task_queue)
+
+
+@pytest.fixture
+def launches(
+    dev_env: WorkflowEnvironment,
+    worker: str,
     certificates: Certificates,
-    prometheus: ManagedProcess,
-    flag_file: Path,
-    *,
-    audit_within: str = "30s",
-) -> LaunchPlan:
-    """A security phase over `target`, then a full launch. The audit check ends as soon as the
-    record is scraped, so `audit_within` only bounds how long a loaded machine may take."""
-    base = target.url
-    data = plan_dict(flag_file)
-    data["targets"]["prometheus"] = {"url": prometheus.url}
-    data["phases"] = [
-        {
-            "name": "security",
-            "kind": "security_validation",
-            "ca_file": certificates.ca_file,
-            "waivers": {"approvers": ["carol"], "timeout": "5m"},
-            "tls": [{"id": "api", "url": base}],
-            "headers": [{"id": "home", "url": f"{base}/", "csp_directives": ["default-src"]}],
-            "authentication": [
-                {"id": "orders", "url": f"{base}/orders", "token": {"env": "ORDERS_TOKEN"}}
-            ],
-            "rate_limits": [{"id": "login", "url": f"{base}/login", "limit": 5, "margin": 1}],
-            "audit": [
-                {
-                    "id": "orders-audit",
-                    "url": f"{base}/orders",
-                    "token": {"env": "ORDERS_TOKEN"},
-                    "query": f'sum(audit_records_total{{target="{target.name}"}})',
-                    "within": audit_within,
-                    "interval": "1s",
-                }
-            ],
-        },
-        {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]},
-    ]
-    return LaunchPlan.model_validate(data)
-
-
-async def start(
-    env: WorkflowEnvironment, plan: LaunchPlan, task_queue: str
-) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
-    launch_id = f"security-{uuid.uuid4().hex[:8]}"
-    return await env.client.start_workflow(
-        LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
-        id=launch_id,
-        task_queue=task_queue,
+    audit_prometheus: ManagedProcess,
+    tmp_path: Path,
+) -> SecurityLaunches:
+    return SecurityLaunches(
+        dev_env, worker, certificates, audit_prometheus, tmp_path / "flags.json"
     )
 
 
-async def status_until(
-    handle: WorkflowHandle[LaunchWorkflow, Any],
-    predicate: Callable[[LaunchStatus], bool],
-    timeout: float = 60,
-) -> LaunchStatus:
-    """Poll the launch's `status` query until `predicate` holds; fail with the last status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await handle.query(LaunchWorkflow.status)
-        if predicate(current):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:g}s; last status: {current.model_dump_json(indent=1)}"
-            )
-        await asyncio.sleep(0.2)
+async def waive(
+    env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any], gate: str, reason: str
+) -> str:
+    """Wait for the launch to stop at the waiver gate `gate` and approve it as carol, giving
+    `reason`; returns the question the gate asked."""
+    waiting = await wait_for(
+        env, handle, lambda s: s.open_gate is not None or s.finished_at is not None, timeout=60
+    )
+    assert waiting.open_gate is not None, waiting.reason
+    assert waiting.open_gate.gate == gate
+    decision: Decision = await handle.execute_update(
+        "decide",
+        DecisionRequest(gate=gate, approver="carol", decision="approve", comment=reason),
+        result_type=Decision,
+    )
+    assert decision.outcome == "approved"
+    return waiting.open_gate.question
 
 
 def rendered(status: LaunchStatus) -> str:
@@ -117,17 +128,9 @@ def orders_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_critical_finding_rolls_the_launch_back(
-    dev_env: WorkflowEnvironment,
-    worker: str,
-    https_target: TargetFactory,
-    certificates: Certificates,
-    audit_prometheus: ManagedProcess,
-    tmp_path: Path,
+    launches: SecurityLaunches, https_target: TargetFactory
 ) -> None:
-    target = https_target(protected=False)
-    flag_file = tmp_path / "flags.json"
-    plan = launch_plan(target, certificates, audit_prometheus, flag_file)
-    result = await (await start(dev_env, plan, worker)).result()
+    result = await (await launches.start(https_target(protected=False))).result()
 
     assert result.status == "rolled_back"
     assert "critical finding(s): orders.no-credentials" in result.reason
@@ -139,7 +142,7 @@ async def test_a_critical_finding_rolls_the_launch_back(
     assert re.search(r"went \d+ → \d+ within", findings["orders-audit.recorded"].evidence)
     assert "first 429 at request 6" in findings["login.limited"].evidence
     assert result.final.phases[1].status == "pending"
-    assert not flag_file.exists()  # the launch never reached exposure
+    assert not launches.flag_file.exists()  # the launch never reached exposure
     text = rendered(result.final)
     assert "Security findings" in text
     assert "orders.no-credentials" in text
@@ -147,37 +150,17 @@ async def test_a_critical_finding_rolls_the_launch_back(
 
 
 async def test_a_waived_warning_lets_the_launch_proceed(
-    dev_env: WorkflowEnvironment,
-    worker: str,
-    https_target: TargetFactory,
-    certificates: Certificates,
-    audit_prometheus: ManagedProcess,
-    tmp_path: Path,
+    launches: SecurityLaunches, https_target: TargetFactory
 ) -> None:
-    target = https_target(cert="expiring")
-    flag_file = tmp_path / "flags.json"
-    plan = launch_plan(target, certificates, audit_prometheus, flag_file)
-    handle = await start(dev_env, plan, worker)
-    gate = "security.waive.api.expiry"
-    waiting = await status_until(
-        handle, lambda s: s.open_gate is not None or s.finished_at is not None
+    handle = await launches.start(https_target(cert="expiring"))
+    question = await waive(
+        launches.env, handle, "security.waive.api.expiry", "renewal is booked for Friday"
     )
-    assert waiting.open_gate is not None, waiting.reason
-    assert waiting.open_gate.gate == gate
-    assert "expires" in waiting.open_gate.question
-
-    decision: Decision = await handle.execute_update(
-        "decide",
-        DecisionRequest(
-            gate=gate, approver="carol", decision="approve", comment="renewal is booked for Friday"
-        ),
-        result_type=Decision,
-    )
-    assert decision.outcome == "approved"
+    assert "expires" in question
     result = await handle.result()
 
     assert result.status == "completed", result.reason
-    assert canary_share(flag_file, "checkout-v2") == 100.0
+    assert canary_share(launches.flag_file, "checkout-v2") == 100.0
     findings = result.final.phases[0].findings
     assert [f.id for f in findings if not f.passed] == ["api.expiry"]
     expiry = next(f for f in findings if f.id == "api.expiry")
@@ -191,18 +174,10 @@ async def test_a_waived_warning_lets_the_launch_proceed(
 
 
 async def test_a_missing_audit_record_fails_the_phase(
-    dev_env: WorkflowEnvironment,
-    worker: str,
-    https_target: TargetFactory,
-    certificates: Certificates,
-    audit_prometheus: ManagedProcess,
-    tmp_path: Path,
+    launches: SecurityLaunches, https_target: TargetFactory
 ) -> None:
-    target = https_target(audit=False)
-    plan = launch_plan(
-        target, certificates, audit_prometheus, tmp_path / "flags.json", audit_within="8s"
-    )
-    result = await (await start(dev_env, plan, worker)).result()
+    handle = await launches.start(https_target(audit=False), audit_within="8s")
+    result = await handle.result()
 
     assert result.status == "rolled_back"
     assert "critical finding(s): orders-audit.recorded" in result.reason
@@ -217,13 +192,8 @@ async def kube_worker(
 ) -> AsyncIterator[str]:
     """A real worker whose Kubernetes checks talk to the local control plane."""
     monkeypatch.setenv("PHASEGATE_KUBECONFIG", str(kube.kubeconfig))
-    task_queue = f"security-kube-{uuid.uuid4()}"
-    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
-        async with (
-            httpx.AsyncClient() as http,
-            build_worker(dev_env.client, http, executor, task_queue=task_queue),
-        ):
-            yield task_queue
+    async with running_worker(dev_env.client) as task_queue:
+        yield task_queue
 
 
 async def test_kubernetes_checks_in_a_launch_a_waived_hygiene_warning(
@@ -233,13 +203,7 @@ async def test_kubernetes_checks_in_a_launch_a_waived_hygiene_warning(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    client.CoreV1Api(kube_api).create_namespaced_config_map(
-        namespace,
-        client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="checkout-config"),
-            data={"SMTP_PASSWORD": "pQ7#vR2!kL9$wX4z"},
-        ),
-    )
+    create_config_map(kube_api, namespace, "checkout-config", {"SMTP_PASSWORD": "pQ7#vR2!kL9$wX4z"})
     data = plan_dict(tmp_path / "flags.json")
     data["phases"] = [
         {
@@ -259,26 +223,16 @@ async def test_kubernetes_checks_in_a_launch_a_waived_hygiene_warning(
             ],
             "secret_hygiene": [{"id": "shop", "namespace": namespace, "severity": "warning"}],
         },
-        {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]},
+        FULL_LAUNCH,
     ]
-    handle = await start(dev_env, LaunchPlan.model_validate(data), kube_worker)
-    waiting = await status_until(
-        handle, lambda s: s.open_gate is not None or s.finished_at is not None
+    handle = await start_launch(dev_env.client, LaunchPlan.model_validate(data), kube_worker)
+    question = await waive(
+        dev_env,
+        handle,
+        "security.waive.shop.literals",
+        "test fixture value, moved to a Secret in SEC-7",
     )
-    assert waiting.open_gate is not None, waiting.reason
-    assert waiting.open_gate.gate == "security.waive.shop.literals"
-    assert "ConfigMap/checkout-config/SMTP_PASSWORD" in waiting.open_gate.question
-    decision: Decision = await handle.execute_update(
-        "decide",
-        DecisionRequest(
-            gate="security.waive.shop.literals",
-            approver="carol",
-            decision="approve",
-            comment="test fixture value, moved to a Secret in SEC-7",
-        ),
-        result_type=Decision,
-    )
-    assert decision.outcome == "approved"
+    assert "ConfigMap/checkout-config/SMTP_PASSWORD" in question
     result = await handle.result()
 
     assert result.status == "completed", result.reason

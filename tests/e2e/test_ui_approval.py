@@ -21,7 +21,7 @@ from activities.flags import FlagdFileRouter, promoted_definition
 from schemas.plan import LaunchPlan
 from schemas.targets import FlagdRouter
 from starters.launches import start_launch, ui_link
-from tests.support.fakes import gate_open, wait_for
+from tests.support.launches import gate_open, wait_for
 from tests.support.plans import make_plan
 from workers.settings import Settings
 from workflows.launch import LaunchWorkflow

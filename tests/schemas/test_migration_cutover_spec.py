@@ -12,36 +12,20 @@ from activities.errors import ConfigurationError
 from activities.postgres import discover_scripts
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.plan import parse_plan
-from schemas.problems import PlanError
-from tests.support.plans import plan_dict
+from tests.support.plans import migration_phase, plan_dict, plan_problems
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def phase(**changes: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": "migrate",
-        "kind": "migration_cutover",
-        "source": {"env": "CHECKOUT_DSN"},
-        "migrations": "migrations/checkout",
-        "backup_dir": "backups",
-        "cutover": {"sql": {"forward": "SELECT 1", "backward": "SELECT 2"}},
-    }
-    spec.update(changes)
-    return spec
-
-
 def problems(spec: dict[str, Any]) -> list[str]:
-    with pytest.raises(PlanError) as caught:
-        parse_plan(yaml.safe_dump(plan_dict(phases=[spec])))
-    return caught.value.problems
+    return plan_problems(plan_dict(phases=[spec]))
 
 
 def test_paths_are_resolved_against_the_plan_folder(tmp_path: Path) -> None:
     text = yaml.safe_dump(
         plan_dict(
             phases=[
-                phase(
+                migration_phase(
                     cutover={"flag": {"flag_file": "flags/db.json", "flag_key": "orders-v2"}},
                     watch={"analysis": ["error-rate"]},
                 )
@@ -60,23 +44,23 @@ def test_paths_are_resolved_against_the_plan_folder(tmp_path: Path) -> None:
 
 
 def test_a_dsn_written_inline_is_refused() -> None:
-    found = problems(phase(source="postgresql://app:hunter2@db/checkout"))
+    found = problems(migration_phase(source="postgresql://app:hunter2@db/checkout"))
     assert any(line.startswith("phases[0].source") for line in found), found
 
 
 def test_a_cutover_needs_an_action() -> None:
     assert "phases[0].cutover: give a cutover action: `flag`, `sql` or both" in problems(
-        phase(cutover={"gate": True})
+        migration_phase(cutover={"gate": True})
     )
 
 
 def test_watch_names_a_defined_analysis() -> None:
-    found = problems(phase(watch={"analysis": ["latency"]}))
+    found = problems(migration_phase(watch={"analysis": ["latency"]}))
     assert "phases[0].watch.analysis: no analysis named 'latency' (defined: error-rate)" in found
 
 
 def test_verification_table_names_are_identifiers() -> None:
-    found = problems(phase(verify={"tables": [{"table": "orders; DROP TABLE orders"}]}))
+    found = problems(migration_phase(verify={"tables": [{"table": "orders; DROP TABLE orders"}]}))
     assert any(line.startswith("phases[0].verify.tables[0].table: must match") for line in found)
 
 

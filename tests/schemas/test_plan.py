@@ -12,13 +12,7 @@ from schemas.exposure_spec import ExposurePhase
 from schemas.plan import LaunchPlan, load_plan, parse_plan
 from schemas.problems import PlanError
 from schemas.targets import FlagdRouter
-from tests.support.plans import plan_dict
-
-
-def problems(data: dict[str, object]) -> list[str]:
-    with pytest.raises(PlanError) as caught:
-        parse_plan(yaml.safe_dump(data))
-    return caught.value.problems
+from tests.support.plans import plan_dict, plan_problems
 
 
 def exposure_phase(plan: LaunchPlan, index: int) -> ExposurePhase:
@@ -53,7 +47,7 @@ def test_every_problem_is_listed_with_its_path() -> None:
     data["phases"][0]["steps"][0]["pause"] = "soon"
     data["phases"][0]["colour"] = "blue"
     data["approvals"]["approvers"] = []
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "approvals.approvers: must have at least 1 item(s)",
         "phases[0].steps[0].pause: 'soon' is not a duration; write e.g. 30s, 5m, 1h30m or 500ms",
         "phases[0].colour: is not a known field",
@@ -65,7 +59,7 @@ def test_references_and_phase_rules_are_checked() -> None:
     data = plan_dict()
     data["phases"][0]["steps"][0]["analysis"] = ["latency"]
     data["phases"][1]["name"] = "soft-launch"
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "phases[0].steps[0].analysis: no analysis named 'latency' (defined: error-rate)",
         "phases[1].name: 'soft-launch' is used by an earlier phase",
     ]
@@ -89,13 +83,13 @@ def test_references_and_phase_rules_are_checked() -> None:
 def test_phase_rules(change: dict[str, object], expected: str) -> None:
     data = plan_dict()
     data["phases"][0].update(change)
-    assert any(expected in line for line in problems(data)), problems(data)
+    assert any(expected in line for line in plan_problems(data)), plan_problems(data)
 
 
 def test_full_launch_must_reach_everyone() -> None:
     data = plan_dict()
     data["phases"][1]["steps"] = [{"weight": 50}]
-    assert problems(data) == ["phases[1]: a full launch must end with a step of weight 100"]
+    assert plan_problems(data) == ["phases[1]: a full launch must end with a step of weight 100"]
 
 
 def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
@@ -103,7 +97,7 @@ def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
         analysis={"m": {"query": "up"}, "b": {"query": "up", "baseline": {"max_ratio": 2}}}
     )
     data["phases"][0]["steps"][0]["analysis"] = []
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "analysis.b: `baseline` compares variants, so the query must contain {{variant}}",
         "analysis.m: give a success condition: `max`, `min` or `baseline`",
     ]
@@ -115,7 +109,7 @@ def test_secrets_are_references_never_values() -> None:
             {"name": "ops", "url": "http://x", "headers": {"Authorization": "Bearer abc"}}
         ]
     )
-    assert problems(data)[0].startswith("notifications[0].headers.Authorization:")
+    assert plan_problems(data)[0].startswith("notifications[0].headers.Authorization:")
     data = plan_dict(
         notifications=[
             {
@@ -125,7 +119,7 @@ def test_secrets_are_references_never_values() -> None:
             }
         ]
     )
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "notifications[0].headers.Authorization: give exactly one of `env` or `file`"
     ]
 

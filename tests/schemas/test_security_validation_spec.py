@@ -6,24 +6,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from schemas.plan import load_plan, parse_plan
-from schemas.problems import PlanError
 from schemas.security_validation_spec import SecurityValidationPhase
-from tests.support.plans import plan_dict
+from tests.support.plans import plan_dict, plan_problems
 
 
 def with_security(**phase: Any) -> dict[str, Any]:
     security = {"name": "security", "kind": "security_validation", **phase}
     return plan_dict(phases=[security, plan_dict()["phases"][1]])
-
-
-def problems(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(PlanError) as caught:
-        parse_plan(yaml.safe_dump(data))
-    return caught.value.problems
 
 
 def test_a_security_phase_parses_with_defaults_and_lists_its_waiver_gates() -> None:
@@ -63,7 +55,7 @@ def test_security_problems_are_reported_with_their_paths() -> None:
         rate_limits=[{"id": "api", "url": "https://x.example", "limit": 1000}],
         authentication=[{"id": "orders", "url": "https://x.example/orders", "token": "hunter2"}],
     )
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "phases[0].tls[0].url: must match ^https://",
         "phases[0].tls[0].min_version: Input should be 'TLSv1.2' or 'TLSv1.3'",
         "phases[0].authentication[0].token: Input should be a valid dictionary or instance of SecretRef",
@@ -72,7 +64,7 @@ def test_security_problems_are_reported_with_their_paths() -> None:
 
 
 def test_a_security_phase_needs_a_check_and_unique_ids() -> None:
-    assert problems(with_security()) == [
+    assert plan_problems(with_security()) == [
         "phases[0]: give at least one check: tls, headers, authentication, rate_limits, audit, "
         "authorization or secret_hygiene"
     ]
@@ -80,7 +72,7 @@ def test_a_security_phase_needs_a_check_and_unique_ids() -> None:
         tls=[{"id": "api", "url": "https://a.example"}],
         headers=[{"id": "api", "url": "https://a.example/"}],
     )
-    assert problems(twice) == ["phases[0]: check ids must be unique in a phase: api"]
+    assert plan_problems(twice) == ["phases[0]: check ids must be unique in a phase: api"]
 
 
 def test_audit_needs_prometheus_and_a_header_check_must_judge_something() -> None:
@@ -89,7 +81,7 @@ def test_audit_needs_prometheus_and_a_header_check_must_judge_something() -> Non
     )
     data["targets"].pop("prometheus")
     data["phases"][1]["steps"] = [{"weight": 100}]
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "phases[0].audit: needs targets.prometheus to query for audit records"
     ]
     off = with_security(
@@ -103,7 +95,7 @@ def test_audit_needs_prometheus_and_a_header_check_must_judge_something() -> Non
             }
         ]
     )
-    assert problems(off) == [
+    assert plan_problems(off) == [
         "phases[0].headers[0]: every header check is switched off; enable at least one"
     ]
 
@@ -121,7 +113,7 @@ def test_a_waiver_is_never_given_by_a_timeout() -> None:
     data = with_security(
         tls=[{"id": "api", "url": "https://a.example"}], waivers={"on_timeout": "approve"}
     )
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "phases[0]: waivers.on_timeout: a finding is waived only by a person; use reject"
     ]
     lenient = with_security(tls=[{"id": "api", "url": "https://a.example"}])
@@ -170,7 +162,7 @@ def test_an_authorization_check_needs_distinct_rules() -> None:
             {"id": "none", "service_account": "a", "namespace": "b"},
         ]
     )
-    assert problems(data) == [
+    assert plan_problems(data) == [
         "phases[0].authorization[0]: rules given twice: cannot-list-secrets-cluster-wide",
         "phases[0].authorization[1]: give at least one rule in `can` or `cannot`",
     ]

@@ -19,30 +19,17 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner, Result
 
-from devstack.processes import free_port
-from starters.cli import app
+from tests.support.cli import against, phasegate, unused_address
 from tests.support.plans import plan_dict
 from workers.client import connect
 from workers.main import build_worker
 from workers.settings import Settings
 
-runner = CliRunner()
-
 
 def write_plan(path: Path, plan: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return path
-
-
-def unused_address() -> str:
-    return f"127.0.0.1:{free_port()}"
-
-
-def phasegate(*args: str) -> Result:
-    return runner.invoke(app, list(args), env={"COLUMNS": "200"})
 
 
 # --- offline: plans ----------------------------------------------------------------------
@@ -212,37 +199,9 @@ class WorkerThread:
 
 
 @pytest.fixture
-def dev_settings(dev_env: WorkflowEnvironment) -> Settings:
-    """Where the session's dev server is, with a task queue for this test alone."""
-    return Settings().model_copy(
-        update={
-            "temporal_address": dev_env.client.service_client.config.target_host,
-            "temporal_namespace": dev_env.client.namespace,
-            "task_queue": f"cli-test-{uuid.uuid4()}",
-            "ui_url": "http://ui.example",
-            "graceful_shutdown_seconds": 5.0,
-        }
-    )
-
-
-@pytest.fixture
 def worker(dev_settings: Settings) -> Iterator[WorkerThread]:
     with WorkerThread(dev_settings) as running:
         yield running
-
-
-def against(settings: Settings, *args: str) -> Result:
-    return phasegate(
-        "--address",
-        settings.temporal_address,
-        "--namespace",
-        settings.temporal_namespace,
-        "--task-queue",
-        settings.task_queue,
-        "--ui-url",
-        settings.ui_url,
-        *args,
-    )
 
 
 def status_until(

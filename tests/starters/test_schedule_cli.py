@@ -11,45 +11,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from temporalio.client import ScheduleOverlapPolicy
 from temporalio.testing import WorkflowEnvironment
-from typer.testing import CliRunner, Result
 
-from devstack.processes import free_port
-from starters.cli import app
+from tests.support.cli import against, phasegate, unused_address
 from tests.support.health_profiles import profile_dict
 from workers.client import connect
 from workers.settings import Settings
-
-runner = CliRunner()
-
-
-def phasegate(settings: Settings | None, *args: str) -> Result:
-    if settings is None:
-        where = ["--address", f"127.0.0.1:{free_port()}"]
-    else:
-        where = ["--address", settings.temporal_address, "--namespace", settings.temporal_namespace]
-        where += ["--task-queue", settings.task_queue, "--ui-url", settings.ui_url]
-    return runner.invoke(app, [*where, *args], env={"COLUMNS": "200"})
 
 
 def write_profile(path: Path, **overrides: Any) -> Path:
     path.write_text(yaml.safe_dump(profile_dict(**overrides), sort_keys=False))
     return path
-
-
-@pytest.fixture
-def dev_settings(dev_env: WorkflowEnvironment) -> Settings:
-    return Settings().model_copy(
-        update={
-            "temporal_address": dev_env.client.service_client.config.target_host,
-            "temporal_namespace": dev_env.client.namespace,
-            "task_queue": f"cli-test-{uuid.uuid4()}",
-            "ui_url": "http://ui.example",
-        }
-    )
 
 
 def test_an_invalid_profile_lists_every_problem_and_creates_nothing(tmp_path: Path) -> None:
@@ -61,7 +35,7 @@ def test_an_invalid_profile_lists_every_problem_and_creates_nothing(tmp_path: Pa
         tmp_path / "p.yaml", checks=checks, schedule={"every": "10s", "catchup_window": "2s"}
     )
 
-    result = phasegate(None, "schedule", "create", str(profile))
+    result = phasegate("--address", unused_address(), "schedule", "create", str(profile))
 
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
@@ -73,7 +47,9 @@ def test_an_invalid_profile_lists_every_problem_and_creates_nothing(tmp_path: Pa
 
 
 def test_without_a_server_it_is_one_red_line(tmp_path: Path) -> None:
-    result = phasegate(None, "schedule", "create", str(write_profile(tmp_path / "p.yaml")))
+    result = phasegate(
+        "--address", unused_address(), "schedule", "create", str(write_profile(tmp_path / "p.yaml"))
+    )
 
     assert result.exit_code == 1
     assert result.stderr.startswith("cannot reach Temporal at 127.0.0.1:")
@@ -86,21 +62,21 @@ def test_a_schedule_is_created_listed_paused_updated_and_deleted(
     name = f"cli-{uuid.uuid4().hex[:8]}"
     profile = write_profile(tmp_path / "p.yaml", name=name)
 
-    created = phasegate(dev_settings, "schedule", "create", str(profile), "--paused")
-    again = phasegate(dev_settings, "schedule", "create", str(profile))
+    created = against(dev_settings, "schedule", "create", str(profile), "--paused")
+    again = against(dev_settings, "schedule", "create", str(profile))
     listed = listed_row(dev_settings, f"health-{name}")
-    unpaused = phasegate(dev_settings, "schedule", "unpause", name)
-    paused = phasegate(dev_settings, "schedule", "pause", name, "-m", "maintenance")
+    unpaused = against(dev_settings, "schedule", "unpause", name)
+    paused = against(dev_settings, "schedule", "pause", name, "-m", "maintenance")
     write_profile(
         tmp_path / "p.yaml",
         name=name,
         schedule={"cron": "*/5 * * * *", "overlap": "buffer_one", "jitter": "3s"},
     )
-    updated = phasegate(dev_settings, "schedule", "update", str(profile), "--launch", "l-123")
+    updated = against(dev_settings, "schedule", "update", str(profile), "--launch", "l-123")
     relisted = listed_row(dev_settings, f"health-{name}")
     description = asyncio.run(_describe(dev_settings, f"health-{name}"))
-    deleted = phasegate(dev_settings, "schedule", "delete", name)
-    missing = phasegate(dev_settings, "schedule", "trigger", name)
+    deleted = against(dev_settings, "schedule", "delete", name)
+    missing = against(dev_settings, "schedule", "trigger", name)
 
     assert created.exit_code == 0, created.output
     assert created.stdout.splitlines() == [
@@ -134,7 +110,7 @@ def listed_row(settings: Settings, schedule_id: str) -> str:
     trails a create by a moment, so the row is waited for."""
     deadline = time.monotonic() + 15
     while True:
-        result = phasegate(settings, "schedule", "list")
+        result = against(settings, "schedule", "list")
         assert result.exit_code == 0, result.output
         rows = [line for line in result.stdout.splitlines() if schedule_id in line]
         if rows:

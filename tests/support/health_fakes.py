@@ -27,7 +27,7 @@ from schemas.health_messages import (
 from schemas.health_profile import HealthProfile
 from schemas.kube_messages import DeploymentHealth, DeploymentHealthReport, DeploymentHealthRequest
 from schemas.metrics_messages import MetricQuery, MetricReading
-from tests.support.fakes import FakeWorld
+from tests.support.fakes import FakeWorld, activities_of
 from workers.main import WORKFLOWS
 from workflows.health import HealthValidationWorkflow
 
@@ -58,46 +58,44 @@ class HealthWorld:
         ]
 
     def activities(self) -> list[Callable[..., Any]]:
-        world = self
-
-        @activity.defn(name="query_metric")
-        async def query_metric(request: MetricQuery) -> MetricReading:
-            if request.metric not in world.values:
-                return world.launch_world.readings(request)
-            value = world.values[request.metric]
-            return MetricReading(value=value, query=request.spec.query)
-
-        @activity.defn(name="probe_http")
-        async def probe_http(probe: HttpProbe) -> HttpProbeResult:
-            return world.probe
-
-        @activity.defn(name="check_deployment_health")
-        async def check_deployment_health(
-            request: DeploymentHealthRequest,
-        ) -> DeploymentHealthReport:
-            return DeploymentHealthReport(
-                namespace=request.namespace,
-                deployments=[
-                    world.deployments.get(name, DeploymentHealth(name=name, found=False))
-                    for name in request.deployments
-                ],
-            )
-
-        @activity.defn(name="send_alerts")
-        async def send_alerts(batch: AlertBatch) -> int:
-            name = batch.receiver.name
-            world.attempts[name] = world.attempts.get(name, 0) + 1
-            if name in world.down:
-                raise ApplicationError(f"connection refused by {batch.receiver.url}")
-            world.sent.append(batch)
-            return len(batch.alerts)
-
         launch_fakes = [
             fake
-            for fake in world.launch_world.activities()
+            for fake in self.launch_world.activities()
             if getattr(fake, "__temporal_activity_definition").name != "query_metric"
         ]
-        return [query_metric, probe_http, check_deployment_health, send_alerts, *launch_fakes]
+        return [*activities_of(self), *launch_fakes]
+
+    @activity.defn(name="query_metric")
+    async def query_metric(self, request: MetricQuery) -> MetricReading:
+        if request.metric not in self.values:
+            return self.launch_world.readings(request)
+        value = self.values[request.metric]
+        return MetricReading(value=value, query=request.spec.query)
+
+    @activity.defn(name="probe_http")
+    async def probe_http(self, probe: HttpProbe) -> HttpProbeResult:
+        return self.probe
+
+    @activity.defn(name="check_deployment_health")
+    async def check_deployment_health(
+        self, request: DeploymentHealthRequest
+    ) -> DeploymentHealthReport:
+        return DeploymentHealthReport(
+            namespace=request.namespace,
+            deployments=[
+                self.deployments.get(name, DeploymentHealth(name=name, found=False))
+                for name in request.deployments
+            ],
+        )
+
+    @activity.defn(name="send_alerts")
+    async def send_alerts(self, batch: AlertBatch) -> int:
+        name = batch.receiver.name
+        self.attempts[name] = self.attempts.get(name, 0) + 1
+        if name in self.down:
+            raise ApplicationError(f"connection refused by {batch.receiver.url}")
+        self.sent.append(batch)
+        return len(batch.alerts)
 
 
 async def retire(client: Client, ledger_id: str) -> None:

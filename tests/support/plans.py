@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from schemas.plan import LaunchPlan
+import pytest
+import yaml
+
+from schemas.plan import LaunchPlan, parse_plan
+from schemas.problems import PlanError
 
 
 def plan_dict(
@@ -48,6 +52,13 @@ def plan_dict(
     return plan
 
 
+def plan_problems(data: dict[str, Any]) -> list[str]:
+    """The problems found in plan `data`, written out as a plan file; it must have some."""
+    with pytest.raises(PlanError) as caught:
+        parse_plan(yaml.safe_dump(data))
+    return caught.value.problems
+
+
 def make_plan(**overrides: Any) -> LaunchPlan:
     return LaunchPlan.model_validate(plan_dict(**overrides))
 
@@ -57,3 +68,18 @@ def exposure_only(steps: list[dict[str, Any]], **overrides: Any) -> LaunchPlan:
     return make_plan(
         phases=[{"name": "full-launch", "kind": "full_launch", "steps": steps}], **overrides
     )
+
+
+def migration_phase(**changes: Any) -> dict[str, Any]:
+    """A valid migration_cutover phase (DSN from the environment, paths relative to the plan);
+    `changes` replace its keys."""
+    spec: dict[str, Any] = {
+        "name": "migrate",
+        "kind": "migration_cutover",
+        "source": {"env": "CHECKOUT_DSN"},
+        "migrations": "migrations/checkout",
+        "backup_dir": "backups",
+        "cutover": {"sql": {"forward": "SELECT 1", "backward": "SELECT 2"}},
+    }
+    spec.update(changes)
+    return spec

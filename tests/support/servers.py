@@ -8,16 +8,19 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.flags import FlagdFileRouter
+from activities.kube import KubeConnection
 from devstack.demo import DemoStack, demo_stack
 from devstack.processes import free_port
 from schemas.targets import FlagdRouter
@@ -102,16 +105,23 @@ def clean_stack(stack: DemoStack) -> Iterator[DemoStack]:
     stack.reset_exposure()
 
 
-@pytest.fixture
-async def worker(dev_env: WorkflowEnvironment) -> AsyncIterator[str]:
+@asynccontextmanager
+async def running_worker(client: Client, kube: KubeConnection | None = None) -> AsyncIterator[str]:
     """A real worker with the real activities on a task queue of its own; yields the queue."""
     task_queue = f"e2e-{uuid.uuid4()}"
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
         async with (
             httpx.AsyncClient() as http,
-            build_worker(dev_env.client, http, executor, task_queue=task_queue),
+            build_worker(client, http, executor, task_queue=task_queue, kube=kube),
         ):
             yield task_queue
+
+
+@pytest.fixture
+async def worker(dev_env: WorkflowEnvironment) -> AsyncIterator[str]:
+    """A `running_worker` on the session's dev server; yields its task queue."""
+    async with running_worker(dev_env.client) as task_queue:
+        yield task_queue
 
 
 def canary_share(flag_file: Path, flag_key: str) -> float:

@@ -7,21 +7,23 @@ schedule with overlap `skip` would; the real Schedules are exercised in tests/e2
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.health_messages import HttpProbeResult
 from schemas.health_profile import HealthProfile
 from schemas.kube_messages import DeploymentHealth
-from schemas.launch_messages import LaunchInput
-from tests.support.fakes import gate_open, wait_for
+from schemas.launch_messages import LaunchResult
 from tests.support.health_fakes import HealthWorld, health_worker, run_once
 from tests.support.health_profiles import make_profile
+from tests.support.launches import gate_open, start_launch, wait_for
 from tests.support.plans import make_plan
 from workflows.alert_ledger import AlertLedgerWorkflow
 from workflows.launch import LaunchWorkflow
@@ -29,6 +31,18 @@ from workflows.launch import LaunchWorkflow
 
 def unique_profile(**overrides: Any) -> HealthProfile:
     return make_profile(name=f"t-{uuid.uuid4().hex[:10]}", **overrides)
+
+
+@asynccontextmanager
+async def attached_launch(
+    env: WorkflowEnvironment, world: HealthWorld
+) -> AsyncIterator[tuple[str, WorkflowHandle[LaunchWorkflow, LaunchResult], HealthProfile]]:
+    """A health worker's task queue, a launch on it waiting at its first gate, and a profile
+    (without receivers) attached to that launch."""
+    async with health_worker(env.client, world) as queue:
+        launch = await start_launch(env.client, make_plan(), queue)
+        await gate_open(env, launch, "soft-launch.before")
+        yield queue, launch, unique_profile(launch={"id": launch.id}, alerts={"receivers": []})
 
 
 async def test_each_check_is_judged_pass_warn_or_fail(
@@ -227,18 +241,7 @@ async def test_a_failing_critical_check_aborts_the_attached_launch(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = HealthWorld(values={"error-rate": 0.5})
-    client = time_skipping_env.client
-    async with health_worker(client, world) as queue:
-        launch_id = f"launch-{uuid.uuid4()}"
-        launch = await client.start_workflow(
-            LaunchWorkflow.run,
-            LaunchInput(launch_id=launch_id, plan=make_plan()),
-            id=launch_id,
-            task_queue=queue,
-        )
-        await gate_open(time_skipping_env, launch, "soft-launch.before")
-        profile = unique_profile(launch={"id": launch_id}, alerts={"receivers": []})
-
+    async with attached_launch(time_skipping_env, world) as (queue, launch, profile):
         report = await run_once(time_skipping_env, queue, profile, world)
         final = await launch.result()
         after = await run_once(time_skipping_env, queue, profile, world)
@@ -252,22 +255,12 @@ async def test_a_failing_critical_check_aborts_the_attached_launch(
     )
     assert after.launch is not None
     assert not after.launch.signalled
-    assert after.launch.detail.startswith(f"launch {launch_id} is not running")
+    assert after.launch.detail.startswith(f"launch {launch.id} is not running")
 
 
 async def test_healthy_runs_leave_the_launch_alone(time_skipping_env: WorkflowEnvironment) -> None:
     world = HealthWorld(values={"error-rate": 0.0})
-    client = time_skipping_env.client
-    async with health_worker(client, world) as queue:
-        launch_id = f"launch-{uuid.uuid4()}"
-        launch = await client.start_workflow(
-            LaunchWorkflow.run,
-            LaunchInput(launch_id=launch_id, plan=make_plan()),
-            id=launch_id,
-            task_queue=queue,
-        )
-        await gate_open(time_skipping_env, launch, "soft-launch.before")
-        profile = unique_profile(launch={"id": launch_id}, alerts={"receivers": []})
+    async with attached_launch(time_skipping_env, world) as (queue, launch, profile):
         report = await run_once(time_skipping_env, queue, profile, world)
         current = await launch.query(LaunchWorkflow.status)
         # Ended the ordinary way: a terminated launch leaves its phase's timers to the test server.

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.launch_messages import CompensationRecord
+from schemas.launch_messages import CompensationRecord, LaunchResult
 from schemas.metrics_messages import MetricReading
-from tests.support.fakes import FakeWorld, gate_open, running_launch, status, wait_for
+from tests.support.fakes import FakeWorld, running_launch
+from tests.support.launches import decide_gate, gate_open, status, wait_for
 from tests.support.plans import exposure_only, make_plan
 from workflows.launch import LaunchWorkflow
 
 APPROVE = {"gate": "soft-launch.before", "approver": "alice", "comment": "go"}
 
 
+@asynccontextmanager
+async def at_first_gate(
+    env: WorkflowEnvironment, world: FakeWorld
+) -> AsyncIterator[WorkflowHandle[LaunchWorkflow, LaunchResult]]:
+    """The default plan's launch on `world`'s fakes, once it waits at soft-launch.before."""
+    async with running_launch(env.client, make_plan(), world) as handle:
+        await gate_open(env, handle, "soft-launch.before")
+        yield handle
+
+
 async def test_approved_launch_reaches_everyone(time_skipping_env: WorkflowEnvironment) -> None:
     world = FakeWorld()
-    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
-        await gate_open(time_skipping_env, handle, "soft-launch.before")
+    async with at_first_gate(time_skipping_env, world) as handle:
         await handle.signal(LaunchWorkflow.approve, APPROVE)
         waiting = await gate_open(time_skipping_env, handle, "soft-launch.step-2")
         assert waiting.exposure == 10
@@ -51,13 +63,10 @@ async def test_rejection_rolls_back_in_reverse_order(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = FakeWorld(exposure=0.0)
-    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
-        await gate_open(time_skipping_env, handle, "soft-launch.before")
+    async with at_first_gate(time_skipping_env, world) as handle:
         await handle.signal(LaunchWorkflow.approve, APPROVE)
-        await gate_open(time_skipping_env, handle, "soft-launch.step-2")
-        await handle.signal(
-            LaunchWorkflow.reject,
-            {"gate": "soft-launch.step-2", "approver": "bob", "comment": "error budget"},
+        await decide_gate(
+            time_skipping_env, handle, "soft-launch.step-2", "reject", "bob", "error budget"
         )
         result = await handle.result()
 
@@ -85,10 +94,7 @@ async def test_compensations_run_in_reverse_across_phases(
         ]
     )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
-        await gate_open(time_skipping_env, handle, "full-launch.step-1")
-        await handle.signal(
-            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
-        )
+        await decide_gate(time_skipping_env, handle, "full-launch.step-1", "reject", "alice")
         result = await handle.result()
 
     restores = [(n, w) for n, w in world.calls if n.startswith("restore")]
@@ -258,8 +264,7 @@ async def test_malformed_and_unauthorized_signals_are_recorded_and_ignored(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = FakeWorld()
-    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
-        await gate_open(time_skipping_env, handle, "soft-launch.before")
+    async with at_first_gate(time_skipping_env, world) as handle:
         await handle.signal(LaunchWorkflow.approve, "yes please")
         await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before"})
         await handle.signal(LaunchWorkflow.approve, {"gate": "nope", "approver": "alice"})
@@ -330,10 +335,7 @@ async def test_failing_compensation_alerts_and_waits_for_a_person(
         notifications=[{"name": "ops", "url": "http://127.0.0.1:1/hook"}],
     )
     async with running_launch(time_skipping_env.client, plan, world) as handle:
-        await gate_open(time_skipping_env, handle, "full-launch.step-1")
-        await handle.signal(
-            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
-        )
+        await decide_gate(time_skipping_env, handle, "full-launch.step-1", "reject", "alice")
         stuck = await wait_for(
             time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60
         )
@@ -371,10 +373,7 @@ async def test_skipping_a_stuck_compensation_is_on_record(
     world = FakeWorld(restore_failures=100)
     plan = exposure_only([{"weight": 10, "approval": True}, {"weight": 100}])
     async with running_launch(time_skipping_env.client, plan, world) as handle:
-        await gate_open(time_skipping_env, handle, "full-launch.step-1")
-        await handle.signal(
-            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
-        )
+        await decide_gate(time_skipping_env, handle, "full-launch.step-1", "reject", "alice")
         await wait_for(
             time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60
         )
@@ -420,8 +419,7 @@ async def test_a_signal_cannot_carry_the_opposite_decision(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = FakeWorld()
-    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
-        await gate_open(time_skipping_env, handle, "soft-launch.before")
+    async with at_first_gate(time_skipping_env, world) as handle:
         await handle.signal(LaunchWorkflow.approve, {**APPROVE, "decision": "reject"})
         refused = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 1)
         assert not refused.audit[0].accepted
@@ -440,22 +438,17 @@ async def test_a_signal_cannot_carry_the_opposite_decision(
 class WorldWithAnotherActivity(FakeWorld):
     """The fakes, plus an activity no undo is: a rollback must never run it."""
 
-    def activities(self) -> list[Callable[..., Any]]:
-        world = self
-
-        @activity.defn(name="delete_everything")
-        async def delete_everything(request: dict[str, Any]) -> None:
-            world.calls.append(("delete_everything", request))
-
-        return [*super().activities(), delete_everything]
+    @activity.defn(name="delete_everything")
+    async def delete_everything(self, request: dict[str, Any]) -> None:
+        self.calls.append(("delete_everything", request))
 
 
 async def test_rollback_never_runs_an_undo_outside_the_registry(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = WorldWithAnotherActivity()
-    async with running_launch(time_skipping_env.client, make_plan(), world) as handle:
-        current = await gate_open(time_skipping_env, handle, "soft-launch.before")
+    async with at_first_gate(time_skipping_env, world) as handle:
+        current = await status(handle)
         # A report for the phase that has not started, carrying a record of an unknown undo.
         forged = current.phases[1].model_copy(deep=True)
         forged.compensations.append(

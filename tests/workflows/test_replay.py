@@ -16,8 +16,9 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.metrics_messages import MetricReading
-from tests.support.fakes import FakeWorld, gate_open, running_launch, wait_for
+from tests.support.fakes import FakeWorld, running_launch
 from tests.support.histories import HISTORIES, replay
+from tests.support.launches import decide_gate, gate_open, wait_for
 from tests.support.plans import exposure_only, make_plan
 from workflows.launch import LaunchWorkflow
 
@@ -28,15 +29,13 @@ async def approve_everything(
     env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]
 ) -> None:
     for gate in ("soft-launch.before", "soft-launch.step-2"):
-        await gate_open(env, handle, gate)
-        await handle.signal(LaunchWorkflow.approve, {"gate": gate, "approver": "alice"})
+        await decide_gate(env, handle, gate, "approve", "alice")
 
 
 async def reject_at_step_two(
     env: WorkflowEnvironment, handle: WorkflowHandle[LaunchWorkflow, Any]
 ) -> None:
-    await gate_open(env, handle, "soft-launch.before")
-    await handle.signal(LaunchWorkflow.approve, {"gate": "soft-launch.before", "approver": "alice"})
+    await decide_gate(env, handle, "soft-launch.before", "approve", "alice")
     await gate_open(env, handle, "soft-launch.step-2")
     await handle.signal(LaunchWorkflow.approve, "malformed")
     await handle.signal(LaunchWorkflow.reject, {"gate": "soft-launch.step-2", "approver": "bob"})

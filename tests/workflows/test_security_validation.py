@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 import pytest
 from temporalio import activity
@@ -14,11 +16,13 @@ from temporalio.testing import WorkflowEnvironment
 from activities.probes import finding
 from schemas import probe_messages
 from schemas.decision_messages import Decision, DecisionRequest
+from schemas.launch_messages import LaunchResult
 from schemas.metrics_messages import MetricReading
 from schemas.plan import LaunchPlan
 from schemas.security_validation_spec import SecurityCheck
-from tests.support.fakes import FakeWorld, gate_open, running_launch, wait_for
+from tests.support.fakes import FakeWorld, running_launch
 from tests.support.histories import HISTORIES, replay
+from tests.support.launches import decide_gate, gate_open, wait_for
 from tests.support.plans import make_plan
 from workflows.launch import LaunchWorkflow
 
@@ -52,6 +56,7 @@ SECURITY_PHASE: dict[str, Any] = {
     ],
 }
 WAIVER = "security.waive.api.expiry"
+Check = TypeVar("Check", bound=SecurityCheck)
 
 
 def security_plan(**changes: Any) -> LaunchPlan:
@@ -74,75 +79,69 @@ class ProbedWorld(FakeWorld):
         # The audit query counts the records the audited request wrote, unless it should fail.
         self.readings = lambda query: MetricReading(value=float(self.audit_records))
 
-    def _report(self, check: SecurityCheck, target: str) -> probe_messages.CheckReport:
-        self.calls.append(("probe", check.id))
-        return probe_messages.CheckReport(
-            findings=[
-                finding(check, a, target, f"{check.id}.{a}" not in self.failing, f"fake {a}")
-                for a in check.aspects()
-            ]
-        )
-
-    def activities(self) -> list[Any]:
+    def _probe(
+        self,
+        name: str,
+        probe_type: type[probe_messages.CheckProbe[Check]],
+        target: Callable[[Check], str],
+    ) -> Callable[..., Any]:
+        """The fake of probe activity `name`: one finding per aspect of its check, passing
+        unless the finding's id is in `failing`. The probe comes in as JSON and is read the way
+        the real activity reads it, as a `probe_type`."""
         world = self
 
-        @activity.defn(name="check_tls")
-        async def check_tls(probe: probe_messages.TlsProbe) -> probe_messages.CheckReport:
-            return world._report(probe.check, probe.check.url)
+        @activity.defn(name=name)
+        async def probe(payload: dict[str, Any]) -> probe_messages.CheckReport:
+            check = probe_type.model_validate(payload).check
+            world.calls.append(("probe", check.id))
+            return probe_messages.CheckReport(
+                findings=[
+                    finding(
+                        check, a, target(check), f"{check.id}.{a}" not in world.failing, f"fake {a}"
+                    )
+                    for a in check.aspects()
+                ]
+            )
 
-        @activity.defn(name="check_headers")
-        async def check_headers(probe: probe_messages.HeaderProbe) -> probe_messages.CheckReport:
-            return world._report(probe.check, probe.check.url)
+        return probe
 
-        @activity.defn(name="check_authentication")
-        async def check_authentication(
-            probe: probe_messages.AuthProbe,
-        ) -> probe_messages.CheckReport:
-            return world._report(probe.check, probe.check.url)
-
-        @activity.defn(name="check_rate_limit")
-        async def check_rate_limit(
-            probe: probe_messages.RateLimitProbe,
-        ) -> probe_messages.CheckReport:
-            return world._report(probe.check, probe.check.url)
-
-        @activity.defn(name="check_authorization")
-        async def check_authorization(
-            probe: probe_messages.AuthorizationProbe,
-        ) -> probe_messages.CheckReport:
-            return world._report(probe.check, probe.check.service_account)
-
-        @activity.defn(name="check_secret_hygiene")
-        async def check_secret_hygiene(
-            probe: probe_messages.HygieneProbe,
-        ) -> probe_messages.CheckReport:
-            return world._report(probe.check, probe.check.namespace)
-
-        @activity.defn(name="send_request")
-        async def send_request(
-            request: probe_messages.ProbeRequest,
-        ) -> probe_messages.ProbeResponse:
-            world.calls.append(("send_request", request.url))
-            if "orders-audit.recorded" not in world.failing:
-                world.audit_records += 1
-            return probe_messages.ProbeResponse(status=200)
-
+    def activities(self) -> list[Any]:
+        url = attrgetter("url")
         return [
             *super().activities(),
-            check_tls,
-            check_headers,
-            check_authentication,
-            check_rate_limit,
-            check_authorization,
-            check_secret_hygiene,
-            send_request,
+            self._probe("check_tls", probe_messages.TlsProbe, url),
+            self._probe("check_headers", probe_messages.HeaderProbe, url),
+            self._probe("check_authentication", probe_messages.AuthProbe, url),
+            self._probe("check_rate_limit", probe_messages.RateLimitProbe, url),
+            self._probe(
+                "check_authorization",
+                probe_messages.AuthorizationProbe,
+                attrgetter("service_account"),
+            ),
+            self._probe(
+                "check_secret_hygiene", probe_messages.HygieneProbe, attrgetter("namespace")
+            ),
         ]
+
+    @activity.defn(name="send_request")
+    async def send_request(
+        self, request: probe_messages.ProbeRequest
+    ) -> probe_messages.ProbeResponse:
+        self.calls.append(("send_request", request.url))
+        if "orders-audit.recorded" not in self.failing:
+            self.audit_records += 1
+        return probe_messages.ProbeResponse(status=200)
+
+
+async def run_to_the_end(env: WorkflowEnvironment, world: ProbedWorld) -> LaunchResult:
+    """The security plan's launch on `world`'s fakes, left alone until it ends."""
+    async with running_launch(env.client, security_plan(), world) as handle:
+        return await handle.result()
 
 
 async def test_all_checks_passing_goes_straight_on(time_skipping_env: WorkflowEnvironment) -> None:
     world = ProbedWorld()
-    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
-        result = await handle.result()
+    result = await run_to_the_end(time_skipping_env, world)
 
     assert result.status == "completed", result.reason
     security = result.final.phases[0]
@@ -163,8 +162,7 @@ async def test_a_critical_finding_rolls_the_launch_back(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = ProbedWorld(failing={"orders.no-credentials"})
-    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
-        result = await handle.result()
+    result = await run_to_the_end(time_skipping_env, world)
 
     assert result.status == "rolled_back"
     assert "1 critical finding(s): orders.no-credentials" in result.reason
@@ -179,8 +177,7 @@ async def test_an_audited_endpoint_without_a_record_fails_after_its_window(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = ProbedWorld(failing={"orders-audit.recorded"})
-    async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
-        result = await handle.result()
+    result = await run_to_the_end(time_skipping_env, world)
 
     assert result.status == "rolled_back"
     audit = next(f for f in result.final.phases[0].findings if f.id == "orders-audit.recorded")
@@ -236,14 +233,9 @@ async def test_each_warning_is_waived_by_its_own_id_and_a_rejection_rolls_back(
     world = ProbedWorld(failing={"api.expiry", "login.limited"})
     plan = security_plan(rate_limits=[{**SECURITY_PHASE["rate_limits"][0], "severity": "warning"}])
     async with running_launch(time_skipping_env.client, plan, world) as handle:
-        await gate_open(time_skipping_env, handle, WAIVER)
-        await handle.signal(
-            LaunchWorkflow.approve, {"gate": WAIVER, "approver": "carol", "comment": "known"}
-        )
-        await gate_open(time_skipping_env, handle, "security.waive.login.limited")
-        await handle.signal(
-            LaunchWorkflow.reject,
-            {"gate": "security.waive.login.limited", "approver": "carol", "comment": "no limit"},
+        await decide_gate(time_skipping_env, handle, WAIVER, "approve", "carol", "known")
+        await decide_gate(
+            time_skipping_env, handle, "security.waive.login.limited", "reject", "carol", "no limit"
         )
         result = await handle.result()
 
@@ -278,10 +270,8 @@ async def test_security_histories_replay(time_skipping_env: WorkflowEnvironment)
     ):
         async with running_launch(time_skipping_env.client, security_plan(), world) as handle:
             if name == "security_waived":
-                await gate_open(time_skipping_env, handle, WAIVER)
-                await handle.signal(
-                    LaunchWorkflow.approve,
-                    {"gate": WAIVER, "approver": "carol", "comment": "renewal booked"},
+                await decide_gate(
+                    time_skipping_env, handle, WAIVER, "approve", "carol", "renewal booked"
                 )
             await handle.result()
             final = await wait_for(time_skipping_env, handle, lambda s: s.finished_at is not None)
