@@ -56,7 +56,7 @@ class LocalProcessError(RuntimeError):
 
 
 class BinaryNotFoundError(LocalProcessError):
-    """The executable for a component is not installed; fixtures may skip on this one."""
+    """The executable for a component is not installed; the message says how to install it."""
 
 
 def free_port() -> int:

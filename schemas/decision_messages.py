@@ -10,7 +10,7 @@ launch and act on an undo that keeps failing.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -18,18 +18,24 @@ from schemas.basics import Message
 
 DecisionVerb = Literal["approve", "reject"]
 
+# Anything a person sends is bounded, so a payload cannot swell a launch's history.
+GateId = Annotated[str, Field(min_length=1, max_length=256)]
+Who = Annotated[str, Field(min_length=1, max_length=128)]
+Why = Annotated[str, Field(max_length=2000)]
+RequestId = Annotated[str, Field(max_length=128)]
+
 
 class DecisionRequest(Message):
     """A person's go or no-go for one gate, as the CLI, the UI's signal or the update send it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    gate: str = Field(min_length=1)
-    approver: str = Field(min_length=1)
+    gate: GateId
+    approver: Who
     # Named by the `decide` update's payload; the `approve` / `reject` signals name it themselves.
     decision: DecisionVerb | None = None
-    comment: str = ""
-    id: str = ""
+    comment: Why = ""
+    id: RequestId = ""
 
 
 class Decision(Message):
@@ -46,9 +52,9 @@ class Decision(Message):
 class AbortRequest(Message):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1)
-    by: str = Field(min_length=1)
-    id: str = ""
+    reason: Annotated[Why, Field(min_length=1)]
+    by: Who
+    id: RequestId = ""
 
 
 class CompensationAction(Message):
@@ -56,7 +62,7 @@ class CompensationAction(Message):
 
     model_config = ConfigDict(extra="forbid")
 
-    compensation: str = Field(min_length=1)
-    by: str = Field(min_length=1)
-    comment: str = ""
-    id: str = ""
+    compensation: GateId
+    by: Who
+    comment: Why = ""
+    id: RequestId = ""

@@ -3,6 +3,7 @@ the reason. A refusal never fails the launch; it is recorded here and shows in `
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,9 +49,12 @@ class AuditTrail:
 
 
 def _printable(payload: Any) -> Any:
-    """Keep an audit entry small and JSON-friendly whatever a sender put in it."""
-    if isinstance(payload, str):
-        return payload[:KEEP_PAYLOAD_CHARS]
+    """Keep an audit entry small and JSON-friendly whatever a sender put in it: a payload
+    longer than `KEEP_PAYLOAD_CHARS` as JSON is kept as the start of its text."""
     if isinstance(payload, dict | list | int | float | bool | type(None)):
-        return payload
-    return repr(payload)[:KEEP_PAYLOAD_CHARS]
+        text = json.dumps(payload, default=repr)
+        if len(text) <= KEEP_PAYLOAD_CHARS:
+            return payload
+    else:
+        text = payload if isinstance(payload, str) else repr(payload)
+    return text[:KEEP_PAYLOAD_CHARS]

@@ -99,11 +99,12 @@ class FakeWorld:
 
 @asynccontextmanager
 async def running_launch(
-    client: Client, plan: LaunchPlan, world: FakeWorld
+    client: Client, plan: LaunchPlan, world: FakeWorld, start_signal: tuple[str, Any] | None = None
 ) -> AsyncIterator[WorkflowHandle[LaunchWorkflow, LaunchResult]]:
-    """A launch of `plan` on a worker of its own whose activities are `world`'s fakes."""
+    """A launch of `plan` on a worker of its own whose activities are `world`'s fakes (see
+    `start_launch` for `start_signal`)."""
     task_queue = f"test-{uuid.uuid4()}"
     async with Worker(
         client, task_queue=task_queue, workflows=list(WORKFLOWS), activities=world.activities()
     ):
-        yield await start_launch(client, plan, task_queue)
+        yield await start_launch(client, plan, task_queue, start_signal)

@@ -21,15 +21,22 @@ POLL_SKIP = timedelta(milliseconds=500)
 
 
 async def start_launch(
-    client: Client, plan: LaunchPlan, task_queue: str
+    client: Client,
+    plan: LaunchPlan,
+    task_queue: str,
+    start_signal: tuple[str, Any] | None = None,
 ) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
-    """Start the launch workflow on `task_queue`; the workflow id is the launch id."""
+    """Start the launch workflow on `task_queue`, with `start_signal` (name, payload) delivered
+    in its first moment if given; the workflow id is the launch id."""
     launch_id = f"launch-{uuid.uuid4().hex[:12]}"
+    signal_name, payload = start_signal or (None, None)
     return await client.start_workflow(
         LaunchWorkflow.run,
         LaunchInput(launch_id=launch_id, plan=plan),
         id=launch_id,
         task_queue=task_queue,
+        start_signal=signal_name,
+        start_signal_args=[payload] if start_signal else [],
     )
 
 

@@ -476,3 +476,46 @@ async def test_rollback_never_runs_an_undo_outside_the_registry(
     assert result.status == "rolled_back"
     assert result.final.compensations[0].status == "skipped"
     assert "delete_everything" not in world.names()
+
+
+async def test_a_signal_sent_with_the_start_is_checked_like_any_other(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    # Signal-with-start: the handler runs in the launch's first moment, before `run`.
+    world = FakeWorld()
+    early = ("approve", APPROVE)
+    async with running_launch(time_skipping_env.client, make_plan(), world, early) as handle:
+        first = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 1)
+        assert not first.audit[0].accepted
+        assert first.audit[0].note == "gate 'soft-launch.before' is not open; no gate is open now"
+        await gate_open(time_skipping_env, handle, "soft-launch.before")
+        await handle.signal(LaunchWorkflow.abort, {"reason": "done testing", "by": "carol"})
+        result = await handle.result()
+    assert result.status == "rolled_back"
+
+
+async def test_oversized_payloads_are_refused_and_kept_short_in_the_audit(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = FakeWorld()
+    async with at_first_gate(time_skipping_env, world) as handle:
+        await handle.signal(LaunchWorkflow.approve, {**APPROVE, "comment": "x" * 100_000})
+        await handle.signal(LaunchWorkflow.approve, {**APPROVE, "approver": "a" * 129})
+        await handle.signal(LaunchWorkflow.abort, {"reason": "r" * 2001, "by": "carol"})
+        await handle.signal(LaunchWorkflow.approve, ["y" * 50_000])
+        current = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 4)
+        assert not any(entry.accepted for entry in current.audit)
+        notes = [entry.note for entry in current.audit]
+        assert "comment: String should have at most 2000 characters" in notes[0]
+        assert "approver: String should have at most 128 characters" in notes[1]
+        assert "reason: String should have at most 2000 characters" in notes[2]
+        # A payload that fits is kept as sent; a long one as the start of its JSON text.
+        assert current.audit[1].payload == {**APPROVE, "approver": "a" * 129}
+        assert [len(current.audit[i].payload) for i in (0, 2, 3)] == [500] * 3
+        assert all(isinstance(current.audit[i].payload, str) for i in (0, 2, 3))
+        assert current.audit[3].payload.startswith('["yyy')
+        assert current.status == "waiting"
+        assert current.open_gate is not None
+        await handle.signal(LaunchWorkflow.abort, {"reason": "done testing", "by": "carol"})
+        result = await handle.result()
+    assert result.status == "rolled_back"
