@@ -48,6 +48,7 @@ from schemas.plan import LaunchPlan, load_plan
 from starters import launches
 from workers.client import connect
 from workers.main import WORKFLOWS, activities
+from workers.sealing import SealInterceptor, load_keys
 from workers.settings import Settings
 from workflows.launch import LaunchWorkflow
 
@@ -100,7 +101,7 @@ def instant_plan(flag_file: Path, soft_steps: int, full_steps: int, *, gated: bo
             "targets": {
                 "router": {"kind": "flagd", "flag_file": str(flag_file), "flag_key": "bench"}
             },
-            "approvals": {"approvers": [APPROVER], "timeout": "1h"},
+            "approvals": {"identity": "none", "approvers": [APPROVER], "timeout": "1h"},
             "phases": [
                 {"name": "soft-launch", "kind": "soft_launch", "steps": soft},
                 {"name": "full-launch", "kind": "full_launch", "steps": full},
@@ -324,7 +325,7 @@ async def run(quick: bool) -> dict[str, Any]:
                     workflows=[*WORKFLOWS, SequenceWorkflow, SignalThenActivityWorkflow],
                     activities=[*activities(http, client), noop],
                     activity_executor=executor,
-                    interceptors=[RecordStarts(starts)],
+                    interceptors=[RecordStarts(starts), SealInterceptor(load_keys(None))],
                 ),
             ):
                 # One launch first, so imports and the server's caches are warm for both sides.

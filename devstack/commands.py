@@ -14,7 +14,9 @@ import typer
 from rich.text import Text
 
 from devstack import migration_demo
+from devstack.authenticated_demo import NotAuthenticated
 from devstack.demo import DemoOptions, example_plan, run_demo
+from devstack.identity_provider import PasswordSignInFailed, find_binary
 from devstack.kube_demo import kube_app
 from devstack.processes import (
     LocalProcessError,
@@ -23,7 +25,7 @@ from devstack.processes import (
     stop_on_signals,
 )
 from schemas.launch_messages import LaunchStatus
-from starters import launches
+from starters import launches, proof_client, sign_in
 from starters.output import fail, finish, settings_of, stdout, valid_plan
 from starters.render import render_line, render_status
 from workers.client import TemporalUnreachable
@@ -79,8 +81,9 @@ def demo(
     plan: Annotated[
         Path | None,
         typer.Option(
-            help="Launch plan; default: examples/plans/checkout.yaml "
-            "(checkout-faulty.yaml with --faulty).",
+            help="Launch plan; default: examples/plans/checkout.yaml (checkout-faulty.yaml "
+            "with --faulty, checkout-secure.yaml with --secure, checkout-authenticated.yaml "
+            "with --authenticated).",
             dir_okay=False,
             show_default=False,
         ),
@@ -104,15 +107,39 @@ def demo(
             "(examples/plans/checkout-secure.yaml).",
         ),
     ] = False,
+    authenticated: Annotated[
+        bool,
+        typer.Option(
+            "--authenticated",
+            help="People sign in at a local identity provider and every decision carries a "
+            "proof from a local approval service (examples/plans/checkout-authenticated.yaml); "
+            "with --auto-approve, alice starts the launch and carol and bob approve it.",
+        ),
+    ] = False,
     workdir: Annotated[
         Path, typer.Option(help="Where the demo keeps its state, flag file and logs.")
     ] = Path(".phasegate/demo"),
 ) -> None:
     """Launch the checkout demo end to end: dev server + UI, demo service under load,
     Prometheus, a worker. Ends with the launch (exit 1 unless it completed)."""
-    default = "checkout-secure.yaml" if secure else "checkout.yaml"
-    chosen = plan or example_plan("checkout-faulty.yaml" if faulty else default)
-    valid_plan(chosen)
+    if authenticated and secure and plan is None:
+        fail(
+            "--authenticated --secure: give --plan, a plan with a security_validation phase "
+            "whose approvals name an issuer"
+        )
+    chosen = plan or example_plan(
+        _default_plan(faulty=faulty, secure=secure, authenticated=authenticated)
+    )
+    identity = valid_plan(chosen).approvals.authenticated
+    if authenticated and identity is None:
+        fail(f"--authenticated: {chosen} says `identity: none`; give a plan that names an issuer")
+    if not authenticated and identity is not None:
+        fail(f"{chosen}: its approvals are proven at {identity.issuer}; add --authenticated")
+    if authenticated:
+        try:
+            find_binary()
+        except LocalProcessError as err:
+            fail(f"--authenticated: {err}")
     options = DemoOptions(
         workdir=workdir.resolve(),
         plan=chosen.resolve(),
@@ -120,6 +147,7 @@ def demo(
         faulty=faulty,
         keep_running=keep_running,
         secure=secure,
+        authenticated=authenticated,
     )
     out = stdout()
     shown: list[str] = []
@@ -137,7 +165,23 @@ def demo(
     with stop_on_signals("phasegate demo"):
         try:
             final = run_stoppable(run_demo(options, say, on_status))
-        except (LocalProcessError, TemporalUnreachable, launches.LaunchError) as err:
+        except (
+            LocalProcessError,
+            TemporalUnreachable,
+            launches.LaunchError,
+            NotAuthenticated,
+            PasswordSignInFailed,
+            proof_client.ProofUnavailable,
+            sign_in.SignInError,
+        ) as err:
             fail(str(err))
     out.print(render_status(final))
     finish(final)
+
+
+def _default_plan(*, faulty: bool, secure: bool, authenticated: bool) -> str:
+    if authenticated:
+        return "checkout-authenticated.yaml"
+    if faulty:
+        return "checkout-faulty.yaml"
+    return "checkout-secure.yaml" if secure else "checkout.yaml"

@@ -1,5 +1,7 @@
 """The demo stack and the demo launch: the checkout service under load, Prometheus, a worker,
-and the example plan pointed at them. Used by `phasegate demo` and by the end-to-end tests.
+and the example plan pointed at them (with `authenticated`, also the identity provider and the
+approval service: `devstack/authenticated_demo.py`). Used by `phasegate demo` and by the
+end-to-end tests.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import httpx
 from temporalio.client import Client
 
 from activities.flags import FlagdFileRouter
+from devstack import authenticated_demo
+from devstack.authenticated_demo import SignInStack, start_sign_in_stack
 from devstack.processes import (
     LOOPBACK,
     LocalProcessError,
@@ -211,6 +215,10 @@ class DemoOptions:
     service_port: int = 8080
     secure: bool = False  # also serve the demo over TLS and probe it (security validation)
     secure_port: int = 8443
+    # People sign in at a local identity provider; decisions carry proofs from an approval service.
+    authenticated: bool = False
+    identity_port: int = authenticated_demo.IDENTITY_PORT
+    approvals_port: int = authenticated_demo.APPROVALS_PORT
 
 
 def _on_preferred_ports(start: Callable[..., T], **preferred: int | None) -> T:
@@ -285,15 +293,24 @@ async def run_demo(
                 )
                 stack.extra.append(secure.process)
                 say(f"the same service behind TLS at {secure.url} (CA {secure.ca_file})")
-            worker = start_worker(
-                address=server.address,
-                workdir=options.workdir,
-                metrics_port=metrics_port,
-                extra_env=options.worker_env,
-            )
-            stack.extra.append(worker)
-            try:
-                final = await _launch_and_follow(options, settings, stack, say, on_status, secure)
+            with contextlib.ExitStack() as running:
+                sign_in = _start_sign_in(options, say) if options.authenticated else None
+                worker_env = dict(options.worker_env)
+                if sign_in is not None:
+                    running.callback(sign_in.stop)
+                    stack.extra.extend(sign_in.processes)
+                    worker_env.update(sign_in.worker_env(options.workdir))
+                worker = start_worker(
+                    address=server.address,
+                    workdir=options.workdir,
+                    metrics_port=metrics_port,
+                    extra_env=worker_env,
+                )
+                running.callback(worker.stop)
+                stack.extra.append(worker)
+                final = await _launch_and_follow(
+                    options, settings, stack, say, on_status, secure, sign_in
+                )
                 if options.keep_running:
                     say(
                         f"launch {final.launch_id} {final.status.value}; everything keeps "
@@ -301,10 +318,24 @@ async def run_demo(
                     )
                     await asyncio.Event().wait()  # until cancelled by a stop signal
                 return final
-            finally:
-                worker.stop()
     finally:
         server.stop()
+
+
+def _start_sign_in(options: DemoOptions, say: Callable[[str], None]) -> SignInStack:
+    """The identity provider and the approval service, on the demo's ports when they are free."""
+    sign_in = _on_preferred_ports(
+        functools.partial(start_sign_in_stack, options.workdir / "sign-in"),
+        identity_port=options.identity_port,
+        approvals_port=options.approvals_port,
+    )
+    say(
+        f"identity provider at {sign_in.provider.issuer}, approval service at "
+        f"{sign_in.service.url}; the people who can sign in there:"
+    )
+    for line in sign_in.people():
+        say(line)
+    return sign_in
 
 
 async def _launch_and_follow(
@@ -314,11 +345,22 @@ async def _launch_and_follow(
     say: Callable[[str], None],
     on_status: Callable[[LaunchStatus], None],
     secure: SecureService | None = None,
+    sign_in: SignInStack | None = None,
 ) -> LaunchStatus:
     plan = stack.plan_for(launches.validate_plan(options.plan))
     if secure is not None:
         plan = secure.plan_for(plan)
     client = await connect(settings)
+    if sign_in is not None:
+        return await authenticated_demo.launch_and_follow(
+            client,
+            settings,
+            sign_in.plan_for(plan),
+            sign_in,
+            auto_approve=options.auto_approve,
+            say=say,
+            on_status=on_status,
+        )
     handle = await launches.start_launch(client, plan, settings=settings)
     launch_id = handle.id
     say(f"launch {launch_id} started: {launches.ui_link(settings, launch_id)}")

@@ -5,6 +5,11 @@ decision, or the `decide` update, whose payload does); the launch checks it and 
 `Decision`, which it relays to the phase that owns the gate and which every status shows.
 A gate's timeout takes a `Decision` of its own. `AbortRequest` and `CompensationAction` stop a
 launch and act on an undo that keeps failing.
+
+When the plan names an identity provider, every request carries a `proof` from the approval
+service (see `approvals/proofs.py`): the person's name and groups come from it, never from a
+payload field. `GateVote` is how the launch hands an accepted vote to the phase that owns the
+gate, sealed by the worker (`schemas/seal.py`) and with the proof, which the phase checks again.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from approvals.proofs import ApprovalAuthority
 from schemas.basics import Message
+from schemas.seal import Sealed
 
 DecisionVerb = Literal["approve", "reject"]
 
 # Anything a person sends is bounded, so a payload cannot swell a launch's history.
 GateId = Annotated[str, Field(min_length=1, max_length=256)]
-Who = Annotated[str, Field(min_length=1, max_length=128)]
 Why = Annotated[str, Field(max_length=2000)]
 RequestId = Annotated[str, Field(max_length=128)]
+Proof = Annotated[str, Field(max_length=8192)]
+EvidenceId = Annotated[str, Field(max_length=128)]
 
 
 class DecisionRequest(Message):
@@ -31,11 +39,17 @@ class DecisionRequest(Message):
     model_config = ConfigDict(extra="forbid")
 
     gate: GateId
-    approver: Who
+    # Only when the plan's approvals are not authenticated (`identity: none`); otherwise the
+    # proof names the person, and a different name here is refused.
+    approver: Annotated[str, Field(max_length=128)] = ""
     # Named by the `decide` update's payload; the `approve` / `reject` signals name it themselves.
     decision: DecisionVerb | None = None
     comment: Why = ""
     id: RequestId = ""
+    # The analysis evidence the person looked at (`status` shows its id); if a measurement
+    # failed or was inconclusive since, the decision is refused with the new evidence.
+    evidence: EvidenceId = ""
+    proof: Proof = ""
 
 
 class Decision(Message):
@@ -47,14 +61,40 @@ class Decision(Message):
     comment: str = ""
     at: datetime
     source: Literal["signal", "update", "timeout"]
+    # Everyone whose vote took the decision, and whether their names were proven.
+    people: list[str] = Field(default_factory=list)
+    authenticated: bool = False
+    # Only in the `decide` update's answer: approvals the gate still needs after this one.
+    pending: int = 0
 
 
-class AbortRequest(Message):
+class GateVote(Sealed):
+    """One accepted vote, relayed by the launch to the phase that owns the gate."""
+
+    gate: str
+    verb: DecisionVerb
+    launch_run: str
+    person: str
+    proof: str = ""
+    comment: str = ""
+    evidence: str = ""
+    at: datetime
+    source: Literal["signal", "update"]
+    # The keys the launch checked the proof with (it reloads them when a key rotates).
+    authority: ApprovalAuthority | None = None
+
+
+class AbortRequest(Sealed):
+    """A person's abort (with a proof when approvals are authenticated), or an automated
+    sender's (the health schedule), sealed by its worker and sent at `sent_at`."""
+
     model_config = ConfigDict(extra="forbid")
 
     reason: Annotated[Why, Field(min_length=1)]
-    by: Who
+    by: Annotated[str, Field(max_length=128)] = ""
     id: RequestId = ""
+    proof: Proof = ""
+    sent_at: datetime | None = None
 
 
 class CompensationAction(Message):
@@ -63,6 +103,14 @@ class CompensationAction(Message):
     model_config = ConfigDict(extra="forbid")
 
     compensation: GateId
-    by: Who
+    by: Annotated[str, Field(max_length=128)] = ""
     comment: Why = ""
     id: RequestId = ""
+    proof: Proof = ""
+
+
+class AuthorityRequest(Message):
+    """Ask the worker for the approval service's keys; `kid` is the unknown key that prompted it."""
+
+    launch_id: str
+    kid: str = ""

@@ -8,11 +8,13 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 from pydantic import Field
 
+from approvals.proofs import ApprovalAuthority
 from schemas.basics import Message
 from schemas.decision_messages import Decision
 from schemas.phase_spec import PhaseSpec
 from schemas.plan import LaunchPlan
 from schemas.probe_messages import Finding
+from schemas.seal import Sealed
 
 # Covariant: a soft launch's input is a phase input, as its phase is a phase.
 P = TypeVar("P", bound=PhaseSpec, covariant=True)
@@ -21,6 +23,10 @@ P = TypeVar("P", bound=PhaseSpec, covariant=True)
 class LaunchInput(Message):
     launch_id: str
     plan: LaunchPlan
+    # Who starts the launch: a proof for the act `start` when the plan's approvals are
+    # authenticated, a name as typed when they are not.
+    start_proof: str = Field(default="", max_length=8192)
+    started_by: str = Field(default="", max_length=128)
 
 
 class PhaseInput(Message, Generic[P]):
@@ -30,6 +36,11 @@ class PhaseInput(Message, Generic[P]):
     launch_id: str
     plan: LaunchPlan
     phase_index: int
+    # What the phase checks a relayed vote against: the launch's first run (proofs are bound
+    # to it), who started the launch, and the approval service keys the workers trust.
+    launch_run: str = ""
+    started_by: str = ""
+    authority: ApprovalAuthority | None = None
 
     @property
     def phase(self) -> P:
@@ -49,6 +60,8 @@ class LaunchStatusValue(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     COMPLETED = "completed"
     ROLLED_BACK = "rolled_back"
+    # Refused before anything changed: the starter's proof did not hold.
+    REFUSED = "refused"
 
 
 class PhaseStatusValue(StrEnum):
@@ -71,6 +84,12 @@ class OpenGate(Message):
     deadline: datetime
     on_timeout: Literal["reject", "approve"]
     needs_reason: bool = False
+    min_approvals: int = 1
+    allow_self_approval: bool = False
+    # Who approved so far, when the gate needs more than one person.
+    approvals: list[str] = Field(default_factory=list)
+    # The identity provider people prove who they are at, or "" when names are taken as typed.
+    identity: str = ""
 
 
 class AuditEntry(Message):
@@ -138,6 +157,17 @@ class PhaseState(Message):
     findings: list[Finding] = Field(default_factory=list)
     compensations: list[CompensationRecord] = Field(default_factory=list)
     reason: str = ""
+    # Votes relayed to this phase that it refused (a forged relay, a proof that no longer holds).
+    refusals: list[AuditEntry] = Field(default_factory=list)
+
+
+class PhaseReport(Sealed):
+    """A phase's state, sent to its launch after a change. `seq` grows with every report, so
+    the launch keeps only the newest; `launch_run` says which launch run it is for."""
+
+    state: PhaseState
+    seq: int
+    launch_run: str
 
 
 class LaunchStatus(Message):
@@ -148,6 +178,13 @@ class LaunchStatus(Message):
     version: str
     status: LaunchStatusValue
     reason: str = ""
+    # The launch's first run, which approval proofs are bound to.
+    run_id: str = ""
+    # The identity provider approvals are proven at, or "" when names are taken as typed.
+    identity: str = ""
+    started_by: str = ""
+    # The latest analysis evidence (`ev-N`): a decision may name it as what the person saw.
+    evidence: str = ""
     phase: str = ""
     phase_index: int = -1
     step: int = 0

@@ -76,6 +76,8 @@ class LaunchPlan(StrictModel):
             approvers=spec.approvers or defaults.approvers,
             timeout=spec.timeout or defaults.timeout,
             on_timeout=spec.on_timeout or defaults.on_timeout,
+            min_approvals=spec.min_approvals or defaults.min_approvals,
+            allow_self_approval=defaults.allow_self_approval,
             description=spec.description,
         )
 

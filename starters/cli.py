@@ -8,9 +8,12 @@ The local stack's commands (`dev`, `demo`, `kube`, `migration`) live in `devstac
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -20,10 +23,12 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from approvals.proofs import Act, plan_digest
 from devstack import commands as devstack_commands
+from schemas.decision_messages import Decision
 from schemas.launch_messages import LaunchStatus
-from starters import launches
-from starters.output import count, fail, finish, settings_of, stdout, valid_plan
+from starters import launches, proof_client, sign_in
+from starters.output import count, fail, finish, settings_of, stderr, stdout, valid_plan
 from starters.render import render_listing, render_status
 from starters.schedule_cli import schedule_app
 from workers.client import TemporalUnreachable, connect
@@ -47,6 +52,16 @@ app.add_typer(compensation_app, name="compensation")
 LaunchId = Annotated[str, typer.Argument(help="The launch id (its workflow id).")]
 PlanPath = Annotated[
     Path, typer.Argument(help="The launch plan (YAML).", dir_okay=False, show_default=False)
+]
+Approver = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        metavar="NAME",
+        help="Who you are, when the launch's approvals are not authenticated (`identity: none`); "
+        "otherwise your sign-in names you. Default: $PHASEGATE_APPROVER, then $USER.",
+        show_default=False,
+    ),
 ]
 
 
@@ -109,13 +124,47 @@ def launch(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the launch like `watch`.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --wait.")] = 1.0,
+    approver: Approver = None,
 ) -> None:
-    """Validate a plan and start its launch; the plan is checked before Temporal is contacted."""
+    """Validate a plan and start its launch; the plan is checked before Temporal is contacted.
+
+    When the plan's approvals are authenticated you sign in, and the launch records who started
+    it from a proof; otherwise from --as."""
     valid = valid_plan(plan)
     settings = settings_of(ctx)
+    identity = valid.approvals.authenticated
+    if identity is not None:
+        if approver is not None:
+            fail(f"--as: names come from your sign-in at {identity.issuer}; leave --as out")
+        try:
+            proof_client.service_url(settings, identity.issuer)
+        except proof_client.ApprovalServiceUnreachable as err:
+            fail(str(err))
+    chosen_id = launch_id or launches.new_launch_id(valid)
 
     async def start(client: Client) -> LaunchStatus | None:
-        handle = await launches.start_launch(client, valid, settings=settings, launch_id=launch_id)
+        start_proof, started_by = "", ""
+        if identity is None:
+            started_by = approver or _default_name()
+        else:
+            granted = await proof_client.proof_for(
+                settings,
+                identity.issuer,
+                launch=chosen_id,
+                run="",
+                act="start",
+                target=plan_digest(valid),
+                show=_show_code,
+            )
+            start_proof = granted.proof
+        handle = await launches.start_launch(
+            client,
+            valid,
+            settings=settings,
+            launch_id=chosen_id,
+            start_proof=start_proof,
+            started_by=started_by,
+        )
         out = stdout()
         out.print(Text.assemble("started ", (handle.id, "bold")), soft_wrap=True)
         out.print(launches.ui_link(settings, handle.id), soft_wrap=True, highlight=False)
@@ -170,47 +219,119 @@ def list_(
 
 
 # --- people acting on a launch ---------------------------------------------------------
+#
+# When a launch's approvals are authenticated (its status names an identity provider), every
+# act carries a fresh proof from the approval service for exactly that act, target and run, and
+# the person's sign-in names them; `--as` is refused. Otherwise the name is taken as typed.
 
-Approver = Annotated[
+Comment = Annotated[str, typer.Option("--comment", "-m", help="Why; kept in the audit trail.")]
+Evidence = Annotated[
     str | None,
     typer.Option(
-        "--as",
-        metavar="NAME",
-        envvar="PHASEGATE_APPROVER",
-        help="Who you are, as the plan's approvers name you. Default: $PHASEGATE_APPROVER, "
-        "then $USER.",
+        "--evidence",
+        metavar="ID",
+        help="The analysis evidence you decided on, as `status` shows it (e.g. ev-12); refused "
+        "if measurements got worse since. Default: the launch's current evidence.",
         show_default=False,
     ),
 ]
-Comment = Annotated[str, typer.Option("--comment", "-m", help="Why; kept in the audit trail.")]
+GateArgument = Annotated[
+    str, typer.Argument(metavar="GATE", help="The gate id, e.g. soft-launch.before.")
+]
+UndoArgument = Annotated[
+    str, typer.Argument(metavar="COMPENSATION", help="The undo's id, e.g. soft-launch.1.")
+]
 
-# What a person does to one gate or undo of a launch, given the settings, the launch id, the
-# gate or undo id, who they are and their comment: send it, then say what was done.
-Act = Callable[[Settings, str, str, str, str], None]
+
+@dataclass(frozen=True)
+class Sender:
+    """Who an act is sent as: a proof (and the person and evidence it is for) when the launch's
+    approvals are authenticated, a name as typed when they are not."""
+
+    by: str = ""
+    proof: str = ""
+    evidence: str = ""
+    granted: proof_client.GrantedProof | None = None
 
 
-def _acting_on(item: str, item_help: str, act: Act) -> Callable[..., None]:
-    """A command by which a person acts on one `item` (a gate, an undo) of a launch, on record
-    under their name (`--as`) and with their `--comment`."""
+async def _sender(
+    settings: Settings,
+    status: LaunchStatus,
+    act: Act,
+    target: str,
+    approver: str | None,
+    evidence: str | None = None,
+) -> Sender:
+    """Sign in (cached) and fetch a proof for `act` on `target` when the launch's approvals are
+    authenticated; otherwise say they are not and take the typed name."""
+    if not status.identity:
+        stderr().print(
+            Text(
+                f"approvals of {status.launch_id} are not authenticated (its plan says "
+                "`identity: none`): names are taken as typed",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
+        return Sender(by=_who(approver), evidence=evidence or "")
+    if approver is not None:
+        fail(
+            f"--as: names come from your sign-in at {status.identity}; leave --as out "
+            "(`phasegate login` shows who you are signed in as)"
+        )
+    seen = evidence if evidence is not None else ""
+    if evidence is None and act in ("approve", "reject"):
+        seen = status.evidence
+    granted = await proof_client.proof_for(
+        settings,
+        status.identity,
+        launch=status.launch_id,
+        run=status.run_id,
+        act=act,
+        target=target,
+        evidence=seen,
+        show=_show_code,
+    )
+    return Sender(proof=granted.proof, evidence=seen, granted=granted)
 
+
+def _decision_command(decision: Literal["approve", "reject"]) -> Callable[..., None]:
     def command(
         ctx: typer.Context,
         launch_id: LaunchId,
-        target: str = typer.Argument(metavar=item, help=item_help, show_default=False),
+        gate: GateArgument,
         approver: Approver = None,
         comment: Comment = "",
+        evidence: Evidence = None,
     ) -> None:
-        act(settings_of(ctx), launch_id, target, _who(approver), comment)
+        settings = settings_of(ctx)
 
-    return command
+        async def send(client: Client) -> Decision:
+            status = await launches.get_status(client, launch_id)
+            sender = await _sender(settings, status, decision, gate, approver, evidence)
+            return await launches.decide(
+                client,
+                launch_id,
+                gate,
+                sender.by,
+                decision,
+                comment,
+                proof=sender.proof,
+                evidence=sender.evidence,
+            )
 
-
-def _decide(decision: Literal["approve", "reject"]) -> Act:
-    def decide(settings: Settings, launch_id: str, gate: str, by: str, comment: str) -> None:
-        taken = _run(
-            settings,
-            lambda client: launches.decide(client, launch_id, gate, by, decision, comment),
-        )
+        taken = _run(settings, send)
+        if taken.pending > 0:
+            so_far = f", approved so far by {', '.join(taken.people)}" if taken.people else ""
+            stdout().print(
+                Text.assemble(
+                    ("counted", "green"),
+                    f"; {taken.pending} more approval(s) needed ({taken.gate} of {launch_id}"
+                    f"{so_far})",
+                ),
+                soft_wrap=True,
+            )
+            return
         stdout().print(
             Text.assemble(
                 (taken.outcome, "green" if taken.outcome == "approved" else "red"),
@@ -220,12 +341,29 @@ def _decide(decision: Literal["approve", "reject"]) -> Act:
             soft_wrap=True,
         )
 
-    return decide
+    return command
 
 
-def _compensate(action: str, send: Callable[[Client, str, str, str, str], Awaitable[None]]) -> Act:
-    def compensate(settings: Settings, launch_id: str, undo: str, by: str, comment: str) -> None:
-        _run(settings, lambda client: send(client, launch_id, undo, by, comment))
+def _compensation_command(action: Literal["retry", "skip"]) -> Callable[..., None]:
+    act: Act = "retry_compensation" if action == "retry" else "skip_compensation"
+
+    def command(
+        ctx: typer.Context,
+        launch_id: LaunchId,
+        undo: UndoArgument,
+        approver: Approver = None,
+        comment: Comment = "",
+    ) -> None:
+        settings = settings_of(ctx)
+
+        async def signal(client: Client) -> None:
+            status = await launches.get_status(client, launch_id)
+            sender = await _sender(settings, status, act, undo, approver)
+            await launches.act_on_compensation(
+                client, launch_id, action, undo, sender.by, comment, sender.proof
+            )
+
+        _run(settings, signal)
         stdout().print(
             Text(
                 f"asked {launch_id} for a {action} of {undo}; the refusal, if any, shows in "
@@ -234,18 +372,15 @@ def _compensate(action: str, send: Callable[[Client, str, str, str, str], Awaita
             soft_wrap=True,
         )
 
-    return compensate
+    return command
 
 
-# What each command acts on: its name in the usage line, and its help.
-GATE = ("gate", "The gate id, e.g. soft-launch.before.")
-UNDO = ("compensation", "The undo's id, e.g. soft-launch.1.")
 app.command(
     "approve",
     help="Go: approve an open gate (refused unless it is open and you are one of its approvers).",
-)(_acting_on(*GATE, _decide("approve")))
+)(_decision_command("approve"))
 app.command("reject", help="No-go: reject an open gate; the launch rolls back.")(
-    _acting_on(*GATE, _decide("reject"))
+    _decision_command("reject")
 )
 
 
@@ -257,8 +392,14 @@ def abort(
     approver: Approver = None,
 ) -> None:
     """Stop a launch now and roll back everything it changed."""
-    by = _who(approver)
-    _run(settings_of(ctx), lambda client: launches.abort(client, launch_id, reason, by))
+    settings = settings_of(ctx)
+
+    async def send(client: Client) -> None:
+        status = await launches.get_status(client, launch_id)
+        sender = await _sender(settings, status, "abort", "", approver)
+        await launches.abort(client, launch_id, reason, sender.by, sender.proof)
+
+    _run(settings, send)
     stdout().print(
         Text(f"asked {launch_id} to abort; follow the rollback with `phasegate watch {launch_id}`"),
         soft_wrap=True,
@@ -266,11 +407,212 @@ def abort(
 
 
 compensation_app.command("retry", help="Try a failing undo again, once its cause is fixed.")(
-    _acting_on(*UNDO, _compensate("retry", launches.retry_compensation))
+    _compensation_command("retry")
 )
 compensation_app.command(
     "skip", help="Give up on a failing undo, on record (a comment saying why is required)."
-)(_acting_on(*UNDO, _compensate("skip", launches.skip_compensation)))
+)(_compensation_command("skip"))
+
+
+class SignalName(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    ABORT = "abort"
+
+
+@app.command("signal-input")
+def signal_input(
+    ctx: typer.Context,
+    signal: Annotated[SignalName, typer.Argument(help="The signal you will send.")],
+    launch_id: LaunchId,
+    gate: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="GATE",
+            help="The gate to approve or reject. Default: the open gate. None for abort.",
+            show_default=False,
+        ),
+    ] = None,
+    evidence: Evidence = None,
+    comment: Annotated[
+        str, typer.Option("--comment", "-m", help="Why (the reason, for abort).")
+    ] = "",
+    approver: Approver = None,
+) -> None:
+    """Print the input to paste into the Temporal UI's Send a Signal (a fresh proof included)."""
+    settings = settings_of(ctx)
+    if signal == SignalName.ABORT and gate is not None:
+        fail("GATE: abort stops the whole launch; leave the gate out")
+    if signal == SignalName.ABORT and not comment.strip():
+        fail("-m REASON: an abort needs its reason, shown as the rollback reason")
+
+    async def build(client: Client) -> tuple[dict[str, str], Sender]:
+        status = await launches.get_status(client, launch_id)
+        if signal == SignalName.ABORT:
+            sender = await _sender(settings, status, "abort", "", approver)
+            return _abort_input(comment, sender), sender
+        target = gate or (status.open_gate.gate if status.open_gate is not None else "")
+        if not target:
+            fail(f"GATE: no gate of {launch_id} is open now; name the gate to decide")
+        verb: Act = "approve" if signal == SignalName.APPROVE else "reject"
+        sender = await _sender(settings, status, verb, target, approver, evidence)
+        return _decision_input(target, comment, sender), sender
+
+    payload, sender = _run(settings, build)
+    typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    granted = sender.granted
+    until = (
+        f" before {granted.expires_at:%H:%M:%S} UTC"
+        if granted is not None and granted.expires_at is not None
+        else ""
+    )
+    who = f"signed in as {granted.person.name}" if granted is not None else f"as {sender.by}"
+    stderr().print(
+        Text(
+            f"in the Temporal UI, open {launch_id}, choose Send a Signal, name `{signal.value}`, "
+            f"and paste the input above{until} ({who})"
+        ),
+        soft_wrap=True,
+    )
+
+
+def _decision_input(gate: str, comment: str, sender: Sender) -> dict[str, str]:
+    payload = {"gate": gate}
+    if not sender.proof:
+        payload["approver"] = sender.by
+    payload["comment"] = comment
+    if sender.evidence:
+        payload["evidence"] = sender.evidence
+    if sender.proof:
+        payload["proof"] = sender.proof
+    return payload
+
+
+def _abort_input(reason: str, sender: Sender) -> dict[str, str]:
+    if sender.proof:
+        return {"reason": reason, "proof": sender.proof}
+    return {"reason": reason, "by": sender.by}
+
+
+# --- signing in --------------------------------------------------------------------------
+
+IssuerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--issuer",
+        metavar="URL",
+        help="The identity provider (the plan's approvals.identity.issuer).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def login(
+    ctx: typer.Context,
+    issuer: IssuerOption = None,
+    launch_id: Annotated[
+        str | None,
+        typer.Option(
+            "--launch",
+            metavar="LAUNCH_ID",
+            help="Sign in where this launch's approvals are proven.",
+        ),
+    ] = None,
+) -> None:
+    """Sign in at the identity provider now and say who you are.
+
+    The provider is --issuer, else the one --launch's approvals are proven at, else the one you
+    signed in at before."""
+    settings = settings_of(ctx)
+    cache = sign_in.SignInCache.default()
+    if issuer is None and launch_id is not None:
+        status = _run(settings, lambda client: launches.get_status(client, launch_id))
+        if not status.identity:
+            fail(f"approvals of {launch_id} are not authenticated (`identity: none`): no sign-in")
+        issuer = status.identity
+    if issuer is None:
+        issuer = _only_signed_in_issuer(cache)
+    signed_in = _signed_in(
+        sign_in.sign_in_now(issuer, settings.oidc_client_id, show=_show_code, cache=cache)
+    )
+    person = signed_in.person
+    via = "" if signed_in.source == "device" else f" (from {signed_in.source})"
+    email = f" <{person.email}>" if person.email and person.email != person.name else ""
+    stdout().print(
+        Text.assemble(
+            "signed in at ",
+            (signed_in.issuer, "bold"),
+            f"{via} as ",
+            (person.name, "bold"),
+            email,
+            f"; groups: {', '.join(person.groups) or 'none'}",
+        ),
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def logout(issuer: IssuerOption = None) -> None:
+    """Forget your sign-in (every one, or --issuer's) and revoke it at the provider."""
+    cache = sign_in.SignInCache.default()
+    entries = [e for e in cache.entries() if issuer is None or e.issuer == issuer]
+    if not entries:
+        stdout().print(Text(f"not signed in{f' at {issuer}' if issuer else ''}"), soft_wrap=True)
+    for entry in entries:
+        revoked = _signed_in(sign_in.sign_out(entry, cache))
+        stdout().print(
+            Text(
+                f"signed out of {entry.issuer}"
+                + ("" if revoked else "; the provider did not confirm revoking the sign-in")
+            ),
+            soft_wrap=True,
+        )
+    for variable in (sign_in.ID_TOKEN_ENV, sign_in.CREDENTIALS_ENV):
+        if os.environ.get(variable):
+            stderr().print(Text(f"{variable} is still set and still signs you in"), soft_wrap=True)
+
+
+def _only_signed_in_issuer(cache: sign_in.SignInCache) -> str:
+    issuers = sorted({entry.issuer for entry in cache.entries()})
+    if len(issuers) == 1:
+        return issuers[0]
+    if issuers:
+        fail(f"--issuer: you signed in at {', '.join(issuers)} before; name one")
+    fail(
+        "--issuer URL (the plan's approvals.identity.issuer) or --launch LAUNCH_ID: where to sign in"
+    )
+
+
+def _signed_in(work: Awaitable[T]) -> T:
+    """Run one sign-in step; its failure is one red line."""
+
+    async def run() -> T:
+        return await work
+
+    try:
+        return asyncio.run(run())
+    except sign_in.SignInError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        fail("interrupted; not signed in")
+
+
+def _show_code(code: sign_in.DeviceCode) -> None:
+    """Tell the person how to approve this sign-in (on stderr: stdout stays the command's)."""
+    err = stderr()
+    err.print(
+        Text.assemble(
+            "To sign in, open ",
+            (code.verification_uri, "bold"),
+            " and enter the code ",
+            (code.user_code, "bold"),
+        ),
+        soft_wrap=True,
+    )
+    if code.verification_uri_complete:
+        err.print(Text(f"  (or open {code.verification_uri_complete})"), soft_wrap=True)
+    err.print(Text("Waiting for the sign-in…", style="dim"), soft_wrap=True)
 
 
 # --- running things ----------------------------------------------------------------------
@@ -322,7 +664,12 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
         return asyncio.run(connected())
     except launches.DecisionError as err:
         fail(f"refused: {err}")
-    except (TemporalUnreachable, launches.LaunchError) as err:
+    except (
+        TemporalUnreachable,
+        launches.LaunchError,
+        proof_client.ProofUnavailable,
+        sign_in.SignInError,
+    ) as err:
         fail(str(err))
     except RPCError as err:
         fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
@@ -331,10 +678,14 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
 
 
 def _who(approver: str | None) -> str:
-    name = approver or os.environ.get("USER")
+    name = approver or _default_name()
     if not name:
         fail("who are you? give --as NAME or set PHASEGATE_APPROVER")
     return name
+
+
+def _default_name() -> str:
+    return os.environ.get("PHASEGATE_APPROVER") or os.environ.get("USER") or ""
 
 
 if __name__ == "__main__":

@@ -96,13 +96,19 @@ async def start_launch(
     *,
     settings: Settings,
     launch_id: str | None = None,
+    start_proof: str = "",
+    started_by: str = "",
 ) -> WorkflowHandle[LaunchWorkflow, Any]:
-    """Start the launch workflow on `settings.task_queue`; the workflow id is the launch id."""
+    """Start the launch workflow on `settings.task_queue`; the workflow id is the launch id.
+    Who starts it: `start_proof` (for the act `start` on this launch id and the plan's digest)
+    when the plan's approvals are authenticated, `started_by` when they are not."""
     launch_id = launch_id or new_launch_id(plan)
     with _translated(launch_id):
         return await client.start_workflow(
             LaunchWorkflow.run,
-            LaunchInput(launch_id=launch_id, plan=plan),
+            LaunchInput(
+                launch_id=launch_id, plan=plan, start_proof=start_proof, started_by=started_by
+            ),
             id=launch_id,
             task_queue=settings.task_queue,
             static_summary=summarize_plan(plan),
@@ -267,14 +273,21 @@ async def decide(
     approver: str,
     decision: Literal["approve", "reject"],
     comment: str = "",
+    *,
+    proof: str = "",
+    evidence: str = "",
 ) -> Decision:
-    """Approve or reject a gate through the `decide` update and return what was recorded."""
+    """Approve or reject a gate through the `decide` update and return what was recorded (its
+    `pending` says how many more approvals the gate needs). The person is `approver` when the
+    plan's approvals are not authenticated, whoever `proof` names when they are."""
     request = DecisionRequest(
         gate=gate,
         approver=approver,
         decision=decision,
         comment=comment,
         id=str(uuid.uuid4()),
+        evidence=evidence,
+        proof=proof,
     )
     handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
     with _translated(launch_id):
@@ -285,36 +298,30 @@ async def decide(
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, FailureError) else str(cause)
-            raise DecisionError(message) from None
+            raise DecisionError(" ".join(message.split())) from None
 
 
-async def abort(client: Client, launch_id: str, reason: str, by: str) -> None:
+async def abort(client: Client, launch_id: str, reason: str, by: str = "", proof: str = "") -> None:
     """Ask the launch to stop and roll back; a fresh id makes a resent signal harmless."""
-    request = AbortRequest(reason=reason, by=by, id=str(uuid.uuid4()))
+    request = AbortRequest(reason=reason, by=by, id=str(uuid.uuid4()), proof=proof)
     handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
     with _translated(launch_id):
         await handle.signal(LaunchWorkflow.abort, request)
 
 
-async def retry_compensation(
-    client: Client, launch_id: str, compensation: str, by: str, comment: str = ""
+async def act_on_compensation(
+    client: Client,
+    launch_id: str,
+    action: Literal["retry", "skip"],
+    compensation: str,
+    by: str = "",
+    comment: str = "",
+    proof: str = "",
 ) -> None:
-    """Try a failing undo again, once its cause is fixed."""
-    await _compensation_signal(client, launch_id, "retry", compensation, by, comment)
-
-
-async def skip_compensation(
-    client: Client, launch_id: str, compensation: str, by: str, comment: str = ""
-) -> None:
-    """Give up on a failing undo, on record; the launch refuses a skip without a comment."""
-    await _compensation_signal(client, launch_id, "skip", compensation, by, comment)
-
-
-async def _compensation_signal(
-    client: Client, launch_id: str, action: str, compensation: str, by: str, comment: str
-) -> None:
+    """Try a failing undo again (`retry`), once its cause is fixed, or give up on it (`skip`),
+    on record; the launch refuses a skip without a comment."""
     request = CompensationAction(
-        compensation=compensation, by=by, comment=comment, id=str(uuid.uuid4())
+        compensation=compensation, by=by, comment=comment, id=str(uuid.uuid4()), proof=proof
     )
     signal = (
         LaunchWorkflow.retry_compensation if action == "retry" else LaunchWorkflow.skip_compensation

@@ -1,9 +1,12 @@
 """Every test's fixtures, from tests/support: real servers on free loopback ports."""
 
 pytest_plugins = [
+    "tests.support.sealing",
     "tests.support.servers",
     "tests.support.kube",
     "tests.support.postgres",
     "tests.support.security",
     "tests.support.cli",
+    "tests.support.identity",
+    "tests.support.approvals",
 ]

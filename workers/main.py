@@ -20,6 +20,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.alerts import AlertActivities, AlertLedgerActivities
+from activities.approvals import ApprovalActivities
 from activities.flags import FlagdFileRouter
 from activities.kube import KubeActivities, KubeConnection
 from activities.kube_checks import KubeCheckActivities
@@ -30,6 +31,7 @@ from activities.postgres import PostgresActivities
 from activities.probes import ProbeActivities
 from activities.routing import RouterActivities
 from workers.client import connect
+from workers.sealing import SealInterceptor, load_keys
 from workers.settings import WORKER_READY_LINE, Settings
 from workflows.alert_ledger import AlertLedgerWorkflow
 from workflows.full_launch import FullLaunchWorkflow
@@ -53,11 +55,16 @@ WORKFLOWS: Sequence[type] = (
 
 
 def activities(
-    http: httpx.AsyncClient, client: Client, kube: KubeConnection | None = None
+    http: httpx.AsyncClient,
+    client: Client,
+    kube: KubeConnection | None = None,
+    settings: Settings | None = None,
 ) -> list[Any]:
     """Every activity, bound to the clients it needs. The Kubernetes client is made on first
     use, from `kube` or else the environment (PHASEGATE_KUBECONFIG, KUBECONFIG, in-cluster)."""
-    kube = kube or KubeConnection(Settings().kubeconfig)
+    settings = settings or Settings()
+    kube = kube or KubeConnection(settings.kubeconfig)
+    approvals = ApprovalActivities(http, settings.approval_service)
     router = RouterActivities(
         {
             "flagd": FlagdFileRouter(),
@@ -74,6 +81,7 @@ def activities(
     alerts = AlertActivities(http)
     ledger = AlertLedgerActivities(client)
     return [
+        approvals.approval_authority,
         router.snapshot_exposure,
         router.set_exposure,
         router.restore_exposure,
@@ -123,7 +131,8 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(http, client, kube),
+        activities=activities(http, client, kube, settings),
+        interceptors=[SealInterceptor(load_keys(settings.worker_key_file))],
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
@@ -163,7 +172,7 @@ def main() -> None:
     settings = Settings()
     try:
         asyncio.run(serve(settings))
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise SystemExit(f"phasegate-worker: {err}") from None
 
 

@@ -35,3 +35,12 @@ class Settings(BaseSettings):
     graceful_shutdown_seconds: float = 30.0
     # The cluster for Kubernetes activities; unset means KUBECONFIG, then in-cluster config.
     kubeconfig: str | None = None
+    # The key this deployment's workers seal their messages to each other with, one per line
+    # (the first signs, any verifies). Unset: `~/.config/phasegate/worker.key`, made on first use.
+    worker_key_file: str | None = None
+    # The approval service whose signed proofs the workers accept (its public base URL); its
+    # keys are read from `<url>/.well-known/jwks.json`.
+    approval_service: str | None = None
+    # The CLI's client id at the plan's identity provider: a public client that may use the
+    # device flow. Its ID tokens are what the approval service accepts from the CLI.
+    oidc_client_id: str = "phasegate-cli"

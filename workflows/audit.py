@@ -49,8 +49,16 @@ class AuditTrail:
 
 
 def _printable(payload: Any) -> Any:
-    """Keep an audit entry small and JSON-friendly whatever a sender put in it: a payload
+    """Keep an audit entry small and JSON-friendly whatever a sender put in it: a proof or
+    seal is kept as its length (the request's other fields say what it was for), and a payload
     longer than `KEEP_PAYLOAD_CHARS` as JSON is kept as the start of its text."""
+    if isinstance(payload, dict):
+        payload = {
+            key: f"<{len(value)} characters>"
+            if key in ("proof", "seal") and isinstance(value, str) and value
+            else value
+            for key, value in payload.items()
+        }
     if isinstance(payload, dict | list | int | float | bool | type(None)):
         text = json.dumps(payload, default=repr)
         if len(text) <= KEEP_PAYLOAD_CHARS:

@@ -1,75 +1,244 @@
-"""Go/no-go gates: the launch's checks of every decision, and the phase's wait for one.
+"""Go/no-go gates: who asks, the launch's checks of every vote, and the phase's wait for them.
 
-People never signal a phase directly: the launch's `DecisionChecks` refuse a decision unless
-its gate is one the plan can open, is open now and undecided, and the approver may decide it;
-the launch then relays the taken `Decision` to the phase, whose `GateKeeper` opened the gate
-and waits for that decision or the gate's timeout.
+People never signal a phase directly. The launch's `DecisionChecks` take a vote only if its gate
+is open and undecided and the person may decide it: with an identity provider in the plan, the
+person is whoever the proof (`approvals/proofs.py`) names, bound to this launch, gate and
+decision; without one (`identity: none`), the name as typed. The launch relays each vote,
+sealed, to the phase that owns the gate, whose `GateKeeper` checks it again and counts it: one
+rejection closes the gate, `min_approvals` distinct people open it, the starter only if the plan
+allows self-approval. Refused votes are recorded, never acted on.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
+from pydantic import ValidationError
 from temporalio import workflow
 
-from schemas.decision_messages import Decision, DecisionRequest, DecisionVerb
-from schemas.gate_spec import ResolvedGate
-from schemas.launch_messages import OpenGate, PhaseState, PhaseStatusValue
+with workflow.unsafe.imports_passed_through():
+    from approvals.proofs import (
+        Act,
+        ApprovalAuthority,
+        Binding,
+        IdentityRule,
+        Person,
+        ProofRefused,
+        check_proof,
+    )
+    from schemas.decision_messages import Decision, DecisionRequest, DecisionVerb, GateVote
+    from schemas.gate_spec import GROUP_PREFIX, IdentitySpec, ResolvedGate
+    from schemas.launch_messages import AuditEntry, OpenGate, PhaseState, PhaseStatusValue
+
+KEEP_REFUSALS = 50
+
+
+class Refused(Exception):
+    """Why a request is not acted on; the message names the field at fault."""
+
+
+class Trust:
+    """How a launch knows who asks: the plan's identity provider (or none), the approval
+    service's keys the workers trust, and the launch run proofs must be bound to."""
+
+    def __init__(
+        self,
+        identity: IdentitySpec | None,
+        authority: ApprovalAuthority | None,
+        launch: str,
+        run: str,
+        started_by: str,
+    ) -> None:
+        self.identity = identity
+        self.authority = authority
+        self.launch = launch
+        self.run = run
+        self.started_by = started_by
+
+    @property
+    def issuer(self) -> str:
+        """The identity provider approvals are proven at, or "" if names are taken as typed."""
+        return self.identity.issuer if self.identity is not None else ""
+
+    def person(
+        self,
+        act: Act,
+        target: str,
+        proof: str,
+        declared: str,
+        at: datetime,
+        *,
+        field: str = "approver",
+    ) -> Person:
+        """Who asks for `act` on `target`: the person `proof` names, checked at `at`, or with
+        `identity: none` the name `declared` in the payload's `field`. `Refused` says why not."""
+        if self.identity is None:
+            if not declared.strip():
+                raise Refused(
+                    f"{field}: name yourself; this plan's approvals are not authenticated"
+                )
+            return Person(name=declared.strip(), groups=(), proof_id="", evidence="")
+        if self.authority is None:
+            raise Refused("proof: this launch has not loaded the approval service's keys")
+        try:
+            person = check_proof(
+                proof,
+                self.authority,
+                IdentityRule(
+                    self.identity.issuer, self.identity.name_claim, self.identity.groups_claim
+                ),
+                Binding(
+                    launch=self.launch,
+                    run="" if act == "start" else self.run,
+                    act=act,
+                    target=target,
+                ),
+                at,
+            )
+        except ProofRefused as err:
+            raise Refused(str(err)) from None
+        if declared.strip() and declared.strip() != person.name:
+            raise Refused(
+                f"{field}: the proof names {person.name!r}; a name in the payload never counts"
+            )
+        return person
+
+
+def may_act(person: Person, allowed: Sequence[str]) -> bool:
+    """Whether `allowed` (names, `group:NAME` entries, `*`) includes the person."""
+    return (
+        "*" in allowed
+        or person.name in allowed
+        or any(f"{GROUP_PREFIX}{group}" in allowed for group in person.groups)
+    )
+
+
+def vote_refusal(gate: OpenGate, verb: DecisionVerb, person: Person, started_by: str) -> str:
+    """Why `person` may not cast this vote at `gate` (as it stands), or ""."""
+    if not may_act(person, gate.approvers):
+        return f"{person.name!r} may not decide gate {gate.gate!r}; approvers: {', '.join(gate.approvers)}"
+    if verb == "approve":
+        if person.name == started_by and not gate.allow_self_approval:
+            return (
+                f"{person.name!r} started this launch and may not approve its gates "
+                "(four eyes; the plan's `approvals.allow_self_approval: true` allows it)"
+            )
+        if person.name in gate.approvals:
+            return f"{person.name!r} already approved gate {gate.gate!r}; another person must"
+    return ""
+
+
+@dataclass(frozen=True)
+class Vote:
+    verb: DecisionVerb
+    person: Person
 
 
 class DecisionChecks:
-    """Which decisions the launch takes: each gate once, by an allowed approver, each request
-    id once (signals are delivered at least once)."""
+    """Which votes the launch takes: for an open, undecided gate, from a person who may cast
+    them, each request id and proof once (signals are delivered at least once)."""
 
-    def __init__(self, known_gates: list[str]) -> None:
+    def __init__(self, known_gates: list[str], trust: Trust) -> None:
         self._known = known_gates
+        self.trust = trust
         self._seen_ids: set[str] = set()
+        self._spent_proofs: set[str] = set()
         self._decided: set[tuple[str, str]] = set()
 
-    def refusal(
-        self, request: DecisionRequest, verb: DecisionVerb | None, gate: OpenGate | None
-    ) -> str:
-        """Why `request` cannot be taken now as `verb`, or "" if it can. `verb` is what the
-        signal says (None for the update, whose payload says it)."""
+    def check(
+        self,
+        request: DecisionRequest,
+        verb: DecisionVerb | None,
+        gate: OpenGate | None,
+        now: datetime,
+    ) -> Vote:
+        """The vote `request` casts at `now`, or `Refused`. `verb` is what the signal says
+        (None for the update, whose payload says it)."""
         if verb is None and request.decision is None:
-            return "decision: give `approve` or `reject`"
+            raise Refused("decision: give `approve` or `reject`")
         if verb is not None and request.decision not in (None, verb):
-            return f"decision: the `{verb}` signal cannot carry decision {request.decision!r}"
+            raise Refused(
+                f"decision: the `{verb}` signal cannot carry decision {request.decision!r}"
+            )
+        wanted: DecisionVerb = verb or request.decision or "reject"
         if request.gate not in self._known:
             known = ", ".join(self._known) or "none"
-            return f"unknown gate {request.gate!r}; this plan's gates are: {known}"
+            raise Refused(f"gate: unknown gate {request.gate!r}; this plan's gates are: {known}")
         if request.id and request.id in self._seen_ids:
-            return f"duplicate: decision {request.id} was already taken"
+            raise Refused(f"id: decision {request.id} was already taken")
         if gate is None or gate.gate != request.gate:
-            now = f"the open gate is {gate.gate!r}" if gate else "no gate is open now"
-            return f"gate {request.gate!r} is not open; {now}"
+            instead = f"the open gate is {gate.gate!r}" if gate else "no gate is open now"
+            raise Refused(f"gate: {request.gate!r} is not open; {instead}")
         if (gate.gate, gate.opened_at.isoformat()) in self._decided:
-            return f"gate {request.gate!r} was already decided"
-        if "*" not in gate.approvers and request.approver not in gate.approvers:
-            return f"{request.approver!r} may not decide gate {request.gate!r}; approvers: {', '.join(gate.approvers)}"
+            raise Refused(f"gate: {request.gate!r} was already decided")
+        person = self.trust.person(wanted, request.gate, request.proof, request.approver, now)
+        if person.proof_id and person.proof_id in self._spent_proofs:
+            raise Refused("proof: already used; ask for a fresh one")
+        if self.trust.identity is not None and person.evidence != request.evidence:
+            raise Refused(
+                f"evidence: the proof was made for evidence {person.evidence or 'none'!r}, "
+                f"the request names {request.evidence or 'none'!r}"
+            )
+        problem = vote_refusal(gate, wanted, person, self.trust.started_by)
+        if problem:
+            raise Refused(problem)
         if gate.needs_reason and not request.comment.strip():
-            return f"gate {request.gate!r} needs a comment giving the reason for the decision"
-        return ""
+            raise Refused(f"comment: gate {request.gate!r} needs the reason for the decision")
+        return Vote(wanted, person)
 
     def take(
         self,
         request: DecisionRequest,
-        verb: DecisionVerb,
+        vote: Vote,
         gate: OpenGate,
         source: Literal["signal", "update"],
-    ) -> Decision:
-        """Take a decision `refusal` allowed: the gate and the request id are spent."""
-        self._decided.add((gate.gate, gate.opened_at.isoformat()))
+        now: datetime,
+    ) -> GateVote:
+        """Spend the request id and proof of a vote `check` allowed, and count it in the
+        launch's view of the gate; the returned vote goes to the phase."""
         if request.id:
             self._seen_ids.add(request.id)
-        return Decision(
-            gate=request.gate,
-            outcome="approved" if verb == "approve" else "rejected",
-            by=request.approver,
+        if vote.person.proof_id:
+            self._spent_proofs.add(vote.person.proof_id)
+        if vote.verb == "approve":
+            gate.approvals.append(vote.person.name)
+        if vote.verb == "reject" or len(gate.approvals) >= gate.min_approvals:
+            self._decided.add((gate.gate, gate.opened_at.isoformat()))
+        return GateVote(
+            gate=gate.gate,
+            verb=vote.verb,
+            launch_run=self.trust.run,
+            person=vote.person.name,
+            proof=request.proof,
             comment=request.comment,
-            at=workflow.now(),
+            evidence=request.evidence,
+            at=now,
             source=source,
+            authority=self.trust.authority,
         )
+
+    def closes(self, gate: OpenGate, vote: GateVote) -> Decision | None:
+        """The decision `vote` takes at `gate`, if it is the one that closes it."""
+        if vote.verb == "approve" and len(gate.approvals) < gate.min_approvals:
+            return None
+        return _decision(gate, vote, self.trust.identity is not None)
+
+
+def _decision(gate: OpenGate, vote: GateVote, authenticated: bool) -> Decision:
+    people = list(gate.approvals) if vote.verb == "approve" else [vote.person]
+    return Decision(
+        gate=gate.gate,
+        outcome="approved" if vote.verb == "approve" else "rejected",
+        by=", ".join(people),
+        comment=vote.comment,
+        at=vote.at,
+        source=vote.source,
+        people=people,
+        authenticated=authenticated,
+    )
 
 
 class Reporter(Protocol):
@@ -83,26 +252,79 @@ class Reporter(Protocol):
 
 
 class GateKeeper:
+    """The phase's side of a gate: open it, count the votes the launch relays (checking each
+    again), and close it on a rejection, a quorum or the timeout."""
+
     def __init__(self, state: PhaseState, reporter: Reporter) -> None:
         self._state = state
         self._reporter = reporter
-        self._relayed: Decision | None = None
+        self._decided: Decision | None = None
+        self._spent_proofs: set[str] = set()
+        self.trust = Trust(None, None, "", "", "")
 
-    def receive(self, decision: Decision) -> None:
-        gate = self._state.open_gate
-        if gate is None or gate.gate != decision.gate or self._relayed is not None:
-            workflow.logger.info(
-                "ignoring a decision for %s: that gate is not waiting", decision.gate
-            )
+    async def receive(self, payload: Any) -> None:
+        """Count a relayed vote, or record why not and tell the launch at once."""
+        try:
+            vote = GateVote.model_validate(payload)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "input"
+            self._refuse(None, f"malformed: {where}: {first['msg']}")
+            await self._reporter.report()
             return
-        self._relayed = decision
+        try:
+            self._count(vote)
+        except Refused as err:
+            self._refuse(vote, str(err))
+            await self._reporter.report()
+
+    def _count(self, vote: GateVote) -> None:
+        gate = self._state.open_gate
+        if not vote.sealed:
+            raise Refused("seal: not relayed by the launch; people decide through the launch")
+        if gate is None or gate.gate != vote.gate or self._decided is not None:
+            raise Refused(f"gate: {vote.gate!r} is not waiting in this phase")
+        if vote.launch_run != self.trust.run:
+            raise Refused("launch_run: relayed for another run of this launch")
+        now = workflow.now()
+        if vote.at > now or vote.at < gate.opened_at:
+            raise Refused("at: the vote's time is outside the gate's opening")
+        if vote.authority is not None and self.trust.identity is not None:
+            self.trust.authority = vote.authority
+        person = self.trust.person(vote.verb, vote.gate, vote.proof, vote.person, vote.at)
+        if person.proof_id and person.proof_id in self._spent_proofs:
+            raise Refused("proof: already counted")
+        problem = vote_refusal(gate, vote.verb, person, self.trust.started_by)
+        if problem:
+            raise Refused(problem)
+        if person.proof_id:
+            self._spent_proofs.add(person.proof_id)
+        if vote.verb == "approve":
+            gate.approvals.append(person.name)
+            if len(gate.approvals) < gate.min_approvals:
+                self._reporter.note_change()
+                return
+        self._decided = _decision(gate, vote, self.trust.identity is not None)
+
+    def _refuse(self, vote: GateVote | None, why: str) -> None:
+        workflow.logger.warning("refused a relayed vote: %s", why)
+        entry = AuditEntry(
+            at=workflow.now(),
+            handler=f"{self._state.name}:relay_decision",
+            payload=None
+            if vote is None
+            else {"gate": vote.gate[:256], "verb": vote.verb, "person": vote.person[:128]},
+            accepted=False,
+            note=why,
+        )
+        self._state.refusals = [*self._state.refusals, entry][-KEEP_REFUSALS:]
 
     async def decide(
         self, gate_id: str, gate: ResolvedGate, question: str, *, needs_reason: bool = False
     ) -> Decision:
-        """Open the gate, wait for a person or the timeout, and return what was decided."""
+        """Open the gate, wait for its votes or the timeout, and return what was decided."""
         now = workflow.now()
-        self._relayed = None
+        self._decided = None
         self._state.open_gate = OpenGate(
             gate=gate_id,
             phase=self._state.name,
@@ -112,6 +334,9 @@ class GateKeeper:
             deadline=now + gate.timeout,
             on_timeout=gate.on_timeout,
             needs_reason=needs_reason,
+            min_approvals=gate.min_approvals,
+            allow_self_approval=gate.allow_self_approval,
+            identity=self.trust.issuer,
         )
         self._state.status = PhaseStatusValue.WAITING
         # Announced only once the launch knows of it, so a decision that follows the
@@ -119,12 +344,12 @@ class GateKeeper:
         await self._reporter.report_delivered()
         try:
             await workflow.wait_condition(
-                lambda: self._relayed is not None,
+                lambda: self._decided is not None,
                 timeout=gate.timeout,
                 timeout_summary=f"gate {gate_id} times out",
             )
-            assert self._relayed is not None
-            decision = self._relayed
+            assert self._decided is not None
+            decision = self._decided
         except TimeoutError:
             decision = Decision(
                 gate=gate_id,
@@ -136,12 +361,12 @@ class GateKeeper:
             )
         self._state.decisions.append(decision)
         self._state.open_gate = None
-        self._relayed = None
+        self._decided = None
         self._state.status = PhaseStatusValue.RUNNING
         if decision.source == "timeout":
             await self._reporter.report()
         else:
-            # The launch relayed this decision and has already closed the gate in its view;
+            # The launch relayed the vote that closed the gate and has closed it in its view;
             # the change rides along with the phase's next report instead of delaying the step.
             self._reporter.note_change()
         return decision

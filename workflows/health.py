@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.options import summarized
     from activities.probes import PROBE_OPTIONS, ProbeActivities
     from schemas.analysis_spec import MetricSpec
+    from schemas.decision_messages import AbortRequest
     from schemas.health_messages import (
         AlertOutcome,
         AlertRequest,
@@ -254,7 +255,12 @@ class HealthValidationWorkflow:
         try:
             await workflow.get_external_workflow_handle(launch_id).signal(
                 "abort",
-                {"reason": reason, "by": f"health:{profile.name}", "id": report.run_id},
+                AbortRequest(
+                    reason=reason[:2000],
+                    by=f"health:{profile.name}"[:128],
+                    id=report.run_id[:128],
+                    sent_at=workflow.now(),
+                ),
             )
         except FailureError as err:
             return LaunchAction(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
@@ -16,11 +17,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from schemas.decision_messages import Decision
     from schemas.gate_spec import GateSpec, gate_id
-    from schemas.launch_messages import PhaseInput, PhaseState, PhaseStatusValue
+    from schemas.launch_messages import PhaseInput, PhaseReport, PhaseState, PhaseStatusValue
     from schemas.phase_spec import PhaseSpec
     from workflows.analysis import run_analysis, summarize
     from workflows.compensation import CompensationLog
-    from workflows.gates import GateKeeper
+    from workflows.gates import GateKeeper, Trust
     from workflows.visibility import describe_gate, percent
 
 PROGRESS_SIGNAL = "phase_progress"
@@ -46,17 +47,19 @@ class PhaseWorkflow:
         self.gates = GateKeeper(self.state, self)
         self.compensations = CompensationLog(self.state, self.report_delivered)
         self._launch_id = ""
+        self._launch_run = ""
+        self._reports_sent = 0
         self._unsent = False
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
 
     @workflow.signal(
         name=RELAY_SIGNAL,
-        description="Internal: a validated gate decision relayed by the launch workflow. "
-        "People send `approve` / `reject` to the launch workflow instead.",
+        description="Internal: a vote the launch checked, sealed by its worker. People send "
+        "`approve` / `reject` to the launch workflow instead; anything else sent here is refused.",
     )
-    def relay_decision(self, decision: Decision) -> None:
-        self.gates.receive(decision)
+    async def relay_decision(self, payload: Any = None) -> None:
+        await self.gates.receive(payload)
 
     @workflow.query(
         name="status", description="This phase's state: step, exposure, open gate, analysis."
@@ -97,8 +100,14 @@ class PhaseWorkflow:
         launch = workflow.get_external_workflow_handle(parent.workflow_id)
         while self._unsent and not self._closed:
             self._unsent = False
+            self._reports_sent += 1
+            report = PhaseReport(
+                state=self.state.model_copy(deep=True),
+                seq=self._reports_sent,
+                launch_run=self._launch_run,
+            )
             try:
-                await launch.signal(PROGRESS_SIGNAL, self.state.model_copy(deep=True))
+                await launch.signal(PROGRESS_SIGNAL, report)
             except FailureError as err:
                 # The launch has closed (e.g. it finished its rollback after an abort): there
                 # is nobody left to tell, and this phase's result says the rest.
@@ -107,7 +116,13 @@ class PhaseWorkflow:
 
     def _details(self) -> str:
         if self.state.open_gate is not None:
-            return describe_gate(self.state.open_gate, self._launch_id)
+            authority = self.gates.trust.authority
+            return describe_gate(
+                self.state.open_gate,
+                self._launch_id,
+                self._launch_run,
+                service=authority.issuer if authority is not None else "",
+            )
         step = f"step {self.state.step}/{self.state.steps}, " if self.state.step else ""
         return f"{self.state.name}: {self.state.status.value}, {step}{percent(self.state.exposure)}. {self.state.activity}"
 
@@ -158,8 +173,24 @@ class PhaseWorkflow:
     async def run_phase(
         self, inp: PhaseInput[PhaseSpec], body: Callable[[], Awaitable[None]]
     ) -> PhaseState:
+        parent = workflow.info().parent
+        if parent is None or parent.workflow_id != inp.launch_id:
+            # Only a launch runs a phase: started on its own, nobody would check its gates.
+            raise ApplicationError(
+                f"a {inp.phase.kind} phase runs only as a child of launch {inp.launch_id!r}",
+                type="NotAChildOfItsLaunch",
+                non_retryable=True,
+            )
         phase = inp.phase
         self._launch_id = inp.launch_id
+        self._launch_run = inp.launch_run
+        self.gates.trust = Trust(
+            inp.plan.approvals.authenticated,
+            inp.authority,
+            inp.launch_id,
+            inp.launch_run,
+            inp.started_by,
+        )
         self.state.name, self.state.kind = phase.name, phase.kind
         self.state.steps = phase.step_count()
         self.state.status = PhaseStatusValue.RUNNING

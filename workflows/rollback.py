@@ -28,7 +28,7 @@ class Rollback:
     def __init__(self, notifier: Notifier, on_change: Callable[[], None]) -> None:
         self._notifier = notifier
         self._on_change = on_change
-        self._action: tuple[UndoAction, CompensationAction] | None = None
+        self._action: tuple[UndoAction, CompensationAction, str] | None = None
         self.stuck: CompensationRecord | None = None
 
     async def run(self, records: list[CompensationRecord]) -> None:
@@ -56,15 +56,15 @@ class Rollback:
             )
             await workflow.wait_condition(lambda: self._action is not None)
             assert self._action is not None
-            action, request = self._action
+            action, request, person = self._action
             self._action = None
             self.stuck = None
             if action == "skip":
                 record.status = "skipped"
-                record.resolved_by = f"skipped by {request.by}: {request.comment}".rstrip(": ")
+                record.resolved_by = f"skipped by {person}: {request.comment}".rstrip(": ")
                 self._on_change()
                 return
-            record.resolved_by = f"retry requested by {request.by}"
+            record.resolved_by = f"retry requested by {person}"
 
     async def _attempt(self, record: CompensationRecord) -> str:
         """Run the undo once (the activity retries on its own); "" or why it failed."""
@@ -85,21 +85,20 @@ class Rollback:
             return failure_reason(err)
         return ""
 
-    def refusal(self, action: UndoAction, request: CompensationAction, approvers: list[str]) -> str:
-        """Why `action` cannot be taken on the stuck undo now, or "" if it can."""
+    def refusal(self, action: UndoAction, request: CompensationAction) -> str:
+        """Why `action` cannot be taken on the stuck undo now, or "" if it can (who may take
+        it is the launch's check)."""
         stuck = self.stuck
         if stuck is None or stuck.id != request.compensation:
             waiting = f"the stuck undo is {stuck.id!r}" if stuck else "no undo is waiting"
-            return f"{request.compensation!r} is not waiting; {waiting}"
-        if request.by not in approvers and "*" not in approvers:
-            return f"{request.by!r} is not one of the plan's approvers"
-        if action == "skip" and not request.comment:
-            return "skipping an undo needs a comment saying why"
+            return f"compensation: {request.compensation!r} is not waiting; {waiting}"
+        if action == "skip" and not request.comment.strip():
+            return "comment: skipping an undo needs a comment saying why"
         return ""
 
-    def act(self, action: UndoAction, request: CompensationAction) -> None:
-        """Retry or skip the stuck undo; `refusal` said it may be."""
-        self._action = (action, request)
+    def act(self, action: UndoAction, request: CompensationAction, person: str) -> None:
+        """Retry or skip the stuck undo on behalf of `person`; `refusal` said it may be."""
+        self._action = (action, request, person)
 
     def waiting_for(self) -> str:
         """What the stuck undo waits for, in plain words with the signals that move it on."""
@@ -108,7 +107,8 @@ class Rollback:
             return ""
         return (
             f"Rollback blocked: undo {record.id} ({record.description}) keeps failing: {record.error}\n"
-            f"Fix the cause, then send the signal `retry_compensation` with input "
-            f'`{{"compensation": "{record.id}", "by": "NAME"}}`, or give it up on record with '
-            f'`skip_compensation` and `{{"compensation": "{record.id}", "by": "NAME", "comment": "why"}}`.'
+            f"Fix the cause, then run `phasegate compensation retry LAUNCH {record.id}`, or give "
+            f"it up on record with `phasegate compensation skip LAUNCH {record.id} -m WHY` "
+            f"(signals `retry_compensation` / `skip_compensation`, input "
+            f'`{{"compensation": "{record.id}", "comment": "why", "proof": "..."}}`).'
         )

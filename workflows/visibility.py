@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -22,24 +23,51 @@ def percent(weight: float | None) -> str:
     return "no exposure yet" if weight is None else f"{weight:g}% exposure"
 
 
-def signal_input(gate: OpenGate) -> str:
-    approver = gate.approvers[0] if gate.approvers and gate.approvers[0] != "*" else "<your name>"
-    return json.dumps({"gate": gate.gate, "approver": approver, "comment": ""})
-
-
-def describe_gate(gate: OpenGate, launch_id: str) -> str:
-    """Tell a person exactly what the launch waits for and which signal moves it on."""
-    payload = signal_input(gate)
-    return (
-        f"Waiting for a go/no-go decision on gate `{gate.gate}`: {gate.question}\n"
-        f"Approvers: {', '.join(gate.approvers)}. If nobody decides by "
-        f"{gate.deadline:%Y-%m-%d %H:%M:%S} UTC the gate will {gate.on_timeout}.\n"
-        + ("The comment must give the reason for the decision.\n" if gate.needs_reason else "")
-        + f"Go: send the signal `approve` with input `{payload}`\n"
-        f"No-go: send the signal `reject` with the same input.\n"
-        f"CLI: `phasegate approve {launch_id} {gate.gate} --as NAME"
-        f"{' -m REASON' if gate.needs_reason else ''}`"
+def describe_gate(
+    gate: OpenGate, launch_id: str, run_id: str = "", evidence: str = "", service: str = ""
+) -> str:
+    """Tell a person exactly what the launch waits for and how to decide it; `service` is the
+    approval service's URL, for a link to its page for this gate."""
+    reason = " -m REASON" if gate.needs_reason else ""
+    seen = f" --evidence {evidence}" if evidence and evidence != "ev-0" else ""
+    quorum = (
+        f" It needs {gate.min_approvals} different people"
+        + (f"; approved so far by {', '.join(gate.approvals)}" if gate.approvals else "")
+        + "."
+        if gate.min_approvals > 1
+        else ""
     )
+    lines = [
+        f"Waiting for a go/no-go decision on gate `{gate.gate}`: {gate.question}",
+        f"Approvers: {', '.join(gate.approvers)}.{quorum} If nobody decides by "
+        f"{gate.deadline:%Y-%m-%d %H:%M:%S} UTC the gate will {gate.on_timeout}.",
+    ]
+    if gate.needs_reason:
+        lines.append("The comment must give the reason for the decision.")
+    if gate.identity:
+        query = {"launch": launch_id, "run": run_id, "gate": gate.gate, "decision": "approve"}
+        if evidence and evidence != "ev-0":
+            query["evidence"] = evidence
+        lines += [
+            f"Approvals are proven: sign in at {gate.identity}.",
+            f"CLI: `phasegate approve {launch_id} {gate.gate}{seen}{reason}` (or `reject`).",
+            "UI: `phasegate signal-input approve "
+            f"{launch_id} {gate.gate}{seen}` prints the input, fresh proof included, to paste "
+            "into Send a Signal `approve`; or open the approval page "
+            f"{service.rstrip('/')}/decide?{urlencode(query)} and paste what it shows.",
+        ]
+    else:
+        payload = json.dumps({"gate": gate.gate, "approver": "<your name>", "comment": ""})
+        lines += [
+            "Approvals are NOT authenticated (the plan says `identity: none`): "
+            "names are taken as typed.",
+            f"Go: send the signal `approve` with input `{payload}`",
+            "No-go: send the signal `reject` with the same input.",
+            f"CLI: `phasegate approve {launch_id} {gate.gate} --as NAME{reason}`",
+        ]
+    if evidence and evidence != "ev-0":
+        lines.append(f"Evidence shown: {evidence} (`phasegate status {launch_id}`).")
+    return "\n".join(lines)
 
 
 class LaunchView:

@@ -84,7 +84,7 @@ def kube_plan(
                     "images": {"web": "web:2"},
                 }
             },
-            "approvals": {"approvers": ["alice"], "timeout": "10m"},
+            "approvals": {"identity": "none", "approvers": ["alice"], "timeout": "10m"},
             "phases": phases,
         }
     )

@@ -104,7 +104,7 @@ async def test_decide_update_answers_at_once(
 
     assert "unknown gate 'launch'" in await refusal(gate="launch")
     assert (
-        "gate 'full-launch.step-1.analysis' is not open; the open gate is 'soft-launch.before'"
+        "gate: 'full-launch.step-1.analysis' is not open; the open gate is 'soft-launch.before'"
         in await refusal(gate="full-launch.step-1.analysis")
     )
     assert "'mallory' may not decide gate 'soft-launch.before'; approvers: alice" in await refusal(

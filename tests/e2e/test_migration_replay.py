@@ -12,7 +12,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from schemas.plan import LaunchPlan
-from tests.support.histories import HISTORIES, replay
+from tests.support.histories import HISTORIES, replay, save_history
 from tests.support.launches import start_launch
 from tests.support.postgres import CheckoutDatabase, migration_plan, migrations
 
@@ -39,4 +39,4 @@ async def test_migration_histories_replay(
     if os.environ.get("PHASEGATE_RECORD_HISTORIES"):
         for workflow_id, text in histories:
             kind = "launch" if workflow_id == launch_id else "migrate"
-            (HISTORIES / f"migration_{outcome}.{kind}.json").write_text(text)
+            save_history(HISTORIES / f"migration_{outcome}.{kind}.json", workflow_id, text)

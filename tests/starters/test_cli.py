@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.cli import against, phasegate, unused_address
+from tests.support.cli import against, phasegate, status_until, unused_address
 from tests.support.plans import plan_dict
 from workers.client import connect
 from workers.main import build_worker
@@ -121,6 +121,40 @@ def test_launch_of_an_invalid_plan_starts_nothing(tmp_path: Path) -> None:
     assert "started" not in result.stdout
 
 
+def authenticated_plan(tmp_path: Path) -> Path:
+    return write_plan(
+        tmp_path / "plan.yaml",
+        plan_dict(
+            approvals={"identity": {"issuer": "https://idp.example.com"}, "approvers": ["alice"]}
+        ),
+    )
+
+
+def test_launch_of_an_authenticated_plan_refuses_a_typed_name(tmp_path: Path) -> None:
+    result = phasegate(
+        "--address", unused_address(), "launch", str(authenticated_plan(tmp_path)), "--as", "bob"
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "--as: names come from your sign-in at https://idp.example.com; leave --as out"
+    )
+
+
+def test_launch_of_an_authenticated_plan_needs_the_approval_service_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PHASEGATE_APPROVAL_SERVICE", raising=False)
+
+    result = phasegate("--address", unused_address(), "launch", str(authenticated_plan(tmp_path)))
+
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "approvals of this launch are proven with a sign-in at https://idp.example.com: set "
+        "PHASEGATE_APPROVAL_SERVICE to the approval service's URL"
+    )
+
+
 # --- offline: failures are one line ------------------------------------------------------
 
 
@@ -135,18 +169,6 @@ def test_status_without_a_server_is_one_red_line(tmp_path: Path) -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith(f"cannot reach Temporal at {address}")
     assert result.stdout == ""
-
-
-def test_approve_without_a_name_is_refused_before_connecting(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("PHASEGATE_APPROVER", raising=False)
-    monkeypatch.delenv("USER", raising=False)
-
-    result = phasegate("--address", unused_address(), "approve", "some-launch", "x.before")
-
-    assert result.exit_code == 1
-    assert result.stderr.strip() == "who are you? give --as NAME or set PHASEGATE_APPROVER"
 
 
 # --- against the real dev server with a real worker ---------------------------------------
@@ -204,23 +226,9 @@ def worker(dev_settings: Settings) -> Iterator[WorkerThread]:
         yield running
 
 
-def status_until(
-    settings: Settings, launch_id: str, done: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        result = against(settings, "status", launch_id, "--json")
-        assert result.exit_code == 0, result.output
-        current: dict[str, Any] = json.loads(result.stdout)
-        if done(current):
-            return current
-        assert time.monotonic() < deadline, f"timed out; last status:\n{result.stdout}"
-        time.sleep(0.2)
-
-
 @pytest.mark.integration
 def test_a_launch_is_started_decided_and_completed_through_the_cli(
-    tmp_path: Path, dev_settings: Settings, worker: WorkerThread
+    tmp_path: Path, dev_settings: Settings, worker: WorkerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flags = tmp_path / "flags"
     flags.mkdir()
@@ -255,18 +263,43 @@ def test_a_launch_is_started_decided_and_completed_through_the_cli(
         lambda s: (s["open_gate"] or {}).get("gate") == "full-launch.before",
     )
     assert waiting["status"] == "waiting"
+    assert waiting["identity"] == ""
+    unauthenticated = (
+        f"approvals of {launch_id} are not authenticated (its plan says `identity: none`): "
+        "names are taken as typed"
+    )
+
+    monkeypatch.delenv("PHASEGATE_APPROVER", raising=False)
+    monkeypatch.delenv("USER", raising=False)
+    nameless = against(dev_settings, "approve", launch_id, "full-launch.before")
+    assert nameless.exit_code == 1
+    assert nameless.stderr.splitlines() == [
+        unauthenticated,
+        "who are you? give --as NAME or set PHASEGATE_APPROVER",
+    ]
+
+    printed = against(dev_settings, "signal-input", "approve", launch_id, "--as", "alice")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == {
+        "gate": "full-launch.before",
+        "approver": "alice",
+        "comment": "",
+    }
+    assert printed.stderr.splitlines()[0] == unauthenticated
 
     refused = against(dev_settings, "approve", launch_id, "full-launch.before", "--as", "mallory")
     assert refused.exit_code == 1
-    assert refused.stderr.strip() == (
-        "refused: 'mallory' may not decide gate 'full-launch.before'; approvers: alice"
-    )
+    assert refused.stderr.splitlines() == [
+        unauthenticated,
+        "refused: 'mallory' may not decide gate 'full-launch.before'; approvers: alice",
+    ]
 
     approved = against(
         dev_settings, "approve", launch_id, "full-launch.before", "--as", "alice", "-m", "go"
     )
     assert approved.exit_code == 0, approved.output
     assert approved.stdout.strip() == f"approved full-launch.before of {launch_id} as alice: go"
+    assert approved.stderr.splitlines() == [unauthenticated]
 
     final = status_until(dev_settings, launch_id, lambda s: s["finished_at"] is not None)
     assert final["status"] == "completed"

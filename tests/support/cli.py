@@ -3,11 +3,15 @@ choosing, or as a user runs it, the installed script in a process of its own."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -38,6 +42,26 @@ def against(settings: Settings, *args: str) -> Result:
         settings.ui_url,
         *args,
     )
+
+
+def status_until(
+    settings: Settings,
+    launch_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """`phasegate status LAUNCH_ID --json`, asked again until `done` holds for its answer; the
+    test fails with the last answer after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = against(settings, "status", launch_id, "--json")
+        assert result.exit_code == 0, result.output
+        current: dict[str, Any] = json.loads(result.stdout)
+        if done(current):
+            return current
+        assert time.monotonic() < deadline, f"timed out; last status:\n{result.stdout}"
+        time.sleep(0.2)
 
 
 def unused_address() -> str:

@@ -18,6 +18,7 @@ from schemas.metrics_messages import MetricQuery, MetricReading
 from schemas.notify_messages import Notification, NotificationResult
 from schemas.plan import LaunchPlan
 from tests.support.launches import start_launch
+from tests.support.sealing import test_interceptors
 from workers.main import WORKFLOWS
 from workflows.launch import LaunchWorkflow
 
@@ -99,12 +100,20 @@ class FakeWorld:
 
 @asynccontextmanager
 async def running_launch(
-    client: Client, plan: LaunchPlan, world: FakeWorld, start_signal: tuple[str, Any] | None = None
+    client: Client,
+    plan: LaunchPlan,
+    world: FakeWorld,
+    start_signal: tuple[str, Any] | None = None,
+    **start: str,
 ) -> AsyncIterator[WorkflowHandle[LaunchWorkflow, LaunchResult]]:
     """A launch of `plan` on a worker of its own whose activities are `world`'s fakes (see
-    `start_launch` for `start_signal`)."""
+    `start_launch` for `start_signal`, `launch_id` and `start_proof`)."""
     task_queue = f"test-{uuid.uuid4()}"
     async with Worker(
-        client, task_queue=task_queue, workflows=list(WORKFLOWS), activities=world.activities()
+        client,
+        interceptors=test_interceptors(),
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=world.activities(),
     ):
-        yield await start_launch(client, plan, task_queue, start_signal)
+        yield await start_launch(client, plan, task_queue, start_signal, **start)

@@ -28,6 +28,7 @@ from schemas.health_profile import HealthProfile
 from schemas.kube_messages import DeploymentHealth, DeploymentHealthReport, DeploymentHealthRequest
 from schemas.metrics_messages import MetricQuery, MetricReading
 from tests.support.fakes import FakeWorld, activities_of
+from tests.support.sealing import test_interceptors
 from workers.main import WORKFLOWS
 from workflows.health import HealthValidationWorkflow
 
@@ -118,6 +119,7 @@ async def health_worker(client: Client, world: HealthWorld) -> AsyncIterator[str
     ledger = AlertLedgerActivities(client)
     async with Worker(
         client,
+        interceptors=test_interceptors(),
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=[*world.activities(), ledger.record_in_ledger],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from tests.support.sealing import test_interceptors
 from workers.main import WORKFLOWS
 
 # Committed histories: a code change that breaks them would break launches already running.
@@ -16,9 +18,29 @@ HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
 async def replay(histories: list[tuple[str, str]]) -> None:
     """Replay (workflow id, history JSON) pairs; fail with the first nondeterminism found."""
-    replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=list(WORKFLOWS),
+        data_converter=pydantic_data_converter,
+        interceptors=test_interceptors(),
+    )
     for workflow_id, text in histories:
         result = await replayer.replay_workflow(
             WorkflowHistory.from_json(workflow_id, text), raise_on_replay_failure=False
         )
         assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
+
+
+def save_history(path: Path, workflow_id: str, text: str) -> None:
+    """Commit a history with the id of the workflow it belongs to: workflows check seals
+    against their own id, so a history replays only under it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"workflowId": workflow_id, **json.loads(text)}, indent=2) + "\n")
+
+
+def committed(paths: list[Path]) -> list[tuple[str, str]]:
+    """(workflow id, history JSON) of committed histories, as `replay` takes them."""
+    loaded = []
+    for path in paths:
+        history = json.loads(path.read_text())
+        loaded.append((history.pop("workflowId", path.stem), json.dumps(history)))
+    return loaded

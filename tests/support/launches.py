@@ -25,19 +25,26 @@ async def start_launch(
     plan: LaunchPlan,
     task_queue: str,
     start_signal: tuple[str, Any] | None = None,
+    *,
+    launch_id: str | None = None,
+    start_proof: str = "",
 ) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
     """Start the launch workflow on `task_queue`, with `start_signal` (name, payload) delivered
-    in its first moment if given; the workflow id is the launch id."""
-    launch_id = f"launch-{uuid.uuid4().hex[:12]}"
+    in its first moment if given, and the starter's proof; the workflow id is the launch id."""
+    launch_id = launch_id or new_launch_id()
     signal_name, payload = start_signal or (None, None)
     return await client.start_workflow(
         LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan),
+        LaunchInput(launch_id=launch_id, plan=plan, start_proof=start_proof),
         id=launch_id,
         task_queue=task_queue,
         start_signal=signal_name,
         start_signal_args=[payload] if start_signal else [],
     )
+
+
+def new_launch_id() -> str:
+    return f"launch-{uuid.uuid4().hex[:12]}"
 
 
 async def status(handle: WorkflowHandle[LaunchWorkflow, Any]) -> LaunchStatus:

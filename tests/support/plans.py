@@ -22,7 +22,12 @@ def plan_dict(
             "prometheus": {"url": "http://127.0.0.1:9090"},
             "router": {"kind": "flagd", "flag_file": str(flag_file), "flag_key": "checkout-v2"},
         },
-        "approvals": {"approvers": ["alice", "bob"], "timeout": "1h", "on_timeout": "reject"},
+        "approvals": {
+            "identity": "none",
+            "approvers": ["alice", "bob"],
+            "timeout": "1h",
+            "on_timeout": "reject",
+        },
         "analysis": {
             "error-rate": {
                 "query": 'sum(rate(errors{variant="{{variant}}"}[10s]))',

@@ -17,14 +17,16 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from approvals.proofs import plan_digest
 from schemas.health_messages import HttpProbeResult
 from schemas.health_profile import HealthProfile
 from schemas.kube_messages import DeploymentHealth
 from schemas.launch_messages import LaunchResult
 from tests.support.health_fakes import HealthWorld, health_worker, run_once
 from tests.support.health_profiles import make_profile
-from tests.support.launches import gate_open, start_launch, wait_for
+from tests.support.launches import gate_open, new_launch_id, start_launch, wait_for
 from tests.support.plans import make_plan
+from tests.support.proofs import ProofMaker, TrustingWorld
 from workflows.alert_ledger import AlertLedgerWorkflow
 from workflows.launch import LaunchWorkflow
 
@@ -256,6 +258,31 @@ async def test_a_failing_critical_check_aborts_the_attached_launch(
     assert after.launch is not None
     assert not after.launch.signalled
     assert after.launch.detail.startswith(f"launch {launch.id} is not running")
+
+
+async def test_the_schedules_sealed_abort_stops_a_launch_whose_approvals_are_proven(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    # No person's proof: the health workflow's worker seals its abort.
+    env = time_skipping_env
+    launch_id = new_launch_id()
+    now = (await env.get_current_time()).timestamp()
+    maker = ProofMaker(launch=launch_id, run="", idp="http://idp.test", clock=lambda: now)
+    world = HealthWorld(values={"error-rate": 0.5}, launch_world=TrustingWorld(maker))
+    plan = make_plan(
+        approvals={"identity": {"issuer": "http://idp.test"}, "approvers": ["bob"], "timeout": "1h"}
+    )
+    start = maker.proof("alice", "start", plan_digest(plan), lifetime=timedelta(minutes=14))
+    async with health_worker(env.client, world) as queue:
+        launch = await start_launch(env.client, plan, queue, launch_id=launch_id, start_proof=start)
+        await gate_open(env, launch, "soft-launch.before")
+        profile = unique_profile(launch={"id": launch.id}, alerts={"receivers": []})
+        report = await run_once(env, queue, profile, world)
+        final = await launch.result()
+    assert report.launch is not None
+    assert report.launch.signalled
+    assert final.status == "rolled_back"
+    assert final.reason.startswith(f"aborted by health:{profile.name}: critical health check")
 
 
 async def test_healthy_runs_leave_the_launch_alone(time_skipping_env: WorkflowEnvironment) -> None:

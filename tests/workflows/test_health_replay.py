@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.support.health_fakes import HealthWorld, health_worker, run_once
 from tests.support.health_profiles import make_profile
-from tests.support.histories import HISTORIES, replay
+from tests.support.histories import HISTORIES, committed, replay
 from tests.support.launches import gate_open, start_launch
 from tests.support.plans import make_plan
 
@@ -63,4 +63,4 @@ async def test_committed_health_histories_replay() -> None:
     assert len(files) == 3, (
         "record: PHASEGATE_RECORD_HISTORIES=1 pytest tests/workflows/test_health_replay.py"
     )
-    await replay([(path.stem, path.read_text()) for path in files])
+    await replay(committed(files))

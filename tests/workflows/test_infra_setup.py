@@ -10,7 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from schemas.plan import LaunchPlan
 from tests.support.fakes import running_launch
-from tests.support.histories import HISTORIES, replay
+from tests.support.histories import HISTORIES, replay, save_history
 from tests.support.kube_fakes import KubeFakeWorld, config_map, deployment
 from tests.support.launches import wait_for
 from tests.support.plans import plan_dict
@@ -119,4 +119,4 @@ async def test_infra_setup_histories_replay(time_skipping_env: WorkflowEnvironme
         if os.environ.get("PHASEGATE_RECORD_HISTORIES"):
             for index, (workflow_id, text) in enumerate(histories):
                 kind = "launch" if index == 0 else workflow_id.rsplit(".", 1)[1]
-                (HISTORIES / f"{name}.{kind}.json").write_text(text)
+                save_history(HISTORIES / f"{name}.{kind}.json", workflow_id, text)

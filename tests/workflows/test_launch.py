@@ -11,7 +11,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.launch_messages import CompensationRecord, LaunchResult
+from schemas.launch_messages import CompensationRecord, LaunchResult, PhaseReport
 from schemas.metrics_messages import MetricReading
 from tests.support.fakes import FakeWorld, running_launch
 from tests.support.launches import decide_gate, gate_open, status, wait_for
@@ -286,11 +286,13 @@ async def test_malformed_and_unauthorized_signals_are_recorded_and_ignored(
         notes = [entry.note for entry in current.audit]
         assert not any(entry.accepted for entry in current.audit)
         assert notes[0].startswith("malformed: input:")
-        assert "approver: Field required" in notes[1]
-        assert notes[2].startswith("unknown gate 'nope'; this plan's gates are: soft-launch.before")
+        assert notes[1].startswith("approver: name yourself")
+        assert notes[2].startswith(
+            "gate: unknown gate 'nope'; this plan's gates are: soft-launch.before"
+        )
         assert (
             notes[3]
-            == "gate 'soft-launch.step-2' is not open; the open gate is 'soft-launch.before'"
+            == "gate: 'soft-launch.step-2' is not open; the open gate is 'soft-launch.before'"
         )
         assert (
             notes[4] == "'mallory' may not decide gate 'soft-launch.before'; approvers: alice, bob"
@@ -317,7 +319,7 @@ async def test_duplicate_approvals_are_taken_once(time_skipping_env: WorkflowEnv
         await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 2)
         current = await status(handle)
         assert [e.accepted for e in current.audit] == [True, False]
-        assert current.audit[1].note.startswith("duplicate")
+        assert current.audit[1].note == "id: decision req-1 was already taken"
         assert len(current.decisions) == 1
         await handle.signal(
             LaunchWorkflow.approve, {"gate": "full-launch.step-2", "approver": "alice"}
@@ -443,13 +445,14 @@ class WorldWithAnotherActivity(FakeWorld):
         self.calls.append(("delete_everything", request))
 
 
-async def test_rollback_never_runs_an_undo_outside_the_registry(
+async def test_a_forged_phase_report_is_refused_and_changes_no_undo(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     world = WorldWithAnotherActivity()
     async with at_first_gate(time_skipping_env, world) as handle:
         current = await status(handle)
-        # A report for the phase that has not started, carrying a record of an unknown undo.
+        # A report for the phase that has not started, carrying a record of an unknown undo,
+        # once unsealed, once claiming a seal, once as a bare phase state.
         forged = current.phases[1].model_copy(deep=True)
         forged.compensations.append(
             CompensationRecord(
@@ -460,21 +463,19 @@ async def test_rollback_never_runs_an_undo_outside_the_registry(
                 description="looks harmless",
             )
         )
+        report = PhaseReport(state=forged, seq=99, launch_run=current.run_id)
+        await handle.signal("phase_progress", report)
+        await handle.signal("phase_progress", report.model_copy(update={"seal": "verified"}))
         await handle.signal("phase_progress", forged)
-        await wait_for(time_skipping_env, handle, lambda s: len(s.compensations) == 1)
+        refused = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 3)
+        assert [entry.handler for entry in refused.audit] == ["phase_progress"] * 3
+        assert not any(entry.accepted for entry in refused.audit)
+        assert refused.audit[0].note.startswith("seal: not sent by a Phasegate worker")
+        assert refused.compensations == []
         await handle.signal(LaunchWorkflow.reject, {**APPROVE, "comment": "no"})
-        stuck = await wait_for(time_skipping_env, handle, lambda s: s.status == "needs_attention")
-        assert stuck.compensations[0].status == "failed"
-        assert (
-            stuck.compensations[0].error == "no undo is named 'delete_everything'; it is never run"
-        )
-        await handle.signal(
-            LaunchWorkflow.skip_compensation,
-            {"compensation": "full-launch.1", "by": "bob", "comment": "not ours"},
-        )
         result = await handle.result()
     assert result.status == "rolled_back"
-    assert result.final.compensations[0].status == "skipped"
+    assert result.final.compensations == []
     assert "delete_everything" not in world.names()
 
 
@@ -487,7 +488,7 @@ async def test_a_signal_sent_with_the_start_is_checked_like_any_other(
     async with running_launch(time_skipping_env.client, make_plan(), world, early) as handle:
         first = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 1)
         assert not first.audit[0].accepted
-        assert first.audit[0].note == "gate 'soft-launch.before' is not open; no gate is open now"
+        assert first.audit[0].note == "gate: 'soft-launch.before' is not open; no gate is open now"
         await gate_open(time_skipping_env, handle, "soft-launch.before")
         await handle.signal(LaunchWorkflow.abort, {"reason": "done testing", "by": "carol"})
         result = await handle.result()

@@ -17,7 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from schemas.metrics_messages import MetricReading
 from tests.support.fakes import FakeWorld, running_launch
-from tests.support.histories import HISTORIES, replay
+from tests.support.histories import HISTORIES, committed, replay, save_history
 from tests.support.launches import decide_gate, gate_open, wait_for
 from tests.support.plans import exposure_only, make_plan
 from workflows.launch import LaunchWorkflow
@@ -91,7 +91,7 @@ async def test_fresh_histories_replay(time_skipping_env: WorkflowEnvironment, na
         HISTORIES.mkdir(exist_ok=True)
         for index, (workflow_id, text) in enumerate(histories):
             kind = "launch" if index == 0 else workflow_id.rsplit(".", 1)[1]
-            (HISTORIES / f"{name}.{kind}.json").write_text(text)
+            save_history(HISTORIES / f"{name}.{kind}.json", workflow_id, text)
 
 
 async def test_committed_histories_replay() -> None:
@@ -99,4 +99,4 @@ async def test_committed_histories_replay() -> None:
     assert len(files) >= len(SCENARIOS) * 2, (
         "record: PHASEGATE_RECORD_HISTORIES=1 pytest tests/workflows/test_replay.py"
     )
-    await replay([(path.stem, path.read_text()) for path in files])
+    await replay(committed(files))

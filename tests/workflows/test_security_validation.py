@@ -21,7 +21,8 @@ from schemas.metrics_messages import MetricReading
 from schemas.plan import LaunchPlan
 from schemas.security_validation_spec import SecurityCheck
 from tests.support.fakes import FakeWorld, running_launch
-from tests.support.histories import HISTORIES, replay
+from tests.support.histories import HISTORIES, replay, save_history
+from tests.support.histories import committed as committed_histories
 from tests.support.launches import decide_gate, gate_open, wait_for
 from tests.support.plans import make_plan
 from workflows.launch import LaunchWorkflow
@@ -204,7 +205,7 @@ async def test_a_warning_opens_a_waiver_gate_that_needs_a_reason(
                 DecisionRequest(gate=WAIVER, approver="carol", decision="approve"),
                 result_type=Decision,
             )
-        assert "needs a comment giving the reason" in str(refused.value.cause)
+        assert "needs the reason for the decision" in str(refused.value.cause)
         await handle.signal(LaunchWorkflow.approve, {"gate": WAIVER, "approver": "alice"})
         await handle.signal(
             LaunchWorkflow.approve,
@@ -248,7 +249,12 @@ async def test_an_unanswered_waiver_is_rejected_even_if_other_gates_approve_on_t
 ) -> None:
     world = ProbedWorld(failing={"api.expiry"})
     plan = security_plan(waivers={"approvers": ["carol"], "timeout": "10m"})
-    approvals = {"approvers": ["alice"], "timeout": "10m", "on_timeout": "approve"}
+    approvals = {
+        "identity": "none",
+        "approvers": ["alice"],
+        "timeout": "10m",
+        "on_timeout": "approve",
+    }
     plan = plan.model_copy(update={"approvals": plan.approvals.model_validate(approvals)})
     async with running_launch(time_skipping_env.client, plan, world) as handle:
         await gate_open(time_skipping_env, handle, WAIVER)
@@ -283,7 +289,7 @@ async def test_security_histories_replay(time_skipping_env: WorkflowEnvironment)
             ).fetch_history()
             histories.append((workflow_id, history.to_json()))
             if os.environ.get("PHASEGATE_RECORD_HISTORIES"):
-                (HISTORIES / f"{name}.{kind}.json").write_text(history.to_json())
+                save_history(HISTORIES / f"{name}.{kind}.json", workflow_id, history.to_json())
     await replay(histories)
     committed = sorted(HISTORIES.glob("security_*.json"))
     assert [path.name for path in committed] == [
@@ -293,4 +299,4 @@ async def test_security_histories_replay(time_skipping_env: WorkflowEnvironment)
         "security_waived.launch.json",
         "security_waived.security.json",
     ]
-    await replay([(path.stem, path.read_text()) for path in committed])
+    await replay(committed_histories(committed))

@@ -1,0 +1,1 @@
+"""The Phasegate approval service: people sign in at an identity provider, it signs proofs."""

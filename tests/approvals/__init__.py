@@ -1,0 +1,1 @@
+"""Tests of the approval service, against a real identity provider."""

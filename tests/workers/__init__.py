@@ -1,0 +1,1 @@
+"""Tests of the worker: its settings and the seals on messages between workflows."""
