@@ -39,6 +39,7 @@ TOKEN_TYPE = "phasegate-proof+jwt"
 LONGEST_LIFETIME_SECONDS = 900
 CLOCK_SKEW_SECONDS = 60
 MAX_PROOF_LENGTH = 8192
+MAX_NAME_LENGTH = 256
 ClaimValue = str | list[str]
 
 _Short = Annotated[str, Field(max_length=512)]
@@ -231,6 +232,10 @@ def _name(claims: Mapping[str, ClaimValue], claim: str) -> str:
     value = claims.get(claim)
     if not isinstance(value, str) or not value.strip():
         raise ProofRefused(f"proof: has no {claim!r} claim to name the person by")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ProofRefused(
+            f"proof: its {claim!r} claim is longer than {MAX_NAME_LENGTH} characters"
+        )
     return value
 
 

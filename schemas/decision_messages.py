@@ -71,13 +71,15 @@ class Decision(Message):
 class GateVote(Sealed):
     """One accepted vote, relayed by the launch to the phase that owns the gate."""
 
-    gate: str
+    # Bounded like the request it came from: anyone can send this signal, and a refusal
+    # quotes what was sent.
+    gate: GateId
     verb: DecisionVerb
-    launch_run: str
-    person: str
-    proof: str = ""
-    comment: str = ""
-    evidence: str = ""
+    launch_run: Annotated[str, Field(max_length=128)]
+    person: Annotated[str, Field(max_length=256)]
+    proof: Proof = ""
+    comment: Why = ""
+    evidence: EvidenceId = ""
     at: datetime
     source: Literal["signal", "update"]
     # The keys the launch checked the proof with (it reloads them when a key rotates).

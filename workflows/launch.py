@@ -18,7 +18,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.approvals import ApprovalActivities
@@ -152,7 +157,10 @@ class LaunchWorkflow:
         """Why the launch may not start (its starter's proof does not hold), or ""."""
         if self._trust.identity is None:
             return ""
-        await self._load_keys("")
+        try:
+            await self._load_keys("")
+        except ActivityError as err:
+            return f"the approval service's keys could not be loaded: {failure_reason(err)}"
         try:
             person = self._trust.person(
                 "start", plan_digest(inp.plan), inp.start_proof, inp.started_by, workflow.now()
@@ -400,7 +408,12 @@ class LaunchWorkflow:
         ):
             return False
         self._key_reloads += 1
-        await self._load_keys(kid)
+        try:
+            await self._load_keys(kid)
+        except ActivityError as err:
+            # In a signal handler an escaping error would fail the launch: refuse the vote.
+            workflow.logger.warning("approval service keys not reloaded: %s", failure_reason(err))
+            return False
         return self._trust.authority is not None and self._trust.authority.key(kid) is not None
 
     async def _relay(self, vote: GateVote, decision: Decision | None) -> None:
@@ -469,7 +482,7 @@ class LaunchWorkflow:
             return "launch_run: a report for another run of this launch"
         known = next((p for p in self._phases if p.name == report.state.name), None)
         if known is None:
-            return f"state.name: {report.state.name!r} is not a phase of this launch"
+            return f"state.name: {report.state.name[:64]!r} is not a phase of this launch"
         if report.seq <= self._reports_seen.get(known.name, 0):
             return f"seq: report {report.seq} is not newer than the last one taken"
         before = [(r.id, r.activity, r.input) for r in known.compensations]

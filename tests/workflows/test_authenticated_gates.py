@@ -12,11 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from temporalio import activity
 from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from approvals.proofs import plan_digest
-from schemas.decision_messages import GateVote
+from approvals.proofs import ApprovalAuthority, plan_digest
+from schemas.decision_messages import AuthorityRequest, GateVote
 from schemas.launch_messages import LaunchStatus, PhaseInput
 from schemas.plan import LaunchPlan
 from tests.support.fakes import FakeWorld, running_launch
@@ -141,6 +144,10 @@ async def test_four_eyes_quorum_and_forged_channels(
             seal="verified",
         )
         await phase.signal("relay_decision", forged)
+        # An oversized relay is refused as malformed; its refusal does not quote it.
+        await phase.signal(
+            "relay_decision", {**forged.model_dump(mode="json"), "gate": "g" * 100_000}
+        )
         await handle.signal(
             "phase_progress",
             {
@@ -150,9 +157,12 @@ async def test_four_eyes_quorum_and_forged_channels(
                 "seal": "verified",
             },
         )
-        await wait_for(env, handle, lambda s: len(notes(s, "relay_decision")) == 1)
+        await wait_for(env, handle, lambda s: len(notes(s, "relay_decision")) == 2)
         still = await wait_for(env, handle, lambda s: len(notes(s, "phase_progress")) == 1)
         assert notes(still, "relay_decision")[0][1].startswith("seal: not relayed by the launch")
+        oversized = notes(still, "relay_decision")[1][1]
+        assert oversized.startswith("malformed: gate: String should have at most 256")
+        assert len(oversized) < 200
         assert notes(still, "phase_progress")[0][1].startswith("seal: not sent by a Phasegate")
         assert still.open_gate is not None
         assert still.open_gate.approvals == ["carol"]
@@ -295,3 +305,107 @@ async def test_a_phase_started_on_its_own_does_nothing(
             )
     assert "runs only as a child of launch 'someone-elses'" in str(failed.value.cause)
     assert world.names().count("set_exposure") == 1
+
+
+async def test_a_proof_signed_with_a_rotated_key_reloads_the_keys_once(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    env = time_skipping_env
+    launch_id = new_launch_id()
+    maker = await maker_for(env, launch_id)
+    world = TrustingWorld(maker)
+    plan = authenticated_plan()
+    start = proof(maker, "alice", "start", plan_digest(plan))
+    gate = "soft-launch.before"
+    async with running_launch(
+        env.client, plan, world, launch_id=launch_id, start_proof=start
+    ) as handle:
+        opened = await gate_open(env, handle, gate)
+        # The approval service rotates its key; the launch loaded the old one at its start.
+        maker.run = opened.run_id
+        maker.key, maker.kid = Ed25519PrivateKey.generate(), "rotated"
+        await keep_time(env, maker)
+        await handle.signal(
+            LaunchWorkflow.approve, {"gate": gate, "proof": proof(maker, "carol", "approve", gate)}
+        )
+        moved = await gate_open(env, handle, "soft-launch.step-2")
+        assert [d.people for d in moved.decisions] == [["carol"]]
+        assert world.calls.count(("approval_authority", "rotated")) == 1
+        await keep_time(env, maker)
+        await handle.signal(
+            LaunchWorkflow.abort, {"reason": "done", "proof": proof(maker, "bob", "abort", "")}
+        )
+        result = await handle.result()
+    assert result.reason == "aborted by bob: done"
+
+
+class KeylessWorld(TrustingWorld):
+    """A worker that cannot reach the approval service."""
+
+    @activity.defn(name="approval_authority")
+    async def approval_authority(self, request: AuthorityRequest) -> ApprovalAuthority:
+        self.calls.append(("approval_authority", request.kid))
+        raise ApplicationError("approval service unreachable", non_retryable=True)
+
+
+async def test_keys_that_cannot_be_loaded_refuse_the_launch_and_change_nothing(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    launch_id = new_launch_id()
+    maker = await maker_for(time_skipping_env, launch_id)
+    world = KeylessWorld(maker)
+    plan = authenticated_plan()
+    start = proof(maker, "alice", "start", plan_digest(plan))
+    async with running_launch(
+        time_skipping_env.client, plan, world, launch_id=launch_id, start_proof=start
+    ) as handle:
+        result = await handle.result()
+    assert result.status == "refused"
+    assert "the approval service's keys could not be loaded" in result.reason
+    assert "approval service unreachable" in result.reason
+    assert world.names() == ["approval_authority"]
+
+
+class OnceReachableWorld(TrustingWorld):
+    """A worker that loads the approval service's keys once, then cannot reach it."""
+
+    @activity.defn(name="approval_authority")
+    async def approval_authority(self, request: AuthorityRequest) -> ApprovalAuthority:
+        self.calls.append(("approval_authority", request.kid))
+        if request.kid:
+            raise ApplicationError("approval service unreachable", non_retryable=True)
+        return self.maker.authority
+
+
+async def test_a_key_reload_that_fails_refuses_the_vote_and_the_launch_goes_on(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    env = time_skipping_env
+    launch_id = new_launch_id()
+    maker = await maker_for(env, launch_id)
+    world = OnceReachableWorld(maker)
+    plan = authenticated_plan()
+    start = proof(maker, "alice", "start", plan_digest(plan))
+    gate = "soft-launch.before"
+    async with running_launch(
+        env.client, plan, world, launch_id=launch_id, start_proof=start
+    ) as handle:
+        opened = await gate_open(env, handle, gate)
+        maker.run = opened.run_id
+        stranger = ProofMaker(launch=launch_id, run=opened.run_id, idp=ISSUER, clock=maker.clock)
+        await handle.signal(
+            LaunchWorkflow.approve,
+            {"gate": gate, "proof": proof(stranger, "carol", "approve", gate)},
+        )
+        refused = await wait_for(env, handle, lambda s: len(notes(s, "approve")) == 1)
+        assert notes(refused, "approve")[0] == (
+            False,
+            f"proof: signed with key {stranger.kid!r}, which the workers do not trust",
+        )
+        assert refused.status == "waiting"
+        await keep_time(env, maker)
+        await handle.signal(
+            LaunchWorkflow.abort, {"reason": "done", "proof": proof(maker, "bob", "abort", "")}
+        )
+        result = await handle.result()
+    assert result.reason == "aborted by bob: done"

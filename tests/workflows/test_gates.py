@@ -301,3 +301,23 @@ def test_claims_outside_bounds_are_refused() -> None:
     assert "lifetime is not one the workers accept" in refusal(
         authenticated(), proven(token), "approve", GATE
     )
+
+
+def test_a_name_claim_longer_than_a_name_is_refused() -> None:
+    claims = ProofClaims(
+        iss=MAKER.authority.issuer,
+        aud="phasegate",
+        idp=ISSUER,
+        claims={"email": "a" * 257},
+        launch="launch-1",
+        run="run-1",
+        act="approve",
+        target="soft-launch.before",
+        iat=int(NOW.timestamp()) - 10,
+        exp=int(NOW.timestamp()) + 300,
+        jti="0123456789",
+    )
+    token = sign_proof(claims, MAKER.key, MAKER.kid)
+    assert "'email' claim is longer than 256 characters" in refusal(
+        authenticated(), proven(token), "approve", GATE
+    )
