@@ -13,6 +13,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.options import SECOND, activity_options
+from activities.redaction import HTTP_CLIENT_LOGGERS, keep_out_of_logs, redact
 from activities.secrets import resolve_secret
 from schemas.health_messages import AlertBatch, AlertState, LedgerDelivery, LedgerInput
 
@@ -81,11 +82,24 @@ class AlertActivities:
             name: resolve_secret(ref, where=f"alerts.receivers.{receiver.name}.headers.{name}")
             for name, ref in receiver.headers.items()
         }
+        # A header value must not come back in a failure or a log line (h11 quotes a header
+        # value it refuses; httpcore's traces show them).
+        secrets = list(headers.values())
+        keep_out_of_logs(secrets, HTTP_CLIENT_LOGGERS)
         body: Any = (
             alertmanager_payload(batch) if receiver.kind == "alertmanager" else slack_payload(batch)
         )
-        response = await self._http.post(receiver.url, json=body, headers=headers, timeout=10)
-        response.raise_for_status()
+        try:
+            response = await self._http.post(receiver.url, json=body, headers=headers, timeout=10)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as err:
+            raise ConnectionError(
+                redact(f"alerts.receivers.{receiver.name}: {type(err).__name__}: {err}", secrets)
+            ) from None
+        if response.is_error:
+            raise ConnectionError(
+                f"alerts.receivers.{receiver.name}: answered HTTP {response.status_code} "
+                f"{response.reason_phrase}"
+            )
         return len(batch.alerts)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.errors import ConfigurationError, RouterError
+from activities.limits import WorkerLimits
 from schemas.routing_messages import RouterSnapshot
 from schemas.targets import FlagdRouter
 
@@ -79,7 +80,11 @@ def canary_weight(definition: dict[str, Any] | None, spec: FlagdRouter) -> float
 
 
 class FlagdFileRouter:
-    """Reads and writes one flag inside a flagd flag file, leaving any other flags alone."""
+    """Reads and writes one flag inside a flagd flag file, leaving any other flags alone.
+    With `limits` (the worker's), only flag files inside their `files.flags` folders."""
+
+    def __init__(self, limits: WorkerLimits | None = None) -> None:
+        self._limits = limits
 
     def snapshot(self, spec: FlagdRouter) -> RouterSnapshot:
         with self._locked(spec):
@@ -149,9 +154,11 @@ class FlagdFileRouter:
                 os.unlink(temp_name)
             raise
 
-    @staticmethod
     @contextlib.contextmanager
-    def _locked(spec: FlagdRouter) -> Iterator[None]:
+    def _locked(self, spec: FlagdRouter) -> Iterator[None]:
+        problem = self._limits.flag_file_problem(spec.flag_file) if self._limits else None
+        if problem is not None:
+            raise ConfigurationError(f"flag file {problem}")
         path = Path(spec.flag_file)
         if not path.parent.is_dir():
             raise ConfigurationError(

@@ -35,8 +35,11 @@ from activities.kube_client import (
     api_client_from_kubeconfig,
     metadata_of,
 )
+from activities.limits import in_force
 from activities.options import MINUTE, SECOND, activity_options
+from activities.redaction import kept_out
 from activities.secrets import resolve_secret
+from schemas.budget import MANIFEST_OBJECTS
 from schemas.kube_messages import (
     AppliedObject,
     ApplyObjectRequest,
@@ -228,6 +231,9 @@ class KubeActivities:
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": request.namespace}}
         ]
         for path in request.paths:
+            problem = in_force().read_problem(path)
+            if problem is not None:
+                raise ConfigurationError(f"manifest {path}: {problem}")
             try:
                 documents = list(yaml.safe_load_all(Path(path).read_text()))
             except OSError as err:
@@ -244,11 +250,15 @@ class KubeActivities:
                     "name"
                 ):
                     raise ConfigurationError(f"{where}: needs apiVersion and metadata.name")
-                if document["kind"] == "Secret":
+                if _holds_secret_data(document):
                     raise ConfigurationError(
                         f"{where}: Secrets do not belong in manifests (their values would enter "
                         "the launch history); declare them under the phase's `secrets` with "
                         "env/file references"
+                    )
+                if str(document["kind"]).endswith("List") or "items" in document:
+                    raise ConfigurationError(
+                        f"{where}: a list of objects; give each object a document of its own"
                     )
                 if document["kind"] == "Namespace":
                     raise ConfigurationError(
@@ -262,6 +272,11 @@ class KubeActivities:
                         f"{request.namespace!r}"
                     )
                 objects.append(obj)
+        if len(objects) - 1 > MANIFEST_OBJECTS:
+            raise ConfigurationError(
+                f"manifests: {len(objects) - 1} objects; a phase applies at most "
+                f"{MANIFEST_OBJECTS} (its launch's history is budgeted for that many)"
+            )
         resolved = []
         for obj in _ordered(objects):
             if obj["kind"] != "Namespace":
@@ -299,7 +314,14 @@ class KubeActivities:
 
     @activity.defn(name="apply_object")
     def apply_object(self, request: ApplyObjectRequest) -> AppliedObject:
-        """Server-side apply under the `phasegate` field manager; applying twice changes nothing."""
+        """Server-side apply under the `phasegate` field manager; applying twice changes nothing.
+        Never a Secret: its values would be in this activity's input (`apply_secret` takes
+        references instead)."""
+        if _holds_secret_data(request.object):
+            raise ConfigurationError(
+                f"{KubeObjectRef.of(request.object).describe()}: a Secret is applied from "
+                "references by apply_secret, never as an object"
+            )
         ref = KubeObjectRef.of(request.object)
         return self._apply(ref, request.object)
 
@@ -321,7 +343,9 @@ class KubeActivities:
             request.launch_id,
             request.service,
         )
-        return self._apply(KubeObjectRef.of(body), body)
+        # The API server may quote what it refuses; the values stay out of the failure.
+        with kept_out(data.values()):
+            return self._apply(KubeObjectRef.of(body), body)
 
     @activity.defn(name="restore_object")
     def restore_object(self, request: RestoreObjectRequest) -> AppliedObject:
@@ -529,6 +553,11 @@ def label_selector(selector: client.V1LabelSelector) -> str:
             }[expression.operator]
         )
     return ",".join(terms)
+
+
+def _holds_secret_data(obj: dict[str, Any]) -> bool:
+    """A Secret or a list of them, however the kind is spelt."""
+    return str(obj.get("kind", "")).lower() in ("secret", "secretlist")
 
 
 def _json(obj: dict[str, Any]) -> str:

@@ -15,13 +15,17 @@ from prometheus_api_client import PrometheusConnect
 from temporalio import activity, workflow
 from urllib3.util.retry import Retry
 
+from activities.limits import WorkerLimits
 from activities.options import SECOND, activity_options
+from activities.redaction import keep_out_of_logs, kept_out, redact, resolve_url
 from activities.secrets import resolve_secret
 from schemas.analysis_spec import VARIANT_PLACEHOLDER
 from schemas.metrics_messages import MetricQuery, MetricReading, TargetsUp, TargetsUpRequest
 from schemas.targets import PrometheusTarget
 
 METRICS_OPTIONS = activity_options(20 * SECOND, attempts=2, first_retry=SECOND / 5)
+# The loggers that write a request's path and query when the Prometheus client retries it.
+URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry")
 
 
 def targets_options(timeout: timedelta) -> workflow.ActivityConfig:
@@ -38,30 +42,41 @@ def render_query(template: str, variant: str) -> str:
 
 
 class MetricsActivities:
-    """Prometheus queries; one `PrometheusConnect` per server and token is kept and reused."""
+    """Prometheus queries; one `PrometheusConnect` per server and token is kept and reused.
+    The URL (when given as a secret) and the token stay out of every reading and failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: WorkerLimits | None = None) -> None:
+        # With the worker's limits, every query first checks where Prometheus resolves to now.
+        self._limits = limits
         self._clients: dict[tuple[str, str | None], PrometheusConnect] = {}
         self._lock = threading.Lock()
 
-    def _client(self, target: PrometheusTarget) -> PrometheusConnect:
+    def _client(self, target: PrometheusTarget) -> tuple[PrometheusConnect, list[str]]:
+        """The client for `target`, and the secret values its errors must not quote."""
+        url, secrets = resolve_url(target.url, where="targets.prometheus.url")
+        if self._limits is not None:
+            shown = None if isinstance(target.url, str) else "the URL in this secret"
+            self._limits.network.check_url(url, where="targets.prometheus.url", shown=shown)
         token = (
             resolve_secret(target.bearer_token, where="targets.prometheus.bearer_token")
             if target.bearer_token
             else None
         )
-        key = (target.url, token)
+        if token:
+            secrets.append(token)
+        keep_out_of_logs(secrets, URLLIB3_LOGGERS)
+        key = (url, token)
         with self._lock:
             if key not in self._clients:
                 headers = {"Authorization": f"Bearer {token}"} if token else None
                 self._clients[key] = PrometheusConnect(
-                    url=target.url,
+                    url=url,
                     headers=headers,
                     # One quick retry at most: the analysis loop counts errors itself.
                     retry=Retry(total=1, backoff_factor=0.1, status_forcelist=[502, 503, 504]),
                     timeout=max(1, int(target.timeout.total_seconds())),
                 )
-            return self._clients[key]
+            return self._clients[key], secrets
 
     def _scalar(self, client: PrometheusConnect, query: str) -> float | None:
         result = client.custom_query(query)
@@ -81,7 +96,7 @@ class MetricsActivities:
 
     @activity.defn(name="query_metric")
     def query_metric(self, request: MetricQuery) -> MetricReading:
-        client = self._client(request.prometheus)
+        client, secrets = self._client(request.prometheus)
         canary_query = render_query(request.spec.query, request.canary_variant)
         try:
             value = self._scalar(client, canary_query)
@@ -91,19 +106,21 @@ class MetricsActivities:
                 else None
             )
         except Exception as err:
-            activity.logger.warning("metric %s: %s", request.metric, err)
-            return MetricReading(error=f"{type(err).__name__}: {err}"[:500], query=canary_query)
+            error = redact(f"{type(err).__name__}: {err}", secrets)
+            activity.logger.warning("metric %s: %s", request.metric, error)
+            return MetricReading(error=error[:500], query=canary_query)
         return MetricReading(value=value, baseline=baseline, query=canary_query)
 
     @activity.defn(name="check_targets_up")
     def check_targets_up(self, request: TargetsUpRequest) -> TargetsUp:
         """How many targets of each job Prometheus scrapes successfully; raises while a job
         has none up (Prometheus unreachable included), so the retry policy polls."""
-        client = self._client(request.prometheus)
+        client, secrets = self._client(request.prometheus)
         up: dict[str, int] = {}
         for job in request.jobs:
             escaped = job.replace("\\", "\\\\").replace('"', '\\"')
-            series = client.custom_query(f'up{{job="{escaped}"}} == 1')
+            with kept_out(secrets):
+                series = client.custom_query(f'up{{job="{escaped}"}} == 1')
             up[job] = len(series)
         down = [job for job, count in up.items() if count == 0]
         if down:

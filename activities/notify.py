@@ -11,8 +11,10 @@ from temporalio import activity
 
 from activities.errors import ConfigurationError
 from activities.options import SECOND, activity_options
+from activities.redaction import HTTP_CLIENT_LOGGERS, keep_out_of_logs, redact, resolve_url
 from activities.secrets import resolve_secret
 from schemas.notify_messages import Notification, NotificationResult
+from schemas.targets import describe_url
 
 NOTIFY_OPTIONS = activity_options(30 * SECOND, attempts=3)
 
@@ -36,15 +38,28 @@ class NotifyActivities:
         for hook in note.webhooks:
             if note.event not in hook.events:
                 continue
+            # A secret URL or header value must not come back in the failure (httpx names the
+            # URL, h11 quotes a header value it refuses).
+            secrets: list[str] = []
             try:
+                url, secrets = resolve_url(hook.url, where=f"notifications.{hook.name}.url")
                 headers = {
                     name: resolve_secret(ref, where=f"notifications.{hook.name}.headers.{name}")
                     for name, ref in hook.headers.items()
                 }
-                response = await self._http.post(hook.url, json=body, headers=headers, timeout=10)
-                response.raise_for_status()
-                result.delivered.append(hook.name)
-            except (httpx.HTTPError, ConfigurationError) as err:
-                activity.logger.warning("webhook %s failed: %s", hook.name, err)
-                result.failed[hook.name] = f"{type(err).__name__}: {err}"[:300]
+                secrets += headers.values()
+                keep_out_of_logs(secrets, HTTP_CLIENT_LOGGERS)
+                response = await self._http.post(url, json=body, headers=headers, timeout=10)
+                if response.is_error:
+                    failure = f"answered HTTP {response.status_code} {response.reason_phrase}"
+                else:
+                    result.delivered.append(hook.name)
+                    continue
+            except (httpx.HTTPError, httpx.InvalidURL, ConfigurationError, ValueError) as err:
+                failure = f"{type(err).__name__}: {err}"
+            failure = redact(failure, secrets)[:300]
+            activity.logger.warning(
+                "webhook %s (%s) failed: %s", hook.name, describe_url(hook.url), failure
+            )
+            result.failed[hook.name] = failure
         return result

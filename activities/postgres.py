@@ -5,11 +5,18 @@ subprocesses. Every activity is idempotent: the ledger table records each script
 the script's own transaction where it allows one) and the cutover switch, the backup is written
 once per launch and phase and recorded next to itself, and a restore converges on the
 fingerprint taken in the backup's own snapshot.
+
+What leaves an activity (results, failures, logs) carries counts, checksums and names only:
+never a DSN or its password (every failure passes `kept_out` of both DSNs, and a DSN psycopg
+cannot parse gets a fixed message), and never a row value (the server's DETAIL and CONTEXT,
+which quote rows, are withheld, and invariants report how many rows they returned).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
 import hashlib
 import os
 import re
@@ -17,10 +24,10 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, LiteralString
+from typing import Any, Literal, LiteralString, Protocol, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -28,9 +35,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from temporalio import activity
 
 from activities.errors import ConfigurationError, MigrationError, WritesAfterCutover
+from activities.limits import in_force
 from activities.options import HOUR, MINUTE, SECOND, activity_options
+from activities.redaction import describe_ref, kept_out, redact
 from activities.secrets import resolve_secret
-from schemas.basics import SecretRef
 from schemas.migration_messages import (
     AppliedScript,
     BackupRecord,
@@ -78,6 +86,9 @@ CUTOVER_VERSION = "cutover"
 
 def discover_scripts(folder: str) -> list[MigrationScript]:
     """The folder's `NNN_name.sql` files in version order; anything odd is a clear error."""
+    problem = in_force().read_problem(folder)
+    if problem is not None:
+        raise ConfigurationError(f"migrations folder {folder}: {problem}")
     root = Path(folder)
     if not root.is_dir():
         raise ConfigurationError(f"migrations folder {folder} does not exist")
@@ -122,6 +133,16 @@ def _version(path: Path) -> str:
     return path.name.split("_", 1)[0]
 
 
+def _backup_folder(folder: str) -> Path:
+    """The backup folder, made if missing, once the worker's limits allow writing there."""
+    problem = in_force().backup_problem(folder)
+    if problem is not None:
+        raise ConfigurationError(f"backup folder {folder}: {problem}")
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _script_text(folder: str, script: MigrationScript, *, down: bool = False) -> str:
     path = Path(folder) / f"{script.version}_{script.name}{'.down' if down else ''}.sql"
     text = path.read_text()
@@ -134,9 +155,85 @@ def _script_text(folder: str, script: MigrationScript, *, down: bool = False) ->
 
 # --- connections, heartbeats, subprocesses ----------------------------------------------
 
+Role = Literal["source", "target"]
+
 
 def _identifier(name: str) -> sql.Identifier:
     return sql.Identifier(*name.split("."))
+
+
+def _field(where: MigrationTarget, role: Role) -> str:
+    """The plan field a DSN comes from, as `<phase>.source` or `<phase>.target` (a phase
+    without a `target` migrates its source)."""
+    if role == "target" and where.target == where.source:
+        role = "source"
+    return f"{where.phase}.{role}"
+
+
+def _dsn(where: MigrationTarget, role: Role) -> dict[str, str]:
+    """The DSN's settings, or a fixed message naming the field: psycopg's own parse errors
+    quote the text around the mistake, which can be the password."""
+    ref = where.source if role == "source" else where.target
+    field = _field(where, role)
+    dsn = resolve_secret(ref, where=field)
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    except psycopg.Error:
+        raise ConfigurationError(
+            f"{field}: not a valid PostgreSQL connection string (the secret {describe_ref(ref)}); "
+            "write key=value settings (host, port, dbname, user, password) or a postgresql:// URI"
+        ) from None
+    # Checked again here, not only when the launch started: the limits or the secret may
+    # have changed since.
+    problem = in_force().database_problem(dsn)
+    if problem is not None:
+        raise ConfigurationError(f"{field}: {problem}")
+    return params
+
+
+def _dsn_secrets(where: MigrationTarget) -> list[str]:
+    """Both DSNs and their passwords, to keep out of everything an activity reports."""
+    secrets: list[str] = []
+    for ref in (where.source, where.target):
+        try:
+            dsn = resolve_secret(ref, where="")
+        except ConfigurationError:
+            continue
+        secrets.append(dsn)
+        with contextlib.suppress(psycopg.Error):
+            secrets.append(str(conninfo_to_dict(dsn).get("password") or ""))
+    return secrets
+
+
+class _Located(Protocol):
+    @property
+    def where(self) -> MigrationTarget: ...
+
+
+R = TypeVar("R", bound=_Located)
+T = TypeVar("T")
+
+
+def _dsns_kept_out(
+    activity_method: Callable[[PostgresActivities, R], T],
+) -> Callable[[PostgresActivities, R], T]:
+    """Whatever the activity raises says nothing of the request's DSNs."""
+
+    @functools.wraps(activity_method)
+    def run(self: PostgresActivities, request: R) -> T:
+        with kept_out(_dsn_secrets(request.where)):
+            return activity_method(self, request)
+
+    return run
+
+
+def _without_row_values(text: str) -> str:
+    """A server or pg_dump/pg_restore message without the lines that can quote rows."""
+    return "\n".join(
+        line
+        for line in text.splitlines()
+        if not re.match(r"^\s*(DETAIL|CONTEXT|Command was|LINE \d+):", line)
+    )
 
 
 @contextmanager
@@ -175,40 +272,60 @@ class PostgresActivities:
         return found
 
     def _connect(
-        self, ref: SecretRef, where: str, *, application: str = "phasegate"
+        self,
+        where: MigrationTarget,
+        role: Role,
+        *,
+        application: str = "phasegate",
+        dbname: str | None = None,
     ) -> psycopg.Connection[Any]:
-        dsn = resolve_secret(ref, where=where)
+        params = _dsn(where, role)
+        if dbname is not None:
+            params["dbname"] = dbname
+            problem = in_force().database_problem(make_conninfo("", **params))
+            if problem is not None:
+                raise ConfigurationError(f"{_field(where, role)}: {problem}")
         try:
             return psycopg.connect(
-                dsn, autocommit=True, application_name=application, connect_timeout=10
+                make_conninfo("", **params),
+                autocommit=True,
+                application_name=application,
+                connect_timeout=10,
             )
-        except psycopg.OperationalError as err:
-            # Retryable: the database may be restarting; the message names which one.
-            raise ConnectionError(f"{where}: cannot connect: {str(err).strip()}") from None
+        except psycopg.Error as err:
+            message = redact(_without_row_values(str(err).strip()), _dsn_secrets(where))
+            if isinstance(err, psycopg.OperationalError):
+                # Retryable: the database may be restarting; the message names which one.
+                raise ConnectionError(f"{_field(where, role)}: cannot connect: {message}") from None
+            raise ConfigurationError(
+                f"{_field(where, role)}: not a usable PostgreSQL connection string: {message}"
+            ) from None
 
-    def _run_tool(self, argv: list[str], ref: SecretRef, where: str, progress: list[Any]) -> str:
-        """Run pg_dump/pg_restore with the DSN's password in the environment, heartbeating."""
-        params = conninfo_to_dict(resolve_secret(ref, where=where))
+    def _run_tool(self, argv: list[str], where: MigrationTarget, progress: list[Any]) -> str:
+        """Run pg_dump/pg_restore on the target with the DSN's password in the environment,
+        heartbeating."""
+        params = _dsn(where, "target")
         password = params.pop("password", None)
-        env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+        env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
         argv = [*argv, f"--dbname={make_conninfo('', **params)}"]
         with _heartbeating(progress):
             done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
-            raise RuntimeError(
-                f"{Path(argv[0]).name} failed ({done.returncode}): {done.stderr.strip()[-1500:]}"
-            )
+            stderr = redact(_without_row_values(done.stderr.strip()), _dsn_secrets(where))
+            raise RuntimeError(f"{Path(argv[0]).name} failed ({done.returncode}): {stderr[-1500:]}")
         return done.stdout
 
     # --- preflight --------------------------------------------------------------------
 
     @activity.defn(name="preflight_migration")
+    @_dsns_kept_out
     def preflight_migration(self, request: PreflightRequest) -> PreflightReport:
         where = request.where
         scripts = discover_scripts(where.migrations)
         versions: dict[str, str] = {}
-        for role, ref in (("source", where.source), ("target", where.target)):
-            with self._connect(ref, f"{role} database") as conn:
+        roles: tuple[Role, ...] = ("source", "target")
+        for role in roles:
+            with self._connect(where, role) as conn:
                 number = int(_scalar(conn, "SHOW server_version_num"))
                 versions[role] = str(_scalar(conn, "SHOW server_version"))
                 if request.min_server_version and number < request.min_server_version:
@@ -226,8 +343,7 @@ class PostgresActivities:
                         )
                     size = int(_scalar(conn, "SELECT pg_database_size(current_database())"))
                     applied = self._check_ledger(conn, where, scripts)
-        backup_dir = Path(request.backup_dir)
-        backup_dir.mkdir(parents=True, exist_ok=True)
+        backup_dir = _backup_folder(request.backup_dir)
         free = shutil.disk_usage(backup_dir).free
         if free < size:
             raise MigrationError(
@@ -292,11 +408,11 @@ class PostgresActivities:
     # --- backup -----------------------------------------------------------------------
 
     @activity.defn(name="backup_database")
+    @_dsns_kept_out
     def backup_database(self, request: BackupRequest) -> BackupRecord:
         """pg_dump -Fc of the target in the same snapshot as its fingerprint; verified."""
         where = request.where
-        folder = Path(request.backup_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = _backup_folder(request.backup_dir)
         path = folder / f"{where.launch_id}.{where.phase}.dump"
         sidecar = path.with_suffix(".json")
         if sidecar.exists() and path.exists():
@@ -305,7 +421,7 @@ class PostgresActivities:
                 activity.logger.info("backup %s already taken and intact", path)
                 return recorded
         started = time.monotonic()
-        with self._connect(where.target, "target database", application="phasegate-backup") as conn:
+        with self._connect(where, "target", application="phasegate-backup") as conn:
             conn.autocommit = False
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
@@ -315,8 +431,7 @@ class PostgresActivities:
             partial = path.with_suffix(".partial")
             self._run_tool(
                 [self._tool("pg_dump"), "-Fc", f"--snapshot={snapshot}", "-f", str(partial)],
-                where.target,
-                "target database",
+                where,
                 ["backing up"],
             )
             conn.rollback()
@@ -359,13 +474,14 @@ class PostgresActivities:
     # --- migrate ----------------------------------------------------------------------
 
     @activity.defn(name="apply_migrations")
+    @_dsns_kept_out
     def apply_migrations(self, request: MigrateRequest) -> MigrateResult:
         """Apply each script once, in order, recorded in the ledger; skip what it records."""
         where = request.where
         application = f"phasegate-migrate/{where.launch_id}/{where.phase}"[:63]
         result = MigrateResult()
         progress: list[Any] = ["starting"]
-        with self._connect(where.target, "target database", application=application) as conn:
+        with self._connect(where, "target", application=application) as conn:
             self._stop_earlier_attempts(conn, application)
             self._ensure_ledger(conn, where.ledger_table)
             self._check_ledger(conn, where, request.scripts)
@@ -440,6 +556,7 @@ class PostgresActivities:
     # --- verify -----------------------------------------------------------------------
 
     @activity.defn(name="verify_migration")
+    @_dsns_kept_out
     def verify_migration(self, request: VerifyRequest) -> VerificationReport:
         """Counts and checksums source vs target, then the invariants; a mismatch fails."""
         where = request.where
@@ -448,8 +565,8 @@ class PostgresActivities:
         problems: list[str] = []
         progress: list[Any] = ["verifying"]
         with (
-            self._connect(where.source, "source database") as source,
-            self._connect(where.target, "target database") as target,
+            self._connect(where, "source") as source,
+            self._connect(where, "target") as target,
             _heartbeating(progress),
         ):
             for check in request.tables:
@@ -487,12 +604,14 @@ class PostgresActivities:
                     raise MigrationError(
                         f"invariant {invariant.name} could not run: {_describe(err)}"
                     ) from None
+                # How many rows, never what they hold: row values stay in the database.
+                returned = f"{len(rows)}{' or more' if len(rows) == 3 else ''} row(s)"
                 if invariant.expect == "no_rows":
                     holds = not rows
-                    detail = f"returned rows, e.g. {[tuple(row) for row in rows]}"
+                    detail = f"returned {returned}; none wanted"
                 else:
                     holds = len(rows) == 1 and rows[0][0] is True
-                    detail = f"returned {[tuple(row) for row in rows]} instead of one `true`"
+                    detail = f"returned {_shape(rows, returned)} instead of one `true`"
                 report.invariants[invariant.name] = holds
                 if not holds:
                     problems.append(f"invariant {invariant.name} {detail}")
@@ -504,10 +623,11 @@ class PostgresActivities:
     # --- cutover by SQL ---------------------------------------------------------------
 
     @activity.defn(name="cut_over_sql")
+    @_dsns_kept_out
     def cut_over_sql(self, request: SqlSwitchRequest) -> SqlSwitchResult:
         """Run the forward switch once: it and its ledger row commit together."""
         where = request.where
-        with self._connect(where.target, "target database") as conn:
+        with self._connect(where, "target") as conn:
             self._ensure_ledger(conn, where.ledger_table)
             with conn.transaction():
                 if CUTOVER_VERSION in self._ledger_rows(conn, where.ledger_table):
@@ -527,10 +647,11 @@ class PostgresActivities:
         return SqlSwitchResult(changed=True)
 
     @activity.defn(name="switch_back_sql")
+    @_dsns_kept_out
     def switch_back_sql(self, request: SqlSwitchRequest) -> SqlSwitchResult:
         """Run the backward switch if (and only if) the forward one is recorded."""
         where = request.where
-        with self._connect(where.target, "target database") as conn, conn.transaction():
+        with self._connect(where, "target") as conn, conn.transaction():
             if CUTOVER_VERSION not in self._ledger_rows(conn, where.ledger_table):
                 return SqlSwitchResult(changed=False)
             _run_switch(conn, request.switch.backward, "switching back failed")
@@ -545,6 +666,7 @@ class PostgresActivities:
     # --- writes after cutover -----------------------------------------------------------
 
     @activity.defn(name="check_writes_since_cutover")
+    @_dsns_kept_out
     def check_writes_since_cutover(self, request: WritesGuardRequest) -> WritesGuardResult:
         """Refuse to go on with the restore while migrated tables hold rows written after
         cutover: they are saved to a dump next to the backup and the counts named, and a
@@ -552,7 +674,7 @@ class PostgresActivities:
         where = request.where
         changed: list[str] = []
         tables: list[str] = []
-        with self._connect(where.target, "target database") as conn:
+        with self._connect(where, "target") as conn:
             if _scalar(conn, "SELECT to_regclass(%s)", (where.ledger_table,)) is None:
                 return WritesGuardResult()  # restored already: nothing of the migration is left
             for seen in request.at_cutover:
@@ -569,7 +691,10 @@ class PostgresActivities:
                     tables.append(seen.target_table)
         if not changed:
             return WritesGuardResult(unchanged=[seen.target_table for seen in request.at_cutover])
-        saved = Path(request.backup_dir) / f"{where.launch_id}.{where.phase}.after-cutover.dump"
+        saved = (
+            _backup_folder(request.backup_dir)
+            / f"{where.launch_id}.{where.phase}.after-cutover.dump"
+        )
         self._run_tool(
             [
                 self._tool("pg_dump"),
@@ -579,8 +704,7 @@ class PostgresActivities:
                 "-f",
                 str(saved),
             ],
-            where.target,
-            "target database",
+            where,
             ["saving rows written after cutover"],
         )
         raise WritesAfterCutover(
@@ -595,6 +719,7 @@ class PostgresActivities:
     # --- restore ----------------------------------------------------------------------
 
     @activity.defn(name="restore_database")
+    @_dsns_kept_out
     def restore_database(self, request: RestoreDatabaseRequest) -> RestoreReport:
         """Back to the fingerprint of the backup: by down scripts when every applied script
         has one, else from the verified backup; then the counts and checksums must match."""
@@ -607,9 +732,7 @@ class PostgresActivities:
             method: Literal["nothing_applied", "down_scripts", "backup"] = "nothing_applied"
             reverted: list[str] = []
             if self._database_exists(where, backup.database):
-                with self._connect(
-                    where.target, "target database", application=application
-                ) as conn:
+                with self._connect(where, "target", application=application) as conn:
                     self._stop_earlier_attempts(conn, application)
                     rows = self._ledger_rows(conn, where.ledger_table)
                     ours = [
@@ -642,7 +765,7 @@ class PostgresActivities:
             if method == "backup":
                 progress[0] = f"restoring {backup.path}"
                 self._restore_backup(where, backup, progress)
-                with self._connect(where.target, "target database") as conn:
+                with self._connect(where, "target") as conn:
                     problems = expected.differences(_fingerprint(conn, where.ledger_table))
                 if problems:
                     raise MigrationError(
@@ -680,13 +803,8 @@ class PostgresActivities:
         if not self._ledger_rows(conn, ledger):
             conn.execute(sql.SQL("DROP TABLE {}").format(_identifier(ledger)))
 
-    def _maintenance_ref(self, where: MigrationTarget) -> str:
-        params = conninfo_to_dict(resolve_secret(where.target, where="target database"))
-        params["dbname"] = "postgres"
-        return make_conninfo("", **params)
-
     def _database_exists(self, where: MigrationTarget, database: str) -> bool:
-        with psycopg.connect(self._maintenance_ref(where), autocommit=True) as conn:
+        with self._connect(where, "target", dbname="postgres") as conn:
             return bool(_scalar(conn, "SELECT 1 FROM pg_database WHERE datname = %s", (database,)))
 
     def _restore_backup(
@@ -700,13 +818,12 @@ class PostgresActivities:
                 f"{backup.sha256}; restore it from its copy and retry this undo"
             )
         name = sql.Identifier(backup.database)
-        with psycopg.connect(self._maintenance_ref(where), autocommit=True) as conn:
+        with self._connect(where, "target", dbname="postgres") as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
         self._run_tool(
             [self._tool("pg_restore"), "--exit-on-error", "--single-transaction", str(path)],
-            where.target,
-            "target database",
+            where,
             progress,
         )
 
@@ -781,6 +898,18 @@ def _fingerprint(conn: psycopg.Connection[Any], ledger: str) -> DatabaseFingerpr
     return result
 
 
+def _shape(rows: list[Any], returned: str) -> str:
+    """What a query meant to return one `true` returned instead, without quoting a value."""
+    if len(rows) != 1 or not rows[0]:
+        return returned
+    value = rows[0][0]
+    if value is None or isinstance(value, bool):
+        return {None: "null", False: "false", True: "true"}[value] + (
+            f" and {len(rows[0]) - 1} more column(s)" if len(rows[0]) > 1 else ""
+        )
+    return f"a {type(value).__name__}"
+
+
 def _run_switch(conn: psycopg.Connection[Any], text: str, failure: str) -> None:
     """Run one side of a plan's SQL switch; a database error is the migration's failure."""
     try:
@@ -790,11 +919,25 @@ def _run_switch(conn: psycopg.Connection[Any], text: str, failure: str) -> None:
 
 
 def _describe(err: psycopg.Error) -> str:
+    """The server's message with what it names (table, column, constraint), never the rows:
+    its DETAIL (`Failing row contains (...)`, `Key (id)=(5)`) and CONTEXT are left out, and a
+    data exception's quoted value (`invalid input syntax for type integer: "abc"`) hidden."""
     diag = err.diag
-    message = diag.message_primary or str(err).strip()
+    message = diag.message_primary or _without_row_values(str(err).strip())
+    if (diag.sqlstate or "").startswith("22"):
+        message = re.sub(r'"[^"]*"', '"…"', message)
     parts = [message]
-    if diag.message_detail:
-        parts.append(diag.message_detail)
+    named = [
+        f"{label} {value}"
+        for label, value in (
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+            ("constraint", diag.constraint_name),
+        )
+        if value
+    ]
+    if named:
+        parts.append(", ".join(named))
     if diag.sqlstate:
         parts.append(f"SQLSTATE {diag.sqlstate}")
     return " — ".join(parts)

@@ -25,7 +25,9 @@ from cryptography import x509
 from temporalio import activity, workflow
 
 from activities.errors import ConfigurationError
+from activities.limits import WorkerLimits, guarded_transport
 from activities.options import MINUTE, SECOND, activity_options
+from activities.redaction import HTTP_CLIENT_LOGGERS, keep_out_of_logs, redact
 from activities.secrets import resolve_secret
 from schemas.basics import SecretRef
 from schemas.health_messages import HttpProbe, HttpProbeResult
@@ -282,17 +284,26 @@ def _secret(ref: SecretRef | None, where: str) -> str | None:
 
 
 class ProbeActivities:
-    """HTTP(S) probes share one client per trust bundle: the injected one for the system CAs."""
+    """HTTP(S) probes share one client per trust bundle: the injected one for the system CAs.
+    With the worker's `limits`, the other clients and TLS handshakes reach only what they allow.
+    """
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, limits: WorkerLimits | None = None) -> None:
         self._http = http
+        self._limits = limits
         self._by_ca: dict[str, httpx.AsyncClient] = {}
 
     def _client(self, ca_file: str | None) -> httpx.AsyncClient:
         if ca_file is None:
             return self._http
         if ca_file not in self._by_ca:
-            self._by_ca[ca_file] = httpx.AsyncClient(verify=trust(ca_file), timeout=REQUEST_TIMEOUT)
+            verify = trust(ca_file)
+            transport = (
+                guarded_transport(self._limits.network, verify=verify) if self._limits else None
+            )
+            self._by_ca[ca_file] = httpx.AsyncClient(
+                verify=verify, transport=transport, timeout=REQUEST_TIMEOUT
+            )
         return self._by_ca[ca_file]
 
     async def aclose(self) -> None:
@@ -303,12 +314,14 @@ class ProbeActivities:
     async def _status(
         self, ca_file: str | None, method: str, url: str, headers: dict[str, str]
     ) -> tuple[int | None, str]:
+        keep_out_of_logs(headers.values(), HTTP_CLIENT_LOGGERS)
         try:
             response = await self._client(ca_file).request(
                 method, url, headers=headers, timeout=REQUEST_TIMEOUT
             )
         except httpx.HTTPError as err:
-            return None, f"{type(err).__name__}: {err}"
+            # h11 quotes a header value it refuses: a token must not come back that way.
+            return None, redact(f"{type(err).__name__}: {err}", headers.values())
         return response.status_code, ""
 
     @activity.defn(name="probe_http")
@@ -320,6 +333,7 @@ class ProbeActivities:
             name: resolve_secret(ref, where=f"checks.{check.name}.headers.{name}")
             for name, ref in check.headers.items()
         }
+        keep_out_of_logs(headers.values(), HTTP_CLIENT_LOGGERS)
         try:
             http = self._client(check.ca_file)
         except ConfigurationError as err:
@@ -336,11 +350,9 @@ class ProbeActivities:
                 expires_at = _certificate_expiry(response)
                 await response.aread()
         except httpx.HTTPError as err:
-            activity.logger.info("probe %s: %s", check.name, err)
-            return HttpProbeResult(
-                latency_seconds=time.monotonic() - started,
-                error=f"{type(err).__name__}: {err}"[:300],
-            )
+            error = redact(f"{type(err).__name__}: {err}", headers.values())
+            activity.logger.info("probe %s: %s", check.name, error)
+            return HttpProbeResult(latency_seconds=time.monotonic() - started, error=error[:300])
         return HttpProbeResult(
             status_code=response.status_code,
             latency_seconds=time.monotonic() - started,
@@ -349,6 +361,10 @@ class ProbeActivities:
 
     @activity.defn(name="check_tls")
     async def check_tls(self, probe: TlsProbe) -> CheckReport:
+        if self._limits is not None:
+            await self._limits.network.acheck_url(
+                probe.check.url, where=f"tls.{probe.check.id}.url"
+            )
         return CheckReport(findings=await probe_tls(probe.check, probe.ca_file))
 
     @activity.defn(name="check_headers")

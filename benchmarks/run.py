@@ -40,6 +40,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from activities.flags import FlagdFileRouter
+from activities.limits import FileLimits, NetworkLimits, WorkerLimits
 from benchmarks.baseline import SequenceWorkflow, SignalThenActivityWorkflow, noop
 from devstack.demo import demo_stack, example_plan
 from devstack.processes import start_temporal_dev_server
@@ -118,9 +119,9 @@ def reaction_plan(base: LaunchPlan) -> LaunchPlan:
             **data["analysis"]["error-rate"],
             "initial_delay": "2s",
             "interval": f"{ANALYSIS_INTERVAL_S:g}s",
-            "count": 600,
+            "count": 500,
             "failure_limit": 0,
-            "inconclusive_limit": 600,
+            "inconclusive_limit": 499,
             "consecutive_error_limit": 10,
         }
     }
@@ -297,6 +298,13 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+def bench_limits(workdir: Path) -> WorkerLimits:
+    """What the benchmark's plans touch: flag files in `workdir`, the loopback Prometheus."""
+    return WorkerLimits(
+        network=NetworkLimits(private=["127.0.0.1/32"]), files=FileLimits(flags=[str(workdir)])
+    )
+
+
 def machine() -> dict[str, Any]:
     meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
     return {
@@ -323,7 +331,7 @@ async def run(quick: bool) -> dict[str, Any]:
                     client,
                     task_queue=TASK_QUEUE,
                     workflows=[*WORKFLOWS, SequenceWorkflow, SignalThenActivityWorkflow],
-                    activities=[*activities(http, client), noop],
+                    activities=[*activities(http, client, limits=bench_limits(workdir)), noop],
                     activity_executor=executor,
                     interceptors=[RecordStarts(starts), SealInterceptor(load_keys(None))],
                 ),

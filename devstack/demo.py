@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from temporalio.client import Client
 
 from activities.flags import FlagdFileRouter
+from activities.limits import FileLimits, NetworkLimits, SecretLimits, WorkerLimits
 from devstack import authenticated_demo
 from devstack.authenticated_demo import SignInStack, start_sign_in_stack
 from devstack.processes import (
@@ -209,6 +210,8 @@ class DemoOptions:
     faulty: bool = False
     keep_running: bool = False
     worker_env: dict[str, str] = field(default_factory=dict)  # e.g. a database's DSN
+    # What the plan may touch beyond the demo stack (e.g. the migration's database and folders).
+    worker_limits: WorkerLimits = field(default_factory=WorkerLimits)
     temporal_port: int = 7233
     ui_port: int = 8233
     prometheus_port: int = 9090
@@ -305,6 +308,7 @@ async def run_demo(
                     workdir=options.workdir,
                     metrics_port=metrics_port,
                     extra_env=worker_env,
+                    limits=joined(demo_limits(stack, secure), options.worker_limits),
                 )
                 running.callback(worker.stop)
                 stack.extra.append(worker)
@@ -320,6 +324,36 @@ async def run_demo(
                 return final
     finally:
         server.stop()
+
+
+def demo_limits(stack: DemoStack, secure: SecureService | None = None) -> WorkerLimits:
+    """Only what the demo's plans need: the stack's loopback servers and flag file folder, and
+    with TLS the demo CA and the orders token (those files alone: a limits folder may be one
+    file)."""
+    return WorkerLimits(
+        network=NetworkLimits(private=[f"{LOOPBACK}/32"]),
+        files=FileLimits(
+            flags=[str(stack.flag_file.parent)],
+            read=[str(secure.ca_file)] if secure else [],
+        ),
+        secrets=SecretLimits(files=[str(secure.token_file)] if secure else []),
+    )
+
+
+def joined(*parts: WorkerLimits) -> WorkerLimits:
+    """Limits allowing what any of `parts` allows (every list put together)."""
+
+    def merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+        for key, value in extra.items():
+            if isinstance(value, dict):
+                merge(into.setdefault(key, {}), value)
+            else:
+                into[key] = [*into.get(key, []), *(v for v in value if v not in into.get(key, []))]
+
+    merged: dict[str, Any] = {}
+    for part in parts:
+        merge(merged, part.model_dump(exclude_defaults=True))
+    return WorkerLimits.model_validate(merged)
 
 
 def _start_sign_in(options: DemoOptions, say: Callable[[str], None]) -> SignInStack:

@@ -21,6 +21,7 @@ from rich.console import Console
 from temporalio.client import Client
 
 from activities.kube_client import api_client_from_kubeconfig
+from activities.limits import FileLimits, KubernetesLimits, SecretLimits, WorkerLimits
 from devstack.demo import auto_approve, example_plan
 from devstack.kube_cluster import ControlPlane, control_plane, start_control_plane
 from devstack.processes import (
@@ -40,6 +41,13 @@ from workers.settings import Settings
 kube_app = typer.Typer(
     help="The local Kubernetes control plane and the Kubernetes demo.", no_args_is_help=True
 )
+# Only what the example plan needs: its manifests, the Secret's password and its namespace.
+KUBE_DEMO_LIMITS = WorkerLimits(
+    secrets=SecretLimits(env=["CHECKOUT_DB_PASSWORD"]),
+    files=FileLimits(read=[str(example_plan("kube/manifests"))]),
+    kubernetes=KubernetesLimits(namespaces=["checkout"]),
+)
+
 console = Console()
 Workdir = Annotated[Path, typer.Option(help="Where certificates, etcd data and logs go.")]
 
@@ -93,6 +101,7 @@ async def _run(plane: ControlPlane, workdir: Path, reject: bool) -> LaunchStatus
         address=server.address,
         workdir=workdir,
         extra_env={"PHASEGATE_KUBECONFIG": str(plane.kubeconfig)},
+        limits=KUBE_DEMO_LIMITS,
     )
     try:
         settings = Settings(TEMPORAL_ADDRESS=server.address, PHASEGATE_UI_URL=server.url)

@@ -13,10 +13,11 @@ import typer
 import yaml
 from rich.text import Text
 
+from activities.limits import FileLimits, SecretLimits, WorkerLimits
 from devstack.checkout_db import seed_checkout
 from devstack.demo import DemoOptions, example_plan, run_demo
 from devstack.postgres_cluster import postgres_cluster
-from devstack.processes import LocalProcessError, run_stoppable, stop_on_signals
+from devstack.processes import LOOPBACK, LocalProcessError, run_stoppable, stop_on_signals
 from schemas.launch_messages import LaunchStatus
 from starters import launches
 from starters.output import fail, stdout
@@ -69,6 +70,7 @@ def demo(
                     plan=plan,
                     auto_approve=auto_approve,
                     worker_env={"CHECKOUT_DSN": dsn},
+                    worker_limits=_limits(plan, workdir, cluster.port),
                 )
                 final = run_stoppable(run_demo(options, say, on_status))
                 say(
@@ -94,6 +96,18 @@ def _cutover(dsn: str) -> str:
     reads = "orders_v2" if view and "orders_v2" in str(view[0]) else "orders"
     exists = "exists" if new_table and new_table[0] else "is gone"
     return f"checkout_orders reads {reads}; orders_v2 {exists}"
+
+
+def _limits(plan: Path, workdir: Path, port: int) -> WorkerLimits:
+    """What the migration needs beyond the demo stack: its DSN, its database (and the server's
+    `postgres` database a restore starts from), its scripts and its backups folder."""
+    phases = yaml.safe_load(plan.read_text())["phases"]
+    scripts = [p["migrations"] for p in phases if p["kind"] == "migration_cutover"]
+    return WorkerLimits(
+        secrets=SecretLimits(env=["CHECKOUT_DSN"]),
+        databases=[f"{LOOPBACK}:{port}/checkout", f"{LOOPBACK}:{port}/postgres"],
+        files=FileLimits(read=scripts, backups=[str(workdir / "backups")]),
+    )
 
 
 def _plan_in(workdir: Path) -> Path:

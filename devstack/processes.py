@@ -29,6 +29,7 @@ from typing import Any, Self, TypeVar
 import httpx
 import yaml
 
+from activities.limits import WorkerLimits
 from workers.settings import WORKER_READY_LINE
 from workflows.visibility import SEARCH_ATTRIBUTES
 
@@ -583,8 +584,11 @@ def start_worker(
     task_queue: str | None = None,
     metrics_port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
+    limits: WorkerLimits | None = None,
 ) -> ManagedProcess:
-    """`phasegate-worker` as its own process (so a test can SIGKILL it), ready when it polls."""
+    """`phasegate-worker` as its own process (so a test can SIGKILL it), ready when it polls.
+    With `limits`, they are written to `workdir/worker-limits.yaml` for the worker to apply;
+    without, the worker applies what PHASEGATE_WORKER_LIMITS names (or the safe defaults)."""
     workdir.mkdir(parents=True, exist_ok=True)
     metrics_port = metrics_port or free_port()
     env = {
@@ -594,6 +598,8 @@ def start_worker(
         **({"PHASEGATE_TASK_QUEUE": task_queue} if task_queue else {}),
         **(extra_env or {}),
     }
+    if limits is not None:
+        env["PHASEGATE_WORKER_LIMITS"] = str(write_worker_limits(workdir, limits))
     log_path = workdir / "worker.log"
     start = log_path.stat().st_size if log_path.exists() else 0
     managed = ManagedProcess(
@@ -610,6 +616,18 @@ def start_worker(
         READY_TIMEOUT_S,
     )
     return managed
+
+
+def write_worker_limits(workdir: Path, limits: WorkerLimits) -> Path:
+    """`limits` as the YAML file a worker reads (`workdir/worker-limits.yaml`); relative
+    folders are written out as this process sees them."""
+    path = workdir / "worker-limits.yaml"
+    absolute = limits.under(Path.cwd())
+    path.write_text(
+        "# What plans may make this worker touch; written by Phasegate's local stack.\n"
+        + yaml.safe_dump(absolute.model_dump(), sort_keys=False)
+    )
+    return path
 
 
 def _find_binary(

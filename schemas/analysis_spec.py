@@ -1,4 +1,9 @@
-"""Analysis: PromQL metrics with their success conditions, judged while exposure grows."""
+"""Analysis: PromQL metrics with their success conditions, judged while exposure grows.
+
+Bounds: a query is at most `MAX_TEXT` characters; a metric measures at most `MAX_COUNT` times,
+at most `MAX_INTERVAL` apart, after at most `MAX_INITIAL_DELAY`; its limits stay below its
+count, so a metric can always fail and Prometheus never answering is never a success.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,29 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Duration, PositiveDuration, StrictModel, one_of
+from schemas.basics import (
+    DAY,
+    HOUR,
+    Query,
+    StrictModel,
+    one_of,
+    up_to,
+)
+from schemas.problems import raise_problems
+
+MAX_COUNT = 500
+MAX_INTERVAL = HOUR
+MAX_INITIAL_DELAY = DAY
+# A ratio or tolerance beyond this compares nothing a metric can mean.
+MAX_RATIO = 1e6
 
 
 class BaselineComparison(StrictModel):
     """Canary passes when canary <= baseline * max_ratio + tolerance (or >= for min_ratio)."""
 
-    max_ratio: Annotated[float, Field(gt=0)] | None = None
-    min_ratio: Annotated[float, Field(gt=0)] | None = None
-    tolerance: Annotated[float, Field(ge=0)] = 0.0
+    max_ratio: Annotated[float, Field(gt=0, le=MAX_RATIO)] | None = None
+    min_ratio: Annotated[float, Field(gt=0, le=MAX_RATIO)] | None = None
+    tolerance: Annotated[float, Field(ge=0, le=MAX_RATIO)] = 0.0
 
     @model_validator(mode="after")
     def _one_direction(self) -> BaselineComparison:
@@ -24,21 +43,22 @@ class BaselineComparison(StrictModel):
 
 
 VARIANT_PLACEHOLDER = "{{variant}}"
+Limit = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class MetricSpec(StrictModel):
     """One PromQL measurement, in the manner of an Argo Rollouts analysis metric."""
 
-    query: Annotated[str, Field(min_length=1)]
+    query: Query
     max: float | None = None
     min: float | None = None
     baseline: BaselineComparison | None = None
-    interval: PositiveDuration = timedelta(seconds=10)
-    count: Annotated[int, Field(ge=1, le=1000)] = 3
-    initial_delay: Duration = timedelta(0)
-    failure_limit: Annotated[int, Field(ge=0)] = 0
-    inconclusive_limit: Annotated[int, Field(ge=0)] = 0
-    consecutive_error_limit: Annotated[int, Field(ge=0)] = 4
+    interval: Annotated[timedelta, up_to(MAX_INTERVAL)] = timedelta(seconds=10)
+    count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 3
+    initial_delay: Annotated[timedelta, up_to(MAX_INITIAL_DELAY, zero=True)] = timedelta(0)
+    failure_limit: Limit = 0
+    inconclusive_limit: Limit = 0
+    consecutive_error_limit: Limit = 4
 
     @model_validator(mode="after")
     def _has_condition(self) -> MetricSpec:
@@ -48,4 +68,12 @@ class MetricSpec(StrictModel):
             raise ValueError(
                 f"`baseline` compares variants, so the query must contain {VARIANT_PLACEHOLDER}"
             )
+        raise_problems(
+            [
+                f"{limit}: must be below count ({self.count}), or the metric could never "
+                + ("fail" if limit == "failure_limit" else "be inconclusive")
+                for limit in ("failure_limit", "inconclusive_limit")
+                if getattr(self, limit) >= self.count
+            ]
+        )
         return self

@@ -17,5 +17,8 @@ class FullLaunchPhase(ExposurePhase):
     @model_validator(mode="after")
     def _reaches_everyone(self) -> FullLaunchPhase:
         if self.steps[-1].weight != 100:
-            raise ValueError("a full launch must end with a step of weight 100")
+            raise ValueError(
+                f"steps[{len(self.steps) - 1}].weight: a full launch must end with a step of "
+                "weight 100"
+            )
         return self

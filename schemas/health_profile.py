@@ -1,7 +1,8 @@
 """The health profile: which checks a scheduled health validation runs, how often, whom it alerts.
 
 Strict like the launch plan, so a typo is caught by `phasegate schedule create` before a
-schedule exists.
+schedule exists, and bounded like it: at most `MAX_CHECKS` checks, `MAX_RECEIVERS` receivers,
+`MAX_LIST` statuses, deployments or headers per check, runs at most `MAX_EVERY` apart.
 """
 
 from __future__ import annotations
@@ -12,11 +13,41 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel, one_of
-from schemas.problems import check_items, parse_document, read_document
+from schemas.basics import (
+    DAY,
+    MINUTE,
+    Description,
+    FilePath,
+    HttpUrl,
+    Label,
+    Name,
+    Query,
+    SecretRef,
+    StrictModel,
+    matching,
+    one_of,
+    up_to,
+)
+from schemas.problems import as_received, check_items, parse_document, read_document
 from schemas.targets import PrometheusTarget
 
 CheckStatus = Literal["pass", "warn", "fail"]
+MAX_CHECKS = 50
+MAX_RECEIVERS = 10
+MAX_LIST = 20
+MAX_EVERY = timedelta(days=30)
+MAX_CHECK_TIMEOUT = 5 * MINUTE
+MAX_EXPIRY = timedelta(days=366)
+# An HTTP header name, as RFC 9110 spells a token.
+HeaderName = Annotated[
+    str,
+    Field(min_length=1, max_length=256),
+    matching(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", "must be an HTTP header name: no spaces or ':'"),
+]
+Headers = Annotated[dict[HeaderName, SecretRef], Field(max_length=MAX_LIST)]
+CheckTimeout = Annotated[timedelta, up_to(MAX_CHECK_TIMEOUT)]
+Expiry = Annotated[timedelta, up_to(MAX_EXPIRY)]
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
 
 # The server refuses a shorter catch-up window.
 MIN_CATCHUP_WINDOW = timedelta(seconds=10)
@@ -41,14 +72,14 @@ class Bounds(StrictModel):
 class _Check(StrictModel):
     name: Name
     critical: bool = False
-    description: str = ""
+    description: Description = ""
 
 
 class PrometheusCheck(_Check):
     """An SLO as one PromQL expression that returns a single number."""
 
     kind: Literal["prometheus"]
-    query: Annotated[str, Field(min_length=1)]
+    query: Query
     warn: Bounds | None = None
     fail: Bounds
     on_no_data: CheckStatus = "warn"
@@ -56,31 +87,31 @@ class PrometheusCheck(_Check):
 
 
 class LatencyBounds(StrictModel):
-    warn: PositiveDuration | None = None
-    fail: PositiveDuration
+    warn: CheckTimeout | None = None
+    fail: CheckTimeout
 
 
 class ExpiryBounds(StrictModel):
     """Certificate lifetime left: `warn` / `fail` when fewer than this remain."""
 
-    warn: PositiveDuration | None = None
-    fail: PositiveDuration
+    warn: Expiry | None = None
+    fail: Expiry
 
 
 class HttpCheck(_Check):
     """An endpoint answering with the expected status, in time, with a certificate far from expiry."""
 
     kind: Literal["http"]
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: HttpUrl
     method: Literal["GET", "HEAD"] = "GET"
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
-        default_factory=lambda: [200]
+        default_factory=lambda: [200], min_length=1, max_length=MAX_LIST
     )
-    timeout: PositiveDuration = timedelta(seconds=5)
+    timeout: CheckTimeout = timedelta(seconds=5)
     latency: LatencyBounds | None = None
     tls_expiry: ExpiryBounds | None = None
-    ca_file: str | None = None
-    headers: dict[str, SecretRef] = Field(default_factory=dict)
+    ca_file: FilePath | None = None
+    headers: Headers = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _tls_needs_https(self) -> HttpCheck:
@@ -98,10 +129,10 @@ class KubernetesCheck(_Check):
 
     kind: Literal["kubernetes"]
     namespace: Name
-    deployments: list[Name] = Field(min_length=1)
-    min_available: Annotated[int, Field(ge=0)] | None = None
-    max_restarts_warn: Annotated[int, Field(ge=0)] | None = None
-    max_restarts_fail: Annotated[int, Field(ge=0)] | None = None
+    deployments: list[Name] = Field(min_length=1, max_length=MAX_LIST)
+    min_available: Count | None = None
+    max_restarts_warn: Count | None = None
+    max_restarts_fail: Count | None = None
     on_error: CheckStatus = "warn"
 
     @model_validator(mode="after")
@@ -128,11 +159,13 @@ class ScheduleSpec(StrictModel):
     """When runs start. Runs never pile up: `skip` drops a start while one runs, `buffer_one`
     keeps at most one waiting."""
 
-    every: PositiveDuration | None = None
-    cron: str | None = None
-    jitter: Duration = timedelta(0)
+    every: Annotated[timedelta, up_to(MAX_EVERY)] | None = None
+    cron: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    jitter: Annotated[timedelta, up_to(DAY, zero=True)] = timedelta(0)
     overlap: Literal["skip", "buffer_one"] = "skip"
-    catchup_window: Annotated[Duration, AfterValidator(_catchup)] = timedelta(minutes=1)
+    catchup_window: Annotated[timedelta, up_to(MAX_EVERY, zero=True), AfterValidator(_catchup)] = (
+        timedelta(minutes=1)
+    )
     pause_on_failure: bool = False
 
     @model_validator(mode="after")
@@ -146,16 +179,16 @@ class AlertReceiver(StrictModel):
 
     name: Name
     kind: Literal["alertmanager", "slack"]
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    headers: dict[str, SecretRef] = Field(default_factory=dict)
+    url: HttpUrl
+    headers: Headers = Field(default_factory=dict)
 
 
 class AlertSettings(StrictModel):
-    receivers: list[AlertReceiver] = Field(default_factory=list)
+    receivers: list[AlertReceiver] = Field(default_factory=list, max_length=MAX_RECEIVERS)
     alert_on: Literal["fail", "warn"] = "fail"
     # Resend a still-firing alert after this long (Alertmanager forgets one after its
     # resolve_timeout); never when left out.
-    repeat_after: PositiveDuration | None = None
+    repeat_after: Annotated[timedelta, up_to(MAX_EVERY)] | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertSettings:
@@ -170,17 +203,17 @@ class LaunchLink(StrictModel):
 
     Launches have no pause; `abort` (stop and roll back) is the one action."""
 
-    id: Annotated[str, Field(min_length=1)]
+    id: Label
     on_critical_failure: Literal["abort"] = "abort"
 
 
 class HealthProfile(StrictModel):
     name: Name
     service: Name
-    description: str = ""
+    description: Description = ""
     prometheus: PrometheusTarget | None = None
     schedule: ScheduleSpec
-    checks: list[HealthCheck] = Field(min_length=1)
+    checks: list[HealthCheck] = Field(min_length=1, max_length=MAX_CHECKS)
     alerts: AlertSettings = AlertSettings()
     launch: LaunchLink | None = None
 
@@ -216,15 +249,16 @@ def parse_profile(
         branches=CHECK_KINDS,
     )
     if base_dir is None:
-        return profile
+        return as_received(profile, source=source, document="profile", branches=CHECK_KINDS)
     checks = [
         check.model_copy(update={"ca_file": str((base_dir / check.ca_file).resolve())})
         if isinstance(check, HttpCheck) and check.ca_file and not Path(check.ca_file).is_absolute()
         else check
         for check in profile.checks
     ]
-    return profile.model_copy(update={"checks": checks})
+    profile = profile.model_copy(update={"checks": checks})
+    return as_received(profile, source=source, document="profile", branches=CHECK_KINDS)
 
 
 def load_profile(path: Path) -> HealthProfile:
-    return parse_profile(read_document(path), source=str(path), base_dir=path.parent)
+    return parse_profile(read_document(path, "profile"), source=str(path), base_dir=path.parent)

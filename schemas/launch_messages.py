@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 from pydantic import Field
 
@@ -27,6 +27,11 @@ class LaunchInput(Message):
     # authenticated, a name as typed when they are not.
     start_proof: str = Field(default="", max_length=8192)
     started_by: str = Field(default="", max_length=128)
+    # Between phases the launch continues as new once its history holds this many events
+    # (0: when the server suggests it), so a long launch never nears the history limits.
+    continue_after_events: int = Field(default=0, ge=0)
+    # What the previous run handed on when the launch continued as new; None on the first run.
+    carried: LaunchCarry | None = None
 
 
 class PhaseInput(Message, Generic[P]):
@@ -60,7 +65,7 @@ class LaunchStatusValue(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     COMPLETED = "completed"
     ROLLED_BACK = "rolled_back"
-    # Refused before anything changed: the starter's proof did not hold.
+    # Refused before anything changed: the starter's proof or the worker's admission said no.
     REFUSED = "refused"
 
 
@@ -93,13 +98,15 @@ class OpenGate(Message):
 
 
 class AuditEntry(Message):
-    """One signal or update as it arrived, and whether Phasegate acted on it."""
+    """One signal or update as it arrived, and whether Phasegate acted on it. A large payload
+    is kept as the start of its JSON text, with `payload_bytes` saying how large it was."""
 
     at: datetime
     handler: str
     payload: Any = None
     accepted: bool
     note: str = ""
+    payload_bytes: int = 0
 
 
 class CompensationRecord(Message):
@@ -161,13 +168,56 @@ class PhaseState(Message):
     refusals: list[AuditEntry] = Field(default_factory=list)
 
 
-class PhaseReport(Sealed):
-    """A phase's state, sent to its launch after a change. `seq` grows with every report, so
-    the launch keeps only the newest; `launch_run` says which launch run it is for."""
+class MetricUpdate(Message):
+    """An analysis result that changed since the phase's previous report: the result at
+    `index` of the phase's analysis as it is now, with only the measurements taken since."""
 
-    state: PhaseState
+    index: int = Field(ge=0)
+    result: MetricResult
+
+
+class PhaseReport(Sealed):
+    """What changed in a phase since its previous report, sent to its launch.
+
+    The phase's small fields come as they are now; of its lists only what is new. A list the
+    phase only appends to says where its new items start (`*_from`), so the launch can tell
+    that it missed a report. `seq` grows with every report, so the launch takes each once and
+    in order; `launch_run` says which launch run it is for.
+    """
+
+    phase: Annotated[str, Field(max_length=128)]
     seq: int
-    launch_run: str
+    launch_run: Annotated[str, Field(max_length=128)]
+    status: PhaseStatusValue
+    step: int = 0
+    steps: int = 0
+    exposure: float | None = None
+    activity: str = ""
+    reason: str = ""
+    open_gate: OpenGate | None = None
+    decisions_from: int = Field(default=0, ge=0)
+    decisions: list[Decision] = Field(default_factory=list)
+    analysis: list[MetricUpdate] = Field(default_factory=list)
+    findings_from: int = Field(default=0, ge=0)
+    findings: list[Finding] = Field(default_factory=list)
+    compensations_from: int = Field(default=0, ge=0)
+    compensations: list[CompensationRecord] = Field(default_factory=list)
+    refusals: list[AuditEntry] = Field(default_factory=list)
+
+
+class PhaseEndRequest(Message):
+    """Ask the server how a phase workflow the launch did not see finish ended."""
+
+    workflow_id: str
+    run_id: str = ""
+
+
+class PhaseEnd(Message):
+    """How the server ended a phase workflow: terminated (by whom, why) or timed out."""
+
+    how: Literal["terminated", "timed_out", "other"]
+    reason: str = ""
+    identity: str = ""
 
 
 class LaunchStatus(Message):
@@ -188,15 +238,57 @@ class LaunchStatus(Message):
     phase: str = ""
     phase_index: int = -1
     step: int = 0
+    # The exposure in force: after an undo of the exposure ran, the weight it restored.
     exposure: float | None = None
+    # Why `exposure` may not be what the router serves (an exposure undo failed or was skipped).
+    exposure_note: str = ""
     open_gate: OpenGate | None = None
     waiting_for: str = ""
     phases: list[PhaseState] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
+    # Audit entries no longer kept (the trail keeps the newest).
+    audit_dropped: int = 0
     compensations: list[CompensationRecord] = Field(default_factory=list)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class DecisionMemory(Message):
+    """What the launch's decision checks remember: request ids and proofs spent, gates decided
+    (each as gate id and the time it opened)."""
+
+    seen_ids: list[str] = Field(default_factory=list)
+    spent_proofs: list[str] = Field(default_factory=list)
+    decided: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class EvidenceMemory(Message):
+    """The analysis evidence the launch showed: the current id, and for each id seen how many
+    measurements had failed or were inconclusive."""
+
+    current: str = "ev-0"
+    bad: dict[str, int] = Field(default_factory=lambda: {"ev-0": 0})
+
+
+class LaunchCarry(Message):
+    """What a launch hands its next run when it continues as new between phases: everything
+    its status shows and everything its checks remember."""
+
+    next_phase: int = Field(ge=0)
+    runs: int = Field(default=1, ge=1)
+    phases: list[PhaseState]
+    audit: list[AuditEntry] = Field(default_factory=list)
+    audit_dropped: int = 0
+    started_at: datetime
+    run: str
+    started_by: str = ""
+    authority: ApprovalAuthority | None = None
+    announced: list[tuple[str, str]] = Field(default_factory=list)
+    reports_seen: dict[str, int] = Field(default_factory=dict)
+    key_reloads: int = 0
+    decisions: DecisionMemory = Field(default_factory=DecisionMemory)
+    evidence: EvidenceMemory = Field(default_factory=EvidenceMemory)
 
 
 class LaunchResult(Message):
@@ -204,3 +296,7 @@ class LaunchResult(Message):
     status: LaunchStatusValue
     reason: str = ""
     final: LaunchStatus
+
+
+# `LaunchInput` names `LaunchCarry`, defined after it.
+LaunchInput.model_rebuild()

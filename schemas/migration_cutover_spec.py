@@ -1,4 +1,9 @@
-"""The migration cutover phase: a PostgreSQL migration, verified, cut over and watched."""
+"""The migration cutover phase: a PostgreSQL migration, verified, cut over and watched.
+
+Bounds: at most `MAX_TABLES` tables of at most `MAX_COLUMNS` columns checked, `MAX_INVARIANTS`
+invariants, `MAX_EXTENSIONS` extensions, `MAX_WATCH_ANALYSES` analyses watched; queries at
+most `MAX_TEXT` characters, SQL switches at most `MAX_SQL`.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,23 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Name, SecretRef, StrictModel, one_of
+from schemas.basics import FilePath, Label, Name, Query, SecretRef, StrictModel, one_of, unique
 from schemas.gate_spec import Gate, GateSpec, gate_id
 from schemas.phase_spec import PhaseSpec
+from schemas.problems import raise_problems
 from schemas.targets import FlagdRouter
 
 SqlIdentifier = Annotated[
     str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$", max_length=127)
 ]
 ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$", max_length=63)]
+MAX_TABLES = 50
+MAX_COLUMNS = 100
+MAX_INVARIANTS = 50
+MAX_EXTENSIONS = 20
+MAX_WATCH_ANALYSES = 10
+MAX_SQL = 16 * 1024
+Sql = Annotated[str, Field(min_length=1, max_length=MAX_SQL)]
 
 
 class TableCheck(StrictModel):
@@ -23,27 +36,28 @@ class TableCheck(StrictModel):
 
     table: SqlIdentifier
     target_table: SqlIdentifier | None = None
-    columns: list[ColumnName] = Field(default_factory=list)  # checksummed; empty = count only
+    # checksummed; empty = count only
+    columns: list[ColumnName] = Field(default_factory=list, max_length=MAX_COLUMNS)
 
 
 class InvariantCheck(StrictModel):
     """A query run on the target after migrating: it must return no rows, or one `true`."""
 
     name: Name
-    query: Annotated[str, Field(min_length=1)]
+    query: Query
     expect: Literal["no_rows", "true"] = "no_rows"
 
 
 class VerificationSpec(StrictModel):
-    tables: list[TableCheck] = Field(default_factory=list)
-    invariants: list[InvariantCheck] = Field(default_factory=list)
+    tables: list[TableCheck] = Field(default_factory=list, max_length=MAX_TABLES)
+    invariants: list[InvariantCheck] = Field(default_factory=list, max_length=MAX_INVARIANTS)
 
 
 class SqlSwitch(StrictModel):
     """SQL run on the target to send readers to the new schema (e.g. a view swap), and back."""
 
-    forward: Annotated[str, Field(min_length=1)]
-    backward: Annotated[str, Field(min_length=1)]
+    forward: Sql
+    backward: Sql
 
 
 class CutoverSpec(StrictModel):
@@ -61,7 +75,12 @@ class CutoverSpec(StrictModel):
 class WatchSpec(StrictModel):
     """The plan's analyses run after cutover; a failure rolls the whole migration back."""
 
-    analysis: list[str] = Field(min_length=1)
+    analysis: list[Name] = Field(min_length=1, max_length=MAX_WATCH_ANALYSES)
+
+    @model_validator(mode="after")
+    def _named_once(self) -> WatchSpec:
+        raise_problems(unique(self.analysis, "analysis"))
+        return self
 
 
 class MigrationCutoverPhase(PhaseSpec):
@@ -70,11 +89,12 @@ class MigrationCutoverPhase(PhaseSpec):
     kind: Literal["migration_cutover"]
     source: SecretRef  # DSN of the database traffic uses now
     target: SecretRef | None = None  # DSN of the database the scripts change; default: source
-    migrations: Annotated[str, Field(min_length=1)]  # folder of NNN_name.sql (+ NNN_name.down.sql)
-    backup_dir: Annotated[str, Field(min_length=1)]
+    migrations: FilePath  # folder of NNN_name.sql (+ NNN_name.down.sql)
+    backup_dir: FilePath
     ledger_table: SqlIdentifier = "phasegate_migrations"
-    min_server_version: Annotated[int, Field(ge=90600)] | None = None  # server_version_num
-    extensions: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # server_version_num, e.g. 160004 for 16.4
+    min_server_version: Annotated[int, Field(ge=90600, le=9_999_999)] | None = None
+    extensions: list[Label] = Field(default_factory=list, max_length=MAX_EXTENSIONS)
     verify: VerificationSpec = VerificationSpec()
     cutover: CutoverSpec
     watch: WatchSpec | None = None

@@ -1,7 +1,8 @@
 """Messages of the migration cutover phase: between its workflow and the PostgreSQL activities.
 
 Like every message module, each activity takes one model and returns one; DSNs travel as
-`SecretRef`s only and are resolved inside the activities.
+`SecretRef`s only and are resolved inside the activities. Results carry names, counts and
+checksums, never a row's values: they are written to workflow history.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The launch plan: what a release engineer writes in YAML, validated before anything starts.
 
 Every model here is strict (unknown fields are errors) so a typo in a plan is caught by
-`phasegate validate` instead of being silently ignored on launch day.
+`phasegate validate` instead of being silently ignored on launch day. Every model is bounded
+too: a plan holds at most `MAX_PHASES` phases, `MAX_ANALYSES` analyses and `MAX_WEBHOOKS`
+webhooks, each part has bounds of its own (see its module), and the launch the plan describes
+must fit the history budget (`schemas/budget.py`), so no plan that validates can outgrow what
+Temporal keeps of a workflow.
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from schemas.analysis_spec import MetricSpec
-from schemas.basics import Name, StrictModel
+from schemas.basics import Description, Name, StrictModel
+from schemas.budget import budget_problems
 from schemas.full_launch_spec import FullLaunchPhase
 from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.notification_spec import Webhook
-from schemas.problems import check_items, parse_document, read_document
+from schemas.problems import (
+    as_received,
+    check_items,
+    parse_document,
+    raise_problems,
+    read_document,
+)
 from schemas.security_validation_spec import SecurityValidationPhase
 from schemas.soft_launch_spec import SoftLaunchPhase
 from schemas.targets import FlagdRouter, Targets
@@ -39,21 +50,26 @@ PHASE_KINDS = (
     "full_launch",
     "migration_cutover",
 )
+MAX_PHASES = 20
+MAX_ANALYSES = 20
+MAX_WEBHOOKS = 10
 
 
 class LaunchPlan(StrictModel):
     service: Name
     version: Annotated[str, Field(min_length=1, max_length=128)]
-    description: str = ""
+    description: Description = ""
     targets: Targets
     approvals: ApprovalDefaults
-    analysis: dict[Name, MetricSpec] = Field(default_factory=dict)
-    notifications: list[Webhook] = Field(default_factory=list)
-    phases: list[Phase] = Field(min_length=1)
+    analysis: dict[Name, MetricSpec] = Field(default_factory=dict, max_length=MAX_ANALYSES)
+    notifications: list[Webhook] = Field(default_factory=list, max_length=MAX_WEBHOOKS)
+    phases: list[Phase] = Field(min_length=1, max_length=MAX_PHASES)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> LaunchPlan:
         check_items(self.phases, "phases", "phase", self._phase_problems)
+        # Checked once the plan is otherwise sound: the estimate walks what it refers to.
+        raise_problems(budget_problems(self))
         return self
 
     def _phase_problems(self, index: int, phase: Phase) -> Iterator[str]:
@@ -72,11 +88,14 @@ class LaunchPlan(StrictModel):
     def gate(self, spec: GateSpec) -> ResolvedGate:
         """Fill a gate's missing fields from the plan's approval defaults."""
         defaults = self.approvals
+        # A field the gate gives, even an odd one, is never replaced by the default.
         return ResolvedGate(
-            approvers=spec.approvers or defaults.approvers,
-            timeout=spec.timeout or defaults.timeout,
-            on_timeout=spec.on_timeout or defaults.on_timeout,
-            min_approvals=spec.min_approvals or defaults.min_approvals,
+            approvers=spec.approvers if spec.approvers is not None else defaults.approvers,
+            timeout=spec.timeout if spec.timeout is not None else defaults.timeout,
+            on_timeout=spec.on_timeout if spec.on_timeout is not None else defaults.on_timeout,
+            min_approvals=(
+                spec.min_approvals if spec.min_approvals is not None else defaults.min_approvals
+            ),
             allow_self_approval=defaults.allow_self_approval,
             description=spec.description,
         )
@@ -92,7 +111,9 @@ def parse_plan(text: str, *, source: str = "<plan>", base_dir: Path | None = Non
         fields="service, version, phases",
         branches=PHASE_KINDS,
     )
-    return plan if base_dir is None else _resolve_paths(plan, base_dir)
+    if base_dir is not None:
+        plan = _resolve_paths(plan, base_dir)
+    return as_received(plan, source=source, document="plan", branches=PHASE_KINDS)
 
 
 def _resolve_paths(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:

@@ -1,4 +1,9 @@
-"""The security validation phase: probes of the deployed service and their severity policy."""
+"""The security validation phase: probes of the deployed service and their severity policy.
+
+Bounds: at most `MAX_CHECKS_PER_KIND` checks of each kind and `MAX_CHECKS` in all; an audit
+polls at most `MAX_AUDIT_POLLS` times; a burst sends at most `MAX_BURST` requests; lists of
+rules, statuses and names hold at most `MAX_RULES` items.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,31 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.basics import Duration, Name, PositiveDuration, SecretRef, StrictModel, one_of
+from schemas.basics import (
+    LONGEST,
+    MINUTE,
+    FilePath,
+    HttpsUrl,
+    HttpUrl,
+    Label,
+    Name,
+    Query,
+    SecretRef,
+    StrictModel,
+    one_of,
+    up_to,
+)
 from schemas.gate_spec import GateSpec, gate_id
 from schemas.phase_spec import PhaseSpec
 
 Severity = Literal["critical", "warning"]
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-HttpsUrl = Annotated[str, Field(pattern=r"^https://")]
-HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
 # A rate-limit burst never sends more than this many requests, whatever the plan says.
 MAX_BURST = 500
+MAX_CHECKS_PER_KIND = 20
+MAX_CHECKS = 50
+MAX_AUDIT_POLLS = 60
+MAX_RULES = 50
 
 
 class SecurityCheck(StrictModel):
@@ -38,7 +58,7 @@ class TlsCheck(SecurityCheck):
 
     url: HttpsUrl
     min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
-    expiry_warning: PositiveDuration = timedelta(days=30)
+    expiry_warning: Annotated[timedelta, up_to(timedelta(days=366))] = timedelta(days=30)
 
     def aspects(self) -> list[str]:
         return ["protocol", "certificate", "hostname", "expiry"]
@@ -51,10 +71,12 @@ class HeaderCheck(SecurityCheck):
     """Security headers on one page; a check left at null/false is not judged."""
 
     url: HttpUrl
-    hsts_min_max_age: Duration | None = timedelta(days=180)
+    hsts_min_max_age: Annotated[timedelta, up_to(LONGEST, zero=True)] | None = timedelta(days=180)
     content_type_options: bool = True
     frame_protection: bool = True
-    csp_directives: list[Annotated[str, Field(pattern=r"^[a-z-]+$")]] | None = None
+    csp_directives: list[Annotated[str, Field(pattern=r"^[a-z-]+$", max_length=64)]] | None = Field(
+        default=None, max_length=MAX_RULES
+    )
 
     def aspects(self) -> list[str]:
         wanted = {
@@ -78,9 +100,11 @@ class AuthCheck(SecurityCheck):
     url: HttpUrl
     method: HttpMethod = "GET"
     token: SecretRef
-    scheme: Annotated[str, Field(min_length=1)] = "Bearer"
+    scheme: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", max_length=64)] = (
+        "Bearer"
+    )
     denied_status: list[Annotated[int, Field(ge=400, le=499)]] = Field(
-        default_factory=lambda: [401, 403], min_length=1
+        default_factory=lambda: [401, 403], min_length=1, max_length=MAX_RULES
     )
 
     def aspects(self) -> list[str]:
@@ -93,10 +117,10 @@ class RateLimitCheck(SecurityCheck):
     url: HttpUrl
     method: HttpMethod = "GET"
     token: SecretRef | None = None
-    limit: Annotated[int, Field(ge=1)]
+    limit: Annotated[int, Field(ge=1)]  # limit + margin + 1 is at most MAX_BURST
     margin: Annotated[int, Field(ge=0)] = 0
     status: Annotated[int, Field(ge=400, le=599)] = 429
-    max_duration: PositiveDuration = timedelta(seconds=30)
+    max_duration: Annotated[timedelta, up_to(10 * MINUTE)] = timedelta(seconds=30)
 
     @model_validator(mode="after")
     def _bounded(self) -> RateLimitCheck:
@@ -121,9 +145,23 @@ class AuditCheck(SecurityCheck):
     url: HttpUrl
     method: HttpMethod = "GET"
     token: SecretRef | None = None
-    query: Annotated[str, Field(min_length=1)]
-    within: PositiveDuration = timedelta(seconds=30)
-    interval: PositiveDuration = timedelta(seconds=2)
+    query: Query
+    within: Annotated[timedelta, up_to(60 * MINUTE)] = timedelta(seconds=30)
+    interval: Annotated[timedelta, up_to(5 * MINUTE)] = timedelta(seconds=2)
+
+    @model_validator(mode="after")
+    def _bounded_polls(self) -> AuditCheck:
+        if self.polls > MAX_AUDIT_POLLS:
+            raise ValueError(
+                f"interval: `within` / `interval` = {self.polls} polls; at most "
+                f"{MAX_AUDIT_POLLS}, so make the interval longer"
+            )
+        return self
+
+    @property
+    def polls(self) -> int:
+        """How many times the audit query is read after the request, at most."""
+        return -(-self.within // self.interval)
 
     def aspects(self) -> list[str]:
         return ["recorded"]
@@ -132,10 +170,11 @@ class AuditCheck(SecurityCheck):
 class AccessRule(StrictModel):
     """One request a service account may or may not make, as Kubernetes authorizes it."""
 
-    verb: Annotated[str, Field(pattern=r"^([a-z]+|\*)$")]
-    resource: Annotated[str, Field(pattern=r"^([a-z]+|\*)$")]  # plural: secrets, pods
-    group: str = ""  # API group: "" is the core group, e.g. apps, batch
-    subresource: str = ""
+    verb: Annotated[str, Field(pattern=r"^([a-z]+|\*)$", max_length=63)]
+    resource: Annotated[str, Field(pattern=r"^([a-z]+|\*)$", max_length=63)]  # plural: pods
+    # API group: "" is the core group, e.g. apps, batch
+    group: Annotated[str, Field(pattern=r"^[a-z0-9.-]*$", max_length=253)] = ""
+    subresource: Annotated[str, Field(pattern=r"^[a-z]*$", max_length=63)] = ""
     namespace: Name | None = None  # None: in every namespace (cluster-wide)
 
     def label(self) -> str:
@@ -150,8 +189,8 @@ class AuthorizationCheck(SecurityCheck):
 
     service_account: Name
     namespace: Name
-    can: list[AccessRule] = Field(default_factory=list)
-    cannot: list[AccessRule] = Field(default_factory=list)
+    can: list[AccessRule] = Field(default_factory=list, max_length=MAX_RULES)
+    cannot: list[AccessRule] = Field(default_factory=list, max_length=MAX_RULES)
 
     @model_validator(mode="after")
     def _rules(self) -> AuthorizationCheck:
@@ -173,10 +212,10 @@ class SecretHygieneCheck(SecurityCheck):
     Secret the plan or a Deployment refers to exists."""
 
     namespace: Name
-    required_secrets: list[Name] = Field(default_factory=list)
-    min_length: Annotated[int, Field(ge=4)] = 12
+    required_secrets: list[Name] = Field(default_factory=list, max_length=MAX_RULES)
+    min_length: Annotated[int, Field(ge=4, le=1024)] = 12
     min_entropy: Annotated[float, Field(gt=0, le=8)] = 3.0  # bits per character
-    allow: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    allow: list[Label] = Field(default_factory=list, max_length=MAX_RULES)
 
     def aspects(self) -> list[str]:
         return ["literals", "secrets-exist"]
@@ -186,15 +225,19 @@ class SecurityValidationPhase(PhaseSpec):
     """Probe the deployed service; critical findings fail the launch, warnings need a waiver."""
 
     kind: Literal["security_validation"]
-    ca_file: str | None = None
+    ca_file: FilePath | None = None
     waivers: GateSpec = GateSpec()
-    tls: list[TlsCheck] = Field(default_factory=list)
-    headers: list[HeaderCheck] = Field(default_factory=list)
-    authentication: list[AuthCheck] = Field(default_factory=list)
-    rate_limits: list[RateLimitCheck] = Field(default_factory=list)
-    audit: list[AuditCheck] = Field(default_factory=list)
-    authorization: list[AuthorizationCheck] = Field(default_factory=list)
-    secret_hygiene: list[SecretHygieneCheck] = Field(default_factory=list)
+    tls: list[TlsCheck] = Field(default_factory=list, max_length=MAX_CHECKS_PER_KIND)
+    headers: list[HeaderCheck] = Field(default_factory=list, max_length=MAX_CHECKS_PER_KIND)
+    authentication: list[AuthCheck] = Field(default_factory=list, max_length=MAX_CHECKS_PER_KIND)
+    rate_limits: list[RateLimitCheck] = Field(default_factory=list, max_length=MAX_CHECKS_PER_KIND)
+    audit: list[AuditCheck] = Field(default_factory=list, max_length=MAX_CHECKS_PER_KIND)
+    authorization: list[AuthorizationCheck] = Field(
+        default_factory=list, max_length=MAX_CHECKS_PER_KIND
+    )
+    secret_hygiene: list[SecretHygieneCheck] = Field(
+        default_factory=list, max_length=MAX_CHECKS_PER_KIND
+    )
 
     @model_validator(mode="after")
     def _checks_are_named_once(self) -> SecurityValidationPhase:
@@ -204,6 +247,8 @@ class SecurityValidationPhase(PhaseSpec):
                 "give at least one check: tls, headers, authentication, rate_limits, audit, "
                 "authorization or secret_hygiene"
             )
+        if len(checks) > MAX_CHECKS:
+            raise ValueError(f"{len(checks)} checks; a phase runs at most {MAX_CHECKS}")
         ids = [check.id for check in checks]
         repeated = sorted({name for name in ids if ids.count(name) > 1})
         if repeated:

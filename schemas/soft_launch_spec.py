@@ -17,5 +17,8 @@ class SoftLaunchPhase(ExposurePhase):
     @model_validator(mode="after")
     def _partial_only(self) -> SoftLaunchPhase:
         if self.steps[-1].weight >= 100:
-            raise ValueError("a soft launch stays below 100%; reach 100% in a full_launch phase")
+            raise ValueError(
+                f"steps[{len(self.steps) - 1}].weight: a soft launch stays below 100%; "
+                "reach 100% in a full_launch phase"
+            )
         return self

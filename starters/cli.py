@@ -23,12 +23,25 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from activities.admission import plan_problems
+from activities.limits import load_limits
 from approvals.proofs import Act, plan_digest
 from devstack import commands as devstack_commands
 from schemas.decision_messages import Decision
 from schemas.launch_messages import LaunchStatus
+from schemas.problems import PlanError
 from starters import launches, proof_client, sign_in
-from starters.output import count, fail, finish, settings_of, stderr, stdout, valid_plan
+from starters.output import (
+    EXIT_FAILED,
+    EXIT_INVALID_PLAN,
+    count,
+    fail,
+    finish,
+    settings_of,
+    stderr,
+    stdout,
+    valid_plan,
+)
 from starters.render import render_listing, render_status
 from starters.schedule_cli import schedule_app
 from workers.client import TemporalUnreachable, connect
@@ -101,9 +114,41 @@ def options(
 
 
 @app.command()
-def validate(plan: PlanPath) -> None:
-    """Check a plan without contacting anything; exit 2 with every problem if it is invalid."""
+def validate(
+    ctx: typer.Context,
+    plan: PlanPath,
+    limits: Annotated[
+        Path | None,
+        typer.Option(
+            "--limits",
+            help="The worker's limits file, to check what the plan may touch. "
+            "Default: $PHASEGATE_WORKER_LIMITS.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check a plan without starting anything; exit 2 with every problem if it is invalid.
+
+    With the worker's limits it also checks the secrets, hosts, databases, files and namespaces
+    the plan names against them, as the worker does when the launch starts (secret values are
+    read by the worker only)."""
     valid = valid_plan(plan)
+    configured = settings_of(ctx).worker_limits
+    limits_file = limits or (Path(configured) if configured else None)
+    if limits_file is None:
+        checked = "worker limits not checked: give --limits FILE or set PHASEGATE_WORKER_LIMITS"
+    else:
+        try:
+            worker = load_limits(limits_file)
+        except PlanError as err:
+            _problems(f"{limits_file} (the worker's limits)", err.problems, EXIT_FAILED)
+            raise typer.Exit(EXIT_FAILED) from None
+        _problems(str(plan), plan_problems(valid, worker, resolve=False), EXIT_INVALID_PLAN)
+        checked = (
+            f"within the worker limits in {limits_file} (secret values are read by the worker "
+            "when the launch starts)"
+        )
     gates = ", ".join(launches.gate_ids(valid)) or "none"
     stdout().print(
         Text(
@@ -113,6 +158,21 @@ def validate(plan: PlanPath) -> None:
         ),
         soft_wrap=True,
     )
+    # Beside the verdict, not in it: scripts read the verdict from stdout.
+    stderr().print(Text(checked, style="dim"), soft_wrap=True)
+
+
+def _problems(source: str, problems: list[str], code: int) -> None:
+    """Nothing when `problems` is empty; else list them on stderr and exit with `code`."""
+    if not problems:
+        return
+    err = stderr()
+    err.print(
+        Text(f"{source}: {count(len(problems), 'problem')}", style="bold red"), soft_wrap=True
+    )
+    for problem in problems:
+        err.print(Text(f"  {problem}", style="red"), soft_wrap=True)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -627,7 +687,7 @@ def worker(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     try:
         asyncio.run(serve(settings))
-    except TemporalUnreachable as err:
+    except (TemporalUnreachable, PlanError) as err:
         fail(str(err))
 
 

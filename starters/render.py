@@ -65,6 +65,8 @@ def render_status(status: LaunchStatus) -> RenderableType:
     refused = [entry for entry in status.audit if not entry.accepted]
     if refused:
         parts.append(render_refused(refused))
+    if status.audit_dropped:
+        parts.append(Text(f"{status.audit_dropped} older audit entries not kept", style="dim"))
     if status.compensations:
         parts.append(
             render_compensations(
@@ -102,6 +104,8 @@ def render_headline(status: LaunchStatus) -> Panel:
     if status.phase:
         grid.add_row("Phase", Text(f"{status.phase} (step {status.step})"))
     grid.add_row("Exposure", exposure_bar(status.exposure))
+    if status.exposure_note:
+        grid.add_row("", Text(status.exposure_note, style="yellow"))
     if status.open_gate is not None:
         gate = status.open_gate
         grid.add_row(

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.support.sealing",
+    "tests.support.limits",
     "tests.support.servers",
     "tests.support.kube",
     "tests.support.postgres",

@@ -1,7 +1,9 @@
 """`phasegate-worker`: one worker for every workflow and activity, with graceful shutdown.
 
 The SDK's own metrics (task latencies, slots, failures) are served for Prometheus at
-`PHASEGATE_METRICS_ADDRESS` (default 127.0.0.1:9464).
+`PHASEGATE_METRICS_ADDRESS` (default 127.0.0.1:9464). What plans may make the worker touch is
+read once, from `PHASEGATE_WORKER_LIMITS` (`activities/limits.py`); a bad limits file stops the
+worker before it connects.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,19 +22,23 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities import limits as worker_limits
+from activities.admission import AdmissionActivities
 from activities.alerts import AlertActivities, AlertLedgerActivities
 from activities.approvals import ApprovalActivities
 from activities.flags import FlagdFileRouter
 from activities.kube import KubeActivities, KubeConnection
 from activities.kube_checks import KubeCheckActivities
 from activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter
+from activities.limits import WorkerLimits, guarded_transport, load_limits, origin_of
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
+from activities.phase_end import PhaseEndActivities
 from activities.postgres import PostgresActivities
 from activities.probes import ProbeActivities
 from activities.routing import RouterActivities
 from workers.client import connect
-from workers.sealing import SealInterceptor, load_keys
+from workers.sealing import DEFAULT_KEY_FILE, SealInterceptor, load_keys
 from workers.settings import WORKER_READY_LINE, Settings
 from workflows.alert_ledger import AlertLedgerWorkflow
 from workflows.full_launch import FullLaunchWorkflow
@@ -54,33 +61,55 @@ WORKFLOWS: Sequence[type] = (
 )
 
 
+def load_worker_limits(settings: Settings) -> WorkerLimits:
+    """The limits `PHASEGATE_WORKER_LIMITS` names (safe defaults when unset), refusing the
+    worker's own key and limits files as secrets; `PlanError` naming every problem."""
+    key_file = Path(settings.worker_key_file) if settings.worker_key_file else DEFAULT_KEY_FILE
+    if settings.worker_limits is None:
+        return WorkerLimits().protecting(key_file)
+    return load_limits(Path(settings.worker_limits)).protecting(key_file)
+
+
+def worker_http(settings: Settings, limits: WorkerLimits) -> httpx.AsyncClient:
+    """The HTTP client of every activity: each connection checked against the limits when it
+    is made. The approval service is the worker's own configuration, so always reachable."""
+    return httpx.AsyncClient(
+        transport=guarded_transport(limits.network, trusted=origin_of(settings.approval_service))
+    )
+
+
 def activities(
     http: httpx.AsyncClient,
     client: Client,
     kube: KubeConnection | None = None,
     settings: Settings | None = None,
+    limits: WorkerLimits | None = None,
 ) -> list[Any]:
     """Every activity, bound to the clients it needs. The Kubernetes client is made on first
     use, from `kube` or else the environment (PHASEGATE_KUBECONFIG, KUBECONFIG, in-cluster)."""
     settings = settings or Settings()
+    limits = limits or load_worker_limits(settings)
     kube = kube or KubeConnection(settings.kubeconfig)
+    admission = AdmissionActivities(limits)
     approvals = ApprovalActivities(http, settings.approval_service)
     router = RouterActivities(
         {
-            "flagd": FlagdFileRouter(),
+            "flagd": FlagdFileRouter(limits),
             "kube_replicas": ReplicaWeightRouter(kube),
             "nginx_ingress": NginxCanaryRouter(kube),
         }
     )
-    metrics = MetricsActivities()
+    metrics = MetricsActivities(limits)
     notify = NotifyActivities(http)
     kubernetes = KubeActivities(kube)
     kube_checks = KubeCheckActivities(kube.api)
     postgres = PostgresActivities()
-    probes = ProbeActivities(http)
+    probes = ProbeActivities(http, limits)
     alerts = AlertActivities(http)
     ledger = AlertLedgerActivities(client)
+    phase_end = PhaseEndActivities(client)
     return [
+        admission.admit_plan,
         approvals.approval_authority,
         router.snapshot_exposure,
         router.set_exposure,
@@ -114,6 +143,7 @@ def activities(
         probes.probe_http,
         alerts.send_alerts,
         ledger.record_in_ledger,
+        phase_end.describe_phase_end,
     ]
 
 
@@ -125,13 +155,17 @@ def build_worker(
     *,
     task_queue: str | None = None,
     kube: KubeConnection | None = None,
+    limits: WorkerLimits | None = None,
 ) -> Worker:
     settings = settings or Settings()
+    limits = limits or load_worker_limits(settings)
+    # Secrets are resolved in many activity modules; they all read under these limits.
+    worker_limits.configure(limits)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=activities(http, client, kube, settings),
+        activities=activities(http, client, kube, settings, limits),
         interceptors=[SealInterceptor(load_keys(settings.worker_key_file))],
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
@@ -140,6 +174,7 @@ def build_worker(
 
 
 async def serve(settings: Settings) -> None:
+    limits = load_worker_limits(settings)
     runtime = Runtime(
         telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_address))
     )
@@ -151,13 +186,14 @@ async def serve(settings: Settings) -> None:
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=settings.max_concurrent_activities
     ) as executor:
-        async with httpx.AsyncClient() as http:
-            worker = build_worker(client, http, executor, settings)
+        async with worker_http(settings, limits) as http:
+            worker = build_worker(client, http, executor, settings, limits=limits)
             logging.info(
-                "phasegate worker on %s, task queue %s, metrics on %s",
+                "phasegate worker on %s, task queue %s, metrics on %s, limits from %s",
                 settings.temporal_address,
                 settings.task_queue,
                 settings.metrics_address,
+                settings.worker_limits or "nowhere (no secrets, files or private hosts)",
             )
             async with worker:
                 logging.info("%s on task queue %s", WORKER_READY_LINE, settings.task_queue)

@@ -47,8 +47,8 @@ class SealKeys:
         return _mac(self._keys[0], sealed_body(signal, target, message))
 
     def verify(self, signal: str, target: str, message: Any, seal: object) -> bool:
-        if not isinstance(seal, str) or not seal:
-            return False
+        if not isinstance(seal, str) or not seal or not seal.isascii():
+            return False  # a seal is hex; anything else is refused, never compared
         body = sealed_body(signal, target, message)
         return any(hmac.compare_digest(_mac(key, body), seal) for key in self._keys)
 

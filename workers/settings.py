@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # The key this deployment's workers seal their messages to each other with, one per line
     # (the first signs, any verifies). Unset: `~/.config/phasegate/worker.key`, made on first use.
     worker_key_file: str | None = None
+    # What plans may make this worker touch: secrets, hosts, databases, files (a YAML file;
+    # `activities/limits.py` describes it). Unset: no secret, no non-public address, no
+    # database and no file a plan names.
+    worker_limits: str | None = None
     # The approval service whose signed proofs the workers accept (its public base URL); its
     # keys are read from `<url>/.well-known/jwks.json`.
     approval_service: str | None = None

@@ -23,13 +23,15 @@ with workflow.unsafe.imports_passed_through():
     from schemas.plan import LaunchPlan
 
 Verdict = Literal["successful", "failed", "inconclusive"]
+# A result keeps its newest measurements (its counts keep the rest), each detail this short.
 KEEP_MEASUREMENTS = 20
+KEEP_DETAIL_CHARS = 500
 
 
 def classify(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurement:
     """Judge one reading against the metric's success condition."""
     if reading.error:
-        return Measurement(at=at, outcome="error", detail=reading.error)
+        return Measurement(at=at, outcome="error", detail=reading.error[:KEEP_DETAIL_CHARS])
     value = reading.value
     if value is None:
         return Measurement(at=at, outcome="inconclusive", detail="no data for the canary")
@@ -63,6 +65,11 @@ def classify(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurem
         outcome="failure" if problems else "success",
         detail="; ".join(problems),
     )
+
+
+def taken(result: MetricResult) -> int:
+    """How many measurements `result` has taken, kept or not."""
+    return result.successes + result.failures + result.inconclusive + result.errors
 
 
 def record(result: MetricResult, measurement: Measurement) -> None:

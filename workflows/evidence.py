@@ -10,7 +10,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.launch_messages import MetricResult, PhaseState
+    from schemas.launch_messages import EvidenceMemory, MetricResult, PhaseState
+    from workflows.analysis import taken
     from workflows.gates import Refused
 
 KEEP_EVIDENCE = 500
@@ -25,13 +26,21 @@ class EvidenceLog:
 
     def observe(self, phases: list[PhaseState]) -> None:
         results = [result for phase in phases for result in phase.analysis]
-        taken = sum(r.successes + r.failures + r.inconclusive + r.errors for r in results)
         self._results = results
-        self.current = f"ev-{taken}"
+        self.current = f"ev-{sum(taken(r) for r in results)}"
         if self.current not in self._bad:
             self._bad[self.current] = sum(r.failures + r.inconclusive for r in results)
             while len(self._bad) > KEEP_EVIDENCE:
                 del self._bad[next(iter(self._bad))]
+
+    def remember(self) -> EvidenceMemory:
+        """What a launch's next run needs to go on checking evidence (it observes the results
+        again from the phases it is handed)."""
+        return EvidenceMemory(current=self.current, bad=dict(self._bad))
+
+    def recall(self, memory: EvidenceMemory, phases: list[PhaseState]) -> None:
+        self._bad = dict(memory.bad) or {"ev-0": 0}
+        self.observe(phases)
 
     def check(self, seen: str) -> None:
         """Refuse a decision made on evidence `seen` if things got worse since."""

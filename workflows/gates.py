@@ -31,9 +31,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.decision_messages import Decision, DecisionRequest, DecisionVerb, GateVote
     from schemas.gate_spec import GROUP_PREFIX, IdentitySpec, ResolvedGate
-    from schemas.launch_messages import AuditEntry, OpenGate, PhaseState, PhaseStatusValue
+    from schemas.launch_messages import (
+        AuditEntry,
+        DecisionMemory,
+        OpenGate,
+        PhaseState,
+        PhaseStatusValue,
+    )
 
 KEEP_REFUSALS = 50
+KEEP_NOTE_CHARS = 1000
 
 
 class Refused(Exception):
@@ -148,6 +155,19 @@ class DecisionChecks:
         self._spent_proofs: set[str] = set()
         self._decided: set[tuple[str, str]] = set()
 
+    def remember(self) -> DecisionMemory:
+        """What a launch's next run must go on refusing: ids and proofs spent, gates decided."""
+        return DecisionMemory(
+            seen_ids=sorted(self._seen_ids),
+            spent_proofs=sorted(self._spent_proofs),
+            decided=sorted(self._decided),
+        )
+
+    def recall(self, memory: DecisionMemory) -> None:
+        self._seen_ids = set(memory.seen_ids)
+        self._spent_proofs = set(memory.spent_proofs)
+        self._decided = set(memory.decided)
+
     def check(
         self,
         request: DecisionRequest,
@@ -261,6 +281,8 @@ class GateKeeper:
         self._decided: Decision | None = None
         self._spent_proofs: set[str] = set()
         self.trust = Trust(None, None, "", "", "")
+        # Relayed votes refused so far (the state keeps only the newest `KEEP_REFUSALS`).
+        self.refused = 0
 
     async def receive(self, payload: Any) -> None:
         """Count a relayed vote, or record why not and tell the launch at once."""
@@ -269,13 +291,13 @@ class GateKeeper:
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "input"
-            self._refuse(None, f"malformed: {where}: {first['msg']}")
+            self.refuse(None, f"malformed: {where}: {first['msg']}")
             await self._reporter.report()
             return
         try:
             self._count(vote)
         except Refused as err:
-            self._refuse(vote, str(err))
+            self.refuse(vote, str(err))
             await self._reporter.report()
 
     def _count(self, vote: GateVote) -> None:
@@ -306,8 +328,10 @@ class GateKeeper:
                 return
         self._decided = _decision(gate, vote, self.trust.identity is not None)
 
-    def _refuse(self, vote: GateVote | None, why: str) -> None:
+    def refuse(self, vote: GateVote | None, why: str) -> None:
+        """Record why a relayed vote is not counted; the next report tells the launch."""
         workflow.logger.warning("refused a relayed vote: %s", why)
+        self.refused += 1
         entry = AuditEntry(
             at=workflow.now(),
             handler=f"{self._state.name}:relay_decision",
@@ -315,7 +339,7 @@ class GateKeeper:
             if vote is None
             else {"gate": vote.gate[:256], "verb": vote.verb, "person": vote.person[:128]},
             accepted=False,
-            note=why,
+            note=why[:KEEP_NOTE_CHARS],
         )
         self._state.refusals = [*self._state.refusals, entry][-KEEP_REFUSALS:]
 

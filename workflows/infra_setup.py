@@ -24,10 +24,10 @@ with workflow.unsafe.imports_passed_through():
     from schemas.launch_messages import PhaseInput, PhaseState
     from schemas.metrics_messages import TargetsUpRequest
     from workflows.compensation import RESTORE_OBJECT
-    from workflows.phase import PhaseWorkflow
+    from workflows.phase import UNEXPECTED_ERRORS, PhaseWorkflow
 
 
-@workflow.defn(name="InfraSetup")
+@workflow.defn(name="InfraSetup", failure_exception_types=UNEXPECTED_ERRORS)
 class InfraSetupWorkflow(PhaseWorkflow):
     @workflow.run
     async def run(self, inp: PhaseInput[InfraSetupPhase]) -> PhaseState:

@@ -7,28 +7,45 @@ compensation in reverse order.
 
 Who asks is proven, not typed, when the plan names an identity provider: the launch records
 who started it from the starter's proof and takes every decision, abort and undo action only
-with a proof bound to it (`workflows/gates.py`). Its phases' reports count only when sealed by
-a Phasegate worker, newest first and with an undo log that only grows.
+with a proof bound to it (`workflows/gates.py`). Before anything changes the worker admits the
+plan against its own limits (`activities/admission.py`); a refused launch changes nothing. Its
+phases' reports count only when sealed by a Phasegate worker, in order and with an undo log
+that only grows (`workflows/progress.py`).
+
+Nothing a sender or a broken code path does leaves the launch stuck: a handler that fails
+records a refusal (the update answers with an error), a phase that fails for any reason, is
+terminated or times out is rolled back with the real reason, and the rollback itself goes on
+past any error. Between phases the launch continues as new when its history grows long,
+handing its next run everything its status shows and its checks remember.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     CancelledError,
     ChildWorkflowError,
+    TerminatedError,
 )
+from temporalio.exceptions import TimeoutError as ServerTimeout
+from temporalio.workflow import NondeterminismError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.admission import ADMISSION_OPTIONS, AdmissionActivities
     from activities.approvals import ApprovalActivities
     from activities.options import SECOND, activity_options, summarized
+    from activities.phase_end import PHASE_END_OPTIONS, PhaseEndActivities
     from approvals.proofs import plan_digest, proof_key_id
+    from schemas.admission_messages import AdmissionRequest
     from schemas.decision_messages import (
         AbortRequest,
         AuthorityRequest,
@@ -40,21 +57,32 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.launch_messages import (
         CompensationRecord,
+        LaunchCarry,
         LaunchInput,
         LaunchResult,
         LaunchStatus,
         LaunchStatusValue,
         OpenGate,
+        PhaseEnd,
+        PhaseEndRequest,
         PhaseInput,
         PhaseReport,
         PhaseState,
         PhaseStatusValue,
     )
+    from schemas.notification_spec import NotificationEvent
     from workflows.audit import AuditTrail
     from workflows.evidence import EvidenceLog
     from workflows.gates import DecisionChecks, Refused, Trust, Vote, may_act
     from workflows.notifier import Notifier
-    from workflows.phase import PROGRESS_SIGNAL, RELAY_SIGNAL, failure_reason
+    from workflows.phase import (
+        KEEP_REASON_CHARS,
+        PROGRESS_SIGNAL,
+        RELAY_SIGNAL,
+        failure_reason,
+        internal_error,
+    )
+    from workflows.progress import merge_report, report_refusal
     from workflows.rollback import Rollback, UndoAction
     from workflows.visibility import LaunchView, describe_gate
 
@@ -72,6 +100,7 @@ AUTHORITY_OPTIONS = activity_options(30 * SECOND, attempts=5, longest_retry=10 *
 FRESH_SEAL = timedelta(minutes=10)
 # How often a proof naming an unknown key may make the launch reload the service's keys.
 KEY_RELOADS = 5
+NO_REQUEST = 'input: give a decision request: {"gate", "decision": "approve"|"reject", ...}'
 
 
 class DecisionRefused(ApplicationError):
@@ -81,39 +110,60 @@ class DecisionRefused(ApplicationError):
         super().__init__(message, type="DecisionRefused", non_retryable=True)
 
 
+class PhaseEnded(Exception):
+    """A phase ended without finishing its work: the reason the launch rolls back with."""
+
+
 @workflow.defn(name="Launch")
 class LaunchWorkflow:
     @workflow.init
     def __init__(self, inp: LaunchInput) -> None:
         # Made before any handler runs: a signal may arrive in the launch's first moment.
+        # Only this launch's own previous run hands state on (continue-as-new): `carried` in
+        # the input of a launch someone started is refused, never trusted.
+        self._forged_carry = inp.carried is not None and workflow.info().continued_run_id is None
+        carried = None if self._forged_carry else inp.carried
         self._input = inp
         self._status = LaunchStatusValue.RUNNING
         self._reason = ""
-        self._phase_index = -1
+        self._phase_index = carried.next_phase - 1 if carried else -1
         self._phase_task: asyncio.Task[None] | None = None
         self._child: workflow.ChildWorkflowHandle[Any, PhaseState] | None = None
         self._abort: AbortRequest | None = None
-        self._announced: set[tuple[str, str]] = set()
-        self._started_at: datetime | None = None
+        self._announced: set[tuple[str, str]] = set(carried.announced) if carried else set()
+        self._started_at: datetime | None = carried.started_at if carried else None
         self._finished_at: datetime | None = None
-        self._phases = [
-            PhaseState(name=p.name, kind=p.kind, steps=p.step_count()) for p in inp.plan.phases
-        ]
+        self._runs = carried.runs if carried else 1
+        self._phases = (
+            [phase.model_copy(deep=True) for phase in carried.phases]
+            if carried
+            else [
+                PhaseState(name=p.name, kind=p.kind, steps=p.step_count()) for p in inp.plan.phases
+            ]
+        )
         self._view = LaunchView()
-        self._audit = AuditTrail(self._publish)
+        self._audit = AuditTrail(
+            self._publish,
+            carried.audit if carried else None,
+            carried.audit_dropped if carried else 0,
+        )
+        identity = inp.plan.approvals.authenticated
         self._trust = Trust(
-            inp.plan.approvals.authenticated,
-            None,
+            identity,
+            carried.authority if carried else None,
             inp.launch_id,
-            workflow.info().first_execution_run_id,
-            inp.started_by if inp.plan.approvals.authenticated is None else "",
+            carried.run if carried else workflow.info().first_execution_run_id,
+            carried.started_by if carried else inp.started_by if identity is None else "",
         )
         self._checks = DecisionChecks(
             [g for phase in inp.plan.phases for g in phase.gate_ids()], self._trust
         )
         self._evidence = EvidenceLog()
-        self._reports_seen: dict[str, int] = {}
-        self._key_reloads = 0
+        self._reports_seen: dict[str, int] = dict(carried.reports_seen) if carried else {}
+        self._key_reloads = carried.key_reloads if carried else 0
+        if carried:
+            self._checks.recall(carried.decisions)
+            self._evidence.recall(carried.evidence, self._phases)
         self._notifier = Notifier(inp.launch_id, inp.plan)
         self._rollback = Rollback(self._notifier, self._publish)
 
@@ -121,18 +171,34 @@ class LaunchWorkflow:
 
     @workflow.run
     async def run(self, inp: LaunchInput) -> LaunchResult:
-        self._started_at = workflow.now()
-        self._publish()
-        problem = await self._check_starter(inp)
-        if problem:
-            self._status = LaunchStatusValue.REFUSED
-            self._reason = f"not started, nothing changed: {problem}"
-            self._finished_at = workflow.now()
+        carried = None if self._forged_carry else inp.carried
+        first = carried.next_phase if carried else 0
+        if carried is None:
+            self._started_at = workflow.now()
             self._publish()
-            return await self._finish()
-        await self._notifier.send("launch_started", f"launch of {inp.plan.version} started")
+            problem = (
+                "carried: only a launch continuing as new carries state; start without it"
+                if self._forged_carry
+                else await self._admission_problem(inp)
+            )
+            if problem:
+                self._status = LaunchStatusValue.REFUSED
+                self._reason = f"not started, nothing changed: {problem}"[:KEEP_REASON_CHARS]
+                self._finished_at = workflow.now()
+                self._publish()
+                return await self._finish()
+            await self._notify("launch_started", f"launch of {inp.plan.version} started")
+        else:
+            self._publish()
+        continued: LaunchInput | None = None
         try:
-            for index in range(len(inp.plan.phases)):
+            for index in range(first, len(inp.plan.phases)):
+                if self._abort is None and index > first and self._history_is_long(inp):
+                    # Every handler done first: what it changed goes to the next run.
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    if self._abort is None:
+                        continued = self._continued(inp, index)
+                        break
                 if self._abort is not None:
                     raise asyncio.CancelledError
                 self._phase_index = index
@@ -147,11 +213,26 @@ class LaunchWorkflow:
             reason = self._failure(err)
             await asyncio.shield(asyncio.ensure_future(self._roll_back(reason)))
             return await self._finish()
+        if continued is not None:
+            workflow.continue_as_new(continued)
         self._status = LaunchStatusValue.COMPLETED
         self._finished_at = workflow.now()
         self._publish()
-        await self._notifier.send("completed", f"{inp.plan.version} is live for every user")
+        await self._notify("completed", f"{inp.plan.version} is live for every user")
         return await self._finish()
+
+    async def _admission_problem(self, inp: LaunchInput) -> str:
+        """Why the launch may not start, or "": its starter's proof does not hold, or the
+        worker's limits refuse the plan. Nothing has changed yet, so an error of this code
+        refuses the launch too."""
+        try:
+            problem = await self._check_starter(inp)
+            return problem or await self._admit(inp)
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            workflow.logger.error("launch %s not admitted", inp.launch_id, exc_info=err)
+            return internal_error("the launch's admission", err)
 
     async def _check_starter(self, inp: LaunchInput) -> str:
         """Why the launch may not start (its starter's proof does not hold), or ""."""
@@ -169,6 +250,18 @@ class LaunchWorkflow:
             return f"start_proof: {str(err).removeprefix('proof: ')}"
         self._trust.started_by = person.name
         return ""
+
+    async def _admit(self, inp: LaunchInput) -> str:
+        """Why the worker's limits refuse the plan (every problem naming its field), or ""."""
+        try:
+            admission = await workflow.execute_activity_method(
+                AdmissionActivities.admit_plan,
+                AdmissionRequest(launch_id=inp.launch_id, plan=inp.plan),
+                **summarized(ADMISSION_OPTIONS, "check the plan against the worker's limits"),
+            )
+        except ActivityError as err:
+            return f"the worker could not check the plan: {failure_reason(err)}"
+        return "; ".join(admission.problems)
 
     async def _load_keys(self, kid: str) -> None:
         """Load the approval service's keys the workers trust (again, if `kid` is new)."""
@@ -201,101 +294,232 @@ class LaunchWorkflow:
             self._phases[index] = await self._child
         except ChildWorkflowError as err:
             cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                self._phases[index] = PhaseState.model_validate(cause.details[0])
-            raise
+            if isinstance(cause, CancelledError):
+                raise
+            raise PhaseEnded(await self._phase_failure(index, err)) from err
         finally:
             self._child = None
         self._publish()
 
+    async def _phase_failure(self, index: int, err: ChildWorkflowError) -> str:
+        """Why phase `index` failed, taking its final state when it sent one; a phase the
+        server ended keeps the state of its last report, whose undos the launch runs."""
+        known = self._phases[index]
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type == "PhaseFailed":
+            try:
+                self._phases[index] = PhaseState.model_validate(cause.details[0])
+                return failure_reason(cause)
+            except (IndexError, ValidationError) as bad:
+                workflow.logger.error("phase %s sent no state", known.name, exc_info=bad)
+        if isinstance(cause, TerminatedError | ServerTimeout):
+            end = await self._phase_end(err, cause)
+            if end.how == "timed_out":
+                reason = f"phase {known.name} timed out on the server"
+            else:
+                by = f" (by {end.identity})" if end.identity else ""
+                reason = f"phase {known.name} was terminated by the server: {end.reason or 'no reason given'}{by}"
+        elif isinstance(cause, ApplicationError):
+            reason = f"internal error in {known.name}: {cause.type}: {cause.message}"
+        else:
+            reason = f"phase {known.name} failed: {cause or err}"
+        known.status = PhaseStatusValue.FAILED
+        known.reason = reason[:KEEP_REASON_CHARS]
+        known.open_gate = None
+        return known.reason
+
+    async def _phase_end(
+        self, err: ChildWorkflowError, cause: TerminatedError | ServerTimeout
+    ) -> PhaseEnd:
+        """How the server ended the phase (its close event says who and why)."""
+        fallback = PhaseEnd(how="terminated" if isinstance(cause, TerminatedError) else "timed_out")
+        try:
+            end = await workflow.execute_activity_method(
+                PhaseEndActivities.describe_phase_end,
+                PhaseEndRequest(workflow_id=err.workflow_id, run_id=err.run_id),
+                **summarized(PHASE_END_OPTIONS, f"read how {err.workflow_id} ended"),
+            )
+        except ActivityError as failed:
+            reason = (
+                f"{cause.message or 'no reason'}; who and why not known: {failure_reason(failed)}"
+            )
+            return fallback.model_copy(update={"reason": reason})
+        return end if end.how != "other" else fallback
+
+    def _history_is_long(self, inp: LaunchInput) -> bool:
+        """Whether to continue as new before the next phase."""
+        info = workflow.info()
+        limit = inp.continue_after_events
+        return (limit > 0 and info.get_current_history_length() >= limit) or (
+            info.is_continue_as_new_suggested()
+        )
+
+    def _continued(self, inp: LaunchInput, next_phase: int) -> LaunchInput:
+        """The next run's input: the plan, and what this run knows, from phase `next_phase` on."""
+        workflow.logger.info(
+            "launch %s continues as new before phase %d (%d events so far)",
+            inp.launch_id,
+            next_phase,
+            workflow.info().get_current_history_length(),
+        )
+        return LaunchInput(
+            launch_id=inp.launch_id,
+            plan=inp.plan,
+            started_by=inp.started_by,
+            continue_after_events=inp.continue_after_events,
+            carried=LaunchCarry(
+                next_phase=next_phase,
+                runs=self._runs + 1,
+                phases=self._phases,
+                audit=self._audit.entries,
+                audit_dropped=self._audit.dropped,
+                started_at=self._started_at or workflow.now(),
+                run=self._trust.run,
+                started_by=self._trust.started_by,
+                authority=self._trust.authority,
+                announced=sorted(self._announced),
+                reports_seen=self._reports_seen,
+                key_reloads=self._key_reloads,
+                decisions=self._checks.remember(),
+                evidence=self._evidence.remember(),
+            ),
+        )
+
     def _failure(self, err: BaseException) -> str:
-        if self._abort is not None:
-            return f"aborted by {self._abort.by or 'an unnamed sender'}: {self._abort.reason}"
-        if isinstance(err, asyncio.CancelledError) or (
-            isinstance(err, ChildWorkflowError) and isinstance(err.cause, CancelledError)
-        ):
-            return "the launch workflow was cancelled"
-        if isinstance(err, ChildWorkflowError) and err.cause is not None:
-            return failure_reason(err.cause)
-        return failure_reason(err)
+        try:
+            if self._abort is not None:
+                return f"aborted by {self._abort.by or 'an unnamed sender'}: {self._abort.reason}"
+            if isinstance(err, asyncio.CancelledError) or (
+                isinstance(err, ChildWorkflowError) and isinstance(err.cause, CancelledError)
+            ):
+                return "the launch workflow was cancelled"
+            if isinstance(err, PhaseEnded):
+                return str(err)
+            if isinstance(err, ApplicationError | ActivityError):
+                return failure_reason(err)
+            phase = self._phases[self._phase_index].name if self._phase_index >= 0 else "start"
+            return internal_error(f"the launch at {phase}", err)
+        except Exception as broken:
+            return internal_error("the launch", broken)
 
     async def _roll_back(self, reason: str) -> None:
+        """Run every undo; nothing here stops before the last one has run."""
         self._status = LaunchStatusValue.ROLLING_BACK
         self._reason = reason
         self._publish()
-        await self._rollback.run(self._compensations())
+        try:
+            await self._rollback.run(self._compensations())
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            workflow.logger.error("rollback of %s", self._input.launch_id, exc_info=err)
+            self._reason = f"{reason}; the rollback failed: {internal_error('rollback', err)}"
+        failed = [r.id for r in self._compensations() if r.status == "failed"]
+        if failed:
+            self._reason = f"{self._reason}; not undone: {', '.join(failed)} (see their errors)"
+        self._reason = self._reason[:KEEP_REASON_CHARS]
         self._status = LaunchStatusValue.ROLLED_BACK
         self._finished_at = workflow.now()
         self._publish()
-        await self._notifier.send("rolled_back", f"rolled back: {reason}")
+        await self._notify("rolled_back", f"rolled back: {self._reason}")
 
     def _compensations(self) -> list[CompensationRecord]:
         return [record for phase in self._phases for record in phase.compensations]
 
+    async def _notify(self, event: NotificationEvent, summary: str, details: Any = None) -> None:
+        """Send a notification; one that cannot even be built is logged, never a reason to
+        stop the launch."""
+        try:
+            await self._notifier.send(event, summary, details)
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            workflow.logger.error("notification %s not sent", event, exc_info=err)
+
     # --- people: signals, update, query -------------------------------------------------
+
+    @contextmanager
+    def _handling(self, handler: str, payload: Any, *, update: bool = False) -> Iterator[None]:
+        """Run a handler's body; an error of this code is recorded as the refusal of what was
+        sent, never let out: out of a signal handler it would fail the launch (or its workflow
+        task, again and again). An update's own refusal is its answer, so it goes out."""
+        try:
+            yield
+        except Exception as err:
+            if isinstance(err, NondeterminismError) or (
+                update and isinstance(err, ApplicationError)
+            ):
+                raise
+            workflow.logger.error("%s not handled", handler, exc_info=err)
+            try:
+                self._audit.record(
+                    handler, payload, accepted=False, note=internal_error(handler, err)
+                )
+            except Exception as unrecorded:
+                workflow.logger.error("%s not recorded", handler, exc_info=unrecorded)
 
     @workflow.signal(
         name="approve",
         description='Go: approve the open gate. Input: {"gate": "<gate id>", "comment": "...", "proof": "<from the approval service>"}; with `identity: none`, "approver": "<name>" instead of the proof. The launch\'s details give the exact input.',
     )
     async def approve(self, payload: Any = None) -> None:
-        await self._signal_decision("approve", payload)
+        with self._handling("approve", payload):
+            await self._signal_decision("approve", payload)
 
     @workflow.signal(
         name="reject",
         description="No-go: reject the open gate and roll back. Input as for `approve`.",
     )
     async def reject(self, payload: Any = None) -> None:
-        await self._signal_decision("reject", payload)
+        with self._handling("reject", payload):
+            await self._signal_decision("reject", payload)
 
     @workflow.signal(
         name="abort",
         description='Stop the launch now and roll back everything it changed. Input: {"reason": "...", "proof": "<from the approval service>"}; with `identity: none`, "by": "<name>" instead of the proof.',
     )
     def abort(self, payload: Any = None) -> None:
-        request = self._audit.parse("abort", AbortRequest, payload)
-        if request is None:
-            return
-        try:
-            request = self._abort_sender(request)
-        except Refused as err:
-            self._audit.record("abort", payload, accepted=False, note=str(err))
-            return
-        status = self._current_status()
-        if (
-            status in FINISHED
-            or self._abort is not None
-            or status in (LaunchStatusValue.ROLLING_BACK, LaunchStatusValue.NEEDS_ATTENTION)
-        ):
-            note = f"ignored: the launch is already {status.value}"
-            self._audit.record("abort", payload, accepted=False, note=note)
-            return
-        self._abort = request
-        self._audit.record("abort", payload, accepted=True, note="rolling back")
-        if self._phase_task is not None:
-            self._phase_task.cancel()
+        with self._handling("abort", payload):
+            self._take_abort(payload)
 
     @workflow.signal(
         name="retry_compensation",
         description='Try a failing undo again after fixing its cause. Input: {"compensation": "<id>", "proof": "..."} (with `identity: none`, "by": "<name>").',
     )
     def retry_compensation(self, payload: Any = None) -> None:
-        self._compensation_signal("retry", payload)
+        with self._handling("retry_compensation", payload):
+            self._compensation_signal("retry", payload)
 
     @workflow.signal(
         name="skip_compensation",
         description='Give up on a failing undo, on record. Input: {"compensation": "<id>", "comment": "why", "proof": "..."} (with `identity: none`, "by": "<name>").',
     )
     def skip_compensation(self, payload: Any = None) -> None:
-        self._compensation_signal("skip", payload)
+        with self._handling("skip_compensation", payload):
+            self._compensation_signal("skip", payload)
 
     @workflow.update(
         name="decide",
         description='Approve or reject a gate and get an immediate answer. Input: {"gate", "decision": "approve"|"reject", "comment", "proof"} (with `identity: none`, "approver" instead of the proof). Answers with the vote\'s outcome; a refusal is an error naming the field and is recorded in the audit trail.',
     )
-    async def decide(self, request: DecisionRequest) -> Decision:
+    async def decide(self, request: DecisionRequest | None = None) -> Decision:
+        if not isinstance(request, DecisionRequest):
+            raise DecisionRefused(NO_REQUEST)
         handler = f"decide:{request.decision or '?'}"
         payload = request.model_dump(mode="json")
+        with self._handling(handler, payload, update=True):
+            return await self._decide(handler, request, payload)
+        # Only when the handler failed: its refusal is in the audit trail.
+        raise DecisionRefused(f"internal error: {handler} could not be taken; nothing changed")
+
+    @decide.validator
+    def _decide_input(self, request: DecisionRequest | None = None) -> None:
+        """Refuse an update whose input is no request at all (`null`, or none) before it is
+        taken: such an update leaves no trace in the launch's history."""
+        if not isinstance(request, DecisionRequest):
+            raise DecisionRefused(NO_REQUEST)
+
+    async def _decide(self, handler: str, request: DecisionRequest, payload: Any) -> Decision:
         try:
             vote, gate = await self._vote(request, None)
         except Refused as err:
@@ -312,53 +536,18 @@ class LaunchWorkflow:
         description="Internal: a phase workflow's report, sealed by its worker; anything else sent here is refused.",
     )
     async def phase_progress(self, payload: Any = None) -> None:
-        report = self._audit.parse(PROGRESS_SIGNAL, PhaseReport, payload)
-        if report is None:
-            return
-        problem = self._report_refusal(report)
-        if problem:
-            self._audit.record(
-                PROGRESS_SIGNAL,
-                {"phase": report.state.name[:64], "seq": report.seq},
-                accepted=False,
-                note=problem,
-            )
-            return
-        state = report.state
-        self._reports_seen[state.name] = report.seq
-        for index, known in enumerate(self._phases):
-            if known.name == state.name:
-                self._phases[index] = state
-        self._evidence.observe(self._phases)
-        self._publish()
-        gate = state.open_gate
-        if gate is not None and (gate.gate, gate.opened_at.isoformat()) not in self._announced:
-            self._announced.add((gate.gate, gate.opened_at.isoformat()))
-            await self._notifier.send(
-                "gate_opened",
-                f"gate {gate.gate} waits for a decision: {gate.question}"
-                + (
-                    f" (approvals proven at {gate.identity})"
-                    if gate.identity
-                    else " (approvals are NOT authenticated: names are taken as typed)"
-                ),
-                {
-                    "gate": gate.gate,
-                    "approvers": gate.approvers,
-                    "min_approvals": gate.min_approvals,
-                    "deadline": gate.deadline.isoformat(),
-                    "authenticated": bool(gate.identity),
-                    "identity": gate.identity or "none",
-                    "launch_run": self._trust.run,
-                },
-            )
+        with self._handling(PROGRESS_SIGNAL, payload):
+            await self._take_report(payload)
 
     @workflow.query(
         name="status",
         description="The whole launch: phase, step, exposure, open gate, decisions, analysis, audit.",
     )
     def status(self) -> LaunchStatus:
-        return self._snapshot()
+        try:
+            return self._snapshot()
+        except Exception as err:
+            return self._bare_snapshot(err)
 
     # --- decisions --------------------------------------------------------------------
 
@@ -430,6 +619,29 @@ class LaunchWorkflow:
         self._publish()
         await self._child.signal(RELAY_SIGNAL, vote)
 
+    def _take_abort(self, payload: Any) -> None:
+        request = self._audit.parse("abort", AbortRequest, payload)
+        if request is None:
+            return
+        try:
+            request = self._abort_sender(request)
+        except Refused as err:
+            self._audit.record("abort", payload, accepted=False, note=str(err))
+            return
+        status = self._current_status()
+        if (
+            status in FINISHED
+            or self._abort is not None
+            or status in (LaunchStatusValue.ROLLING_BACK, LaunchStatusValue.NEEDS_ATTENTION)
+        ):
+            note = f"ignored: the launch is already {status.value}"
+            self._audit.record("abort", payload, accepted=False, note=note)
+            return
+        self._abort = request
+        self._audit.record("abort", payload, accepted=True, note="rolling back")
+        if self._phase_task is not None:
+            self._phase_task.cancel()
+
     def _abort_sender(self, request: AbortRequest) -> AbortRequest:
         """The abort with its sender proven: a Phasegate worker's sealed abort (the health
         schedule), or a person allowed to abort (the plan's approvers or the starter)."""
@@ -473,23 +685,58 @@ class LaunchWorkflow:
         self._audit.record(handler, payload, accepted=True, note=f"by {person.name}")
         self._rollback.act(action, request, person.name)
 
-    def _report_refusal(self, report: PhaseReport) -> str:
+    async def _take_report(self, payload: Any) -> None:
+        report = self._audit.parse(PROGRESS_SIGNAL, PhaseReport, payload)
+        if report is None:
+            return
+        index = next((i for i, p in enumerate(self._phases) if p.name == report.phase), None)
+        problem = self._report_refusal(report, index)
+        if problem or index is None:
+            self._audit.record(
+                PROGRESS_SIGNAL,
+                {"phase": report.phase[:64], "seq": report.seq},
+                accepted=False,
+                note=problem,
+            )
+            return
+        self._reports_seen[report.phase] = report.seq
+        self._phases[index] = merge_report(self._phases[index], report)
+        self._evidence.observe(self._phases)
+        self._publish()
+        gate = report.open_gate
+        if gate is not None and (gate.gate, gate.opened_at.isoformat()) not in self._announced:
+            self._announced.add((gate.gate, gate.opened_at.isoformat()))
+            await self._notify(
+                "gate_opened",
+                f"gate {gate.gate} waits for a decision: {gate.question}"
+                + (
+                    f" (approvals proven at {gate.identity})"
+                    if gate.identity
+                    else " (approvals are NOT authenticated: names are taken as typed)"
+                ),
+                {
+                    "gate": gate.gate,
+                    "approvers": gate.approvers,
+                    "min_approvals": gate.min_approvals,
+                    "deadline": gate.deadline.isoformat(),
+                    "authenticated": bool(gate.identity),
+                    "identity": gate.identity or "none",
+                    "launch_run": self._trust.run,
+                },
+            )
+
+    def _report_refusal(self, report: PhaseReport, index: int | None) -> str:
         """Why a phase report is not taken, or "": only this launch's own phases' sealed
-        reports count, newest first, and a phase's undo log may only grow."""
+        reports count, each once and in order, and a phase's undo log may only grow."""
         if not report.sealed:
             return "seal: not sent by a Phasegate worker; phase reports come only from the launch's own phases"
         if report.launch_run != self._trust.run:
             return "launch_run: a report for another run of this launch"
-        known = next((p for p in self._phases if p.name == report.state.name), None)
-        if known is None:
-            return f"state.name: {report.state.name[:64]!r} is not a phase of this launch"
-        if report.seq <= self._reports_seen.get(known.name, 0):
+        if index is None:
+            return f"phase: {report.phase[:64]!r} is not a phase of this launch"
+        if report.seq <= self._reports_seen.get(report.phase, 0):
             return f"seq: report {report.seq} is not newer than the last one taken"
-        before = [(r.id, r.activity, r.input) for r in known.compensations]
-        after = [(r.id, r.activity, r.input) for r in report.state.compensations]
-        if after[: len(before)] != before:
-            return "state.compensations: a phase's undo log may only grow"
-        return ""
+        return report_refusal(self._phases[index], report)
 
     # --- what the launch shows ----------------------------------------------------------
 
@@ -529,6 +776,8 @@ class LaunchWorkflow:
         exposure = next(
             (p.exposure for p in reversed(self._phases) if p.exposure is not None), None
         )
+        if self._rollback.exposure is not None:
+            exposure = self._rollback.exposure
         return LaunchStatus(
             launch_id=self._input.launch_id,
             service=plan.service,
@@ -543,6 +792,7 @@ class LaunchWorkflow:
             phase_index=self._phase_index,
             step=current.step if current else 0,
             exposure=exposure,
+            exposure_note=self._rollback.exposure_note,
             open_gate=self._open_gate(),
             waiting_for=self._waiting_for(),
             phases=self._phases,
@@ -551,17 +801,41 @@ class LaunchWorkflow:
                 [*self._audit.entries, *(e for p in self._phases for e in p.refusals)],
                 key=lambda entry: entry.at,
             ),
+            audit_dropped=self._audit.dropped,
             compensations=self._compensations(),
             started_at=self._started_at,
             finished_at=self._finished_at,
         )
 
+    def _bare_snapshot(self, err: Exception) -> LaunchStatus:
+        """The launch's status without its details, when they cannot be put together."""
+        workflow.logger.error("status of %s incomplete", self._input.launch_id, exc_info=err)
+        plan = self._input.plan
+        note = internal_error("status", err)
+        return LaunchStatus(
+            launch_id=self._input.launch_id,
+            service=plan.service,
+            version=plan.version,
+            status=self._status,
+            reason=f"{self._reason} ({note})" if self._reason else note,
+            run_id=self._trust.run,
+            phase_index=self._phase_index,
+            started_at=self._started_at,
+            finished_at=self._finished_at,
+        )
+
     def _publish(self) -> None:
-        self._view.show(self._snapshot())
+        """Show the latest state in the UI; it never stops what changed the state."""
+        try:
+            self._view.show(self._snapshot())
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            workflow.logger.error("launch %s not shown", self._input.launch_id, exc_info=err)
 
     async def _finish(self) -> LaunchResult:
         await workflow.wait_condition(workflow.all_handlers_finished)
-        snapshot = self._snapshot()
+        snapshot = self.status()
         return LaunchResult(
             launch_id=snapshot.launch_id,
             status=snapshot.status,

@@ -35,7 +35,7 @@ with workflow.unsafe.imports_passed_through():
         RESTORE_EXPOSURE,
         SWITCH_BACK_SQL,
     )
-    from workflows.phase import PhaseWorkflow
+    from workflows.phase import UNEXPECTED_ERRORS, PhaseWorkflow
 
 # A restore of a large database outlives the launch's default two minutes for an undo.
 RESTORE_TIMEOUT = timedelta(hours=6)
@@ -43,7 +43,7 @@ RESTORE_HEARTBEAT = timedelta(seconds=30)
 STEPS = ("preflight", "backup", "migrate", "verify", "cutover", "watch")
 
 
-@workflow.defn(name="MigrationCutover")
+@workflow.defn(name="MigrationCutover", failure_exception_types=UNEXPECTED_ERRORS)
 class MigrationCutoverWorkflow(PhaseWorkflow):
     @workflow.run
     async def run(self, inp: PhaseInput[MigrationCutoverPhase]) -> PhaseState:

@@ -1,8 +1,10 @@
 """What every phase workflow shares: its state, progress reports to the launch, gates, undo log.
 
-A phase reports its whole state to the parent launch after every change, so the launch's
-`status` query, the UI and the rollback always see the latest exposure, open gate and
-registered compensations, even if the phase dies mid-step.
+A phase reports what changed to the parent launch after every change (`workflows/progress.py`),
+so the launch's `status` query, the UI and the rollback always see the latest exposure, open
+gate and registered compensations, even if the phase dies mid-step. An error the phase's code
+did not expect fails the phase like any other failure, with its state, so the launch rolls back
+everything it registered; it never leaves the phase retrying a workflow task forever.
 """
 
 from __future__ import annotations
@@ -13,19 +15,36 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.workflow import NondeterminismError
 
 with workflow.unsafe.imports_passed_through():
     from schemas.decision_messages import Decision
     from schemas.gate_spec import GateSpec, gate_id
-    from schemas.launch_messages import PhaseInput, PhaseReport, PhaseState, PhaseStatusValue
+    from schemas.launch_messages import PhaseInput, PhaseState, PhaseStatusValue
     from schemas.phase_spec import PhaseSpec
     from workflows.analysis import run_analysis, summarize
     from workflows.compensation import CompensationLog
     from workflows.gates import GateKeeper, Trust
+    from workflows.progress import ReportedSoFar
     from workflows.visibility import describe_gate, percent
 
 PROGRESS_SIGNAL = "phase_progress"
 RELAY_SIGNAL = "relay_decision"
+# Errors of the workflow code itself (a bug, a value it cannot handle). Raised outside
+# `run_phase`'s own handling (e.g. in a handler) they fail the phase workflow, which the launch
+# rolls back, instead of its workflow task, which the server would retry forever. Temporal's
+# NondeterminismError is none of these: a replay that no longer fits keeps retrying until the
+# fixed code is deployed.
+UNEXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
+    LookupError,
+    NameError,
+    TypeError,
+    ValueError,
+)
+KEEP_REASON_CHARS = 2000
 
 
 class GateRejected(ApplicationError):
@@ -48,7 +67,7 @@ class PhaseWorkflow:
         self.compensations = CompensationLog(self.state, self.report_delivered)
         self._launch_id = ""
         self._launch_run = ""
-        self._reports_sent = 0
+        self._reported = ReportedSoFar()
         self._unsent = False
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
@@ -59,7 +78,14 @@ class PhaseWorkflow:
         "`approve` / `reject` to the launch workflow instead; anything else sent here is refused.",
     )
     async def relay_decision(self, payload: Any = None) -> None:
-        await self.gates.receive(payload)
+        try:
+            await self.gates.receive(payload)
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            workflow.logger.error("relayed vote not handled", exc_info=err)
+            self.gates.refuse(None, internal_error("relay_decision", err))
+            await self.report()
 
     @workflow.query(
         name="status", description="This phase's state: step, exposure, open gate, analysis."
@@ -100,12 +126,7 @@ class PhaseWorkflow:
         launch = workflow.get_external_workflow_handle(parent.workflow_id)
         while self._unsent and not self._closed:
             self._unsent = False
-            self._reports_sent += 1
-            report = PhaseReport(
-                state=self.state.model_copy(deep=True),
-                seq=self._reports_sent,
-                launch_run=self._launch_run,
-            )
+            report = self._reported.next_report(self.state, self.gates.refused, self._launch_run)
             try:
                 await launch.signal(PROGRESS_SIGNAL, report)
             except FailureError as err:
@@ -212,9 +233,16 @@ class PhaseWorkflow:
             self.state.open_gate = None
             await asyncio.shield(asyncio.ensure_future(self.report_delivered()))
             raise
-        except (ApplicationError, ActivityError) as err:
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            if isinstance(err, ApplicationError | ActivityError):
+                reason = failure_reason(err)
+            else:
+                workflow.logger.error("phase %s: internal error", phase.name, exc_info=err)
+                reason = internal_error(phase.name, err)
             self.state.status = PhaseStatusValue.FAILED
-            self.state.reason = failure_reason(err)
+            self.state.reason = reason
             self.state.open_gate = None
             await self._close()
             raise ApplicationError(
@@ -242,9 +270,16 @@ class PhaseWorkflow:
 
 
 def failure_reason(err: BaseException) -> str:
+    """Why something failed, in one bounded line."""
     if isinstance(err, ActivityError):
         cause = err.cause
-        return f"activity {err.activity_type} failed: {cause.message if isinstance(cause, ApplicationError) else cause}"
+        why = cause.message if isinstance(cause, ApplicationError) else cause
+        return f"activity {err.activity_type} failed: {why}"[:KEEP_REASON_CHARS]
     if isinstance(err, ApplicationError):
-        return err.message
-    return str(err)
+        return err.message[:KEEP_REASON_CHARS]
+    return str(err)[:KEEP_REASON_CHARS]
+
+
+def internal_error(where: str, err: BaseException) -> str:
+    """An error of Phasegate's own workflow code, in one bounded line saying where."""
+    return f"internal error in {where}: {type(err).__name__}: {err}"[:KEEP_REASON_CHARS]

@@ -25,10 +25,10 @@ with workflow.unsafe.imports_passed_through():
     from schemas.metrics_messages import MetricQuery, MetricReading
     from schemas.probe_messages import CheckProbe, CheckReport, ProbeRequest, RateLimitProbe
     from schemas.security_validation_spec import AuditCheck, SecurityCheck, SecurityValidationPhase
-    from workflows.phase import PhaseWorkflow
+    from workflows.phase import UNEXPECTED_ERRORS, PhaseWorkflow
 
 
-@workflow.defn(name="SecurityValidation")
+@workflow.defn(name="SecurityValidation", failure_exception_types=UNEXPECTED_ERRORS)
 class SecurityValidationWorkflow(PhaseWorkflow):
     @workflow.run
     async def run(self, inp: PhaseInput[SecurityValidationPhase]) -> PhaseState:

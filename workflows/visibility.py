@@ -93,6 +93,8 @@ class LaunchView:
             headline += f" in {snapshot.phase} (step {snapshot.step}, {percent(snapshot.exposure)})"
         if snapshot.reason:
             headline += f"\nReason: {snapshot.reason}"
+        if snapshot.exposure_note:
+            headline += f"\nExposure: {snapshot.exposure_note}"
         if snapshot.waiting_for:
             headline += "\n" + snapshot.waiting_for
         workflow.set_current_details(headline)

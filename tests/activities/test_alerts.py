@@ -105,5 +105,6 @@ async def test_slack_gets_one_message_with_every_alert() -> None:
 async def test_a_receiver_that_is_down_raises_so_the_retry_policy_backs_off() -> None:
     target = AlertReceiver(name="am", kind="alertmanager", url=f"http://127.0.0.1:{free_port()}/")
     async with httpx.AsyncClient() as http:
-        with pytest.raises(httpx.ConnectError):
+        # A plain (retryable) error naming the receiver: the retry policy backs off.
+        with pytest.raises(ConnectionError, match=r"alerts\.receivers\.am: ConnectError"):
             await AlertActivities(http).send_alerts(batch(target))

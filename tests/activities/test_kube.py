@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client
 from temporalio.testing import ActivityEnvironment
 
-from activities.errors import KubeRejected
+from activities.errors import ConfigurationError, KubeRejected
 from activities.kube import KubeActivities, KubeConnection
 from activities.kube_client import metadata_of
 from schemas.infra_setup_spec import SecretSpec
@@ -276,4 +276,45 @@ def test_unknown_kinds_and_secrets_in_manifests_are_refused(
         env.run(
             kube_activities.read_manifests,
             ManifestsRequest(paths=[str(path)], namespace="x", launch_id=LAUNCH, service="a"),
+        )
+
+
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [
+        (
+            "apiVersion: v1\nkind: SecretList\nmetadata: {name: s}\nitems: []\n",
+            "Secrets do not belong in manifests",
+        ),
+        (
+            "apiVersion: v1\nkind: secret\nmetadata: {name: s}\ndata: {a: YQ==}\n",
+            "Secrets do not belong in manifests",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nmetadata: {name: l}\nitems:\n"
+            "- {apiVersion: v1, kind: Secret, metadata: {name: s}, data: {a: YQ==}}\n",
+            "a list of objects; give each object a document of its own",
+        ),
+    ],
+)
+def test_secret_data_never_becomes_an_activity_result(
+    tmp_path: Path, manifest: str, problem: str
+) -> None:
+    """Refused before any cluster is asked, so no object of these reaches the history."""
+    kube = KubeActivities(KubeConnection(kubeconfig=str(tmp_path / "no-cluster")))
+    path = tmp_path / "m.yaml"
+    path.write_text(manifest)
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        ActivityEnvironment().run(
+            kube.read_manifests,
+            ManifestsRequest(paths=[str(path)], namespace="x", launch_id=LAUNCH, service="a"),
+        )
+
+
+def test_a_secret_is_never_applied_as_an_object(tmp_path: Path) -> None:
+    kube = KubeActivities(KubeConnection(kubeconfig=str(tmp_path / "no-cluster")))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "x"}}
+    with pytest.raises(ConfigurationError, match="a Secret is applied from references"):
+        ActivityEnvironment().run(
+            kube.apply_object, ApplyObjectRequest(object=secret, launch_id=LAUNCH)
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from activities.errors import ConfigurationError
@@ -78,3 +80,33 @@ def test_bearer_token_comes_from_the_environment(
     monkeypatch.delenv("PROM_TOKEN")
     with pytest.raises(ConfigurationError, match="PROM_TOKEN is not set"):
         MetricsActivities().query_metric(request)
+
+
+def test_a_secret_url_is_resolved_in_the_activity(
+    stack: DemoStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHASEGATE_TEST_PROM_URL", stack.prometheus.url)
+    target = PrometheusTarget(url=SecretRef(env="PHASEGATE_TEST_PROM_URL"))
+    request = query(stack.prometheus.url, "sum(up)").model_copy(update={"prometheus": target})
+    reading = MetricsActivities().query_metric(request)
+    assert (reading.error, reading.value is not None) == ("", True)
+
+
+def test_an_unreachable_secret_url_is_kept_out_of_the_reading_and_the_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/tok-0d93be"
+    monkeypatch.setenv("PHASEGATE_TEST_PROM_URL", url)
+    monkeypatch.setenv("PHASEGATE_TEST_PROM_TOKEN", "tok-6a1f27")
+    target = PrometheusTarget(
+        url=SecretRef(env="PHASEGATE_TEST_PROM_URL"),
+        bearer_token=SecretRef(env="PHASEGATE_TEST_PROM_TOKEN"),
+    )
+    request = query(url, "up").model_copy(update={"prometheus": target})
+    with caplog.at_level(logging.DEBUG):
+        reading = MetricsActivities().query_metric(request)
+    assert reading.value is None
+    assert "Connection" in reading.error
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Retrying" in logged  # urllib3 names the request's path when it retries
+    assert "tok-" not in reading.error + logged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ import pytest
 
 from activities.notify import NotifyActivities
 from devstack.processes import free_port
+from schemas.basics import SecretRef
 from schemas.notification_spec import Webhook
 from schemas.notify_messages import Notification
 
@@ -27,8 +29,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.received.append((dict(self.headers), body))
-        self.send_response(204)
+        if self.path.startswith("/missing"):
+            self.send_response(404)
+        else:
+            self.server.received.append((dict(self.headers), body))
+            self.send_response(204)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
@@ -86,3 +91,32 @@ async def test_a_missing_secret_is_reported_not_sent(receiver: Receiver) -> None
         result = await NotifyActivities(http).send_notification(note(hook))
     assert "PHASEGATE_TEST_ABSENT is not set" in result.failed["ops"]
     assert receiver.received == []
+
+
+async def test_a_secret_url_is_called_and_no_failure_or_log_quotes_a_secret(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = receiver.server_address[1]
+    monkeypatch.setenv("PHASEGATE_TEST_HOOK_URL", f"http://127.0.0.1:{port}/hooks/tok-5c2e81")
+    monkeypatch.setenv("PHASEGATE_TEST_GONE_URL", f"http://127.0.0.1:{port}/missing/tok-93ad07")
+    monkeypatch.setenv("PHASEGATE_TEST_BAD_HEADER", "tok-b41f66\r\nX-Injected: 1")
+    hooks = [
+        Webhook(name="ops", url=SecretRef(env="PHASEGATE_TEST_HOOK_URL")),
+        Webhook(name="gone", url=SecretRef(env="PHASEGATE_TEST_GONE_URL")),
+        Webhook(
+            name="bad-header",
+            url=f"http://127.0.0.1:{port}/plain",
+            headers={"X-Token": SecretRef(env="PHASEGATE_TEST_BAD_HEADER")},
+        ),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        async with httpx.AsyncClient() as http:
+            result = await NotifyActivities(http).send_notification(note(*hooks))
+    assert result.delivered == ["ops"]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "HTTP Request: POST" in logged  # httpx logs each request with its URL
+    assert "tok-" not in logged
+    assert result.failed["gone"] == "answered HTTP 404 Not Found"
+    assert result.failed["bad-header"].startswith("LocalProtocolError: ")
+    assert len(receiver.received) == 1
+    assert "tok-" not in json.dumps(result.model_dump())

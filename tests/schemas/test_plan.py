@@ -70,9 +70,10 @@ def test_references_and_phase_rules_are_checked() -> None:
     [
         (
             {"steps": [{"weight": 20}, {"weight": 10}]},
-            "step weights must not decrease: steps[1].weight is 10 after 20",
+            "phases[0].steps[1].weight: must be above 20 (the weight of steps[0]); each step "
+            "exposes more users than the one before",
         ),
-        ({"steps": [{"weight": 100}]}, "a soft launch stays below 100%"),
+        ({"steps": [{"weight": 100}]}, "phases[0].steps[0].weight: a soft launch stays below 100%"),
         (
             {"kind": "migration"},
             "phases[0].kind: must be one of: 'infra_setup', 'security_validation', 'soft_launch', "
@@ -89,7 +90,9 @@ def test_phase_rules(change: dict[str, object], expected: str) -> None:
 def test_full_launch_must_reach_everyone() -> None:
     data = plan_dict()
     data["phases"][1]["steps"] = [{"weight": 50}]
-    assert plan_problems(data) == ["phases[1]: a full launch must end with a step of weight 100"]
+    assert plan_problems(data) == [
+        "phases[1].steps[0].weight: a full launch must end with a step of weight 100"
+    ]
 
 
 def test_metrics_need_a_condition_and_baselines_need_variants() -> None:

@@ -56,9 +56,10 @@ def test_security_problems_are_reported_with_their_paths() -> None:
         authentication=[{"id": "orders", "url": "https://x.example/orders", "token": "hunter2"}],
     )
     assert plan_problems(data) == [
-        "phases[0].tls[0].url: must match ^https://",
+        "phases[0].tls[0].url: must be an https:// URL without spaces",
         "phases[0].tls[0].min_version: Input should be 'TLSv1.2' or 'TLSv1.3'",
-        "phases[0].authentication[0].token: Input should be a valid dictionary or instance of SecretRef",
+        "phases[0].authentication[0].token: must be a secret reference, {env: NAME} or "
+        "{file: PATH}; never the secret itself",
         "phases[0].rate_limits[0]: limit + margin + 1 = 1001 requests; a burst is capped at 500",
     ]
 
@@ -114,7 +115,7 @@ def test_a_waiver_is_never_given_by_a_timeout() -> None:
         tls=[{"id": "api", "url": "https://a.example"}], waivers={"on_timeout": "approve"}
     )
     assert plan_problems(data) == [
-        "phases[0]: waivers.on_timeout: a finding is waived only by a person; use reject"
+        "phases[0].waivers.on_timeout: a finding is waived only by a person; use reject"
     ]
     lenient = with_security(tls=[{"id": "api", "url": "https://a.example"}])
     lenient["approvals"]["on_timeout"] = "approve"

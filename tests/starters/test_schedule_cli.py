@@ -42,7 +42,7 @@ def test_an_invalid_profile_lists_every_problem_and_creates_nothing(tmp_path: Pa
         f"{profile}: 3 problem(s)",
         "  schedule.catchup_window: must be at least 10s (Temporal's minimum)",
         "  checks[0].fail: give `max` and/or `min`",
-        "  checks[1].url: must match ^https?://",
+        "  checks[1].url: must be an http:// or https:// URL without spaces",
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +13,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from schemas import routing_messages
-from schemas.launch_messages import LaunchResult
+from schemas.admission_messages import Admission, AdmissionRequest
+from schemas.launch_messages import LaunchResult, PhaseEnd, PhaseEndRequest
 from schemas.metrics_messages import MetricQuery, MetricReading
 from schemas.notify_messages import Notification, NotificationResult
 from schemas.plan import LaunchPlan
@@ -40,6 +41,10 @@ class FakeWorld:
     readings: Callable[[MetricQuery], MetricReading] = lambda q: MetricReading(value=0.0)
     restore_failures: int = 0
     exposure: float = 0.0
+    # What the worker's admission finds wrong with every plan: none, unless a test says so.
+    # Admissions are kept apart from `calls`, which lists what the launch did.
+    admission_problems: list[str] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
@@ -48,6 +53,16 @@ class FakeWorld:
         """Every method of this world that is an activity: a subclass adds fakes by defining
         more `activity.defn` methods."""
         return activities_of(self)
+
+    @activity.defn(name="admit_plan")
+    async def admit_plan(self, request: AdmissionRequest) -> Admission:
+        self.admitted.append(request.launch_id)
+        return Admission(problems=list(self.admission_problems))
+
+    @activity.defn(name="describe_phase_end")
+    async def describe_phase_end(self, request: PhaseEndRequest) -> PhaseEnd:
+        self.calls.append(("describe_phase_end", request.workflow_id))
+        return PhaseEnd(how="terminated", reason="terminated in a test", identity="tests")
 
     @activity.defn(name="snapshot_exposure")
     async def snapshot_exposure(
@@ -104,16 +119,26 @@ async def running_launch(
     plan: LaunchPlan,
     world: FakeWorld,
     start_signal: tuple[str, Any] | None = None,
-    **start: str,
+    *,
+    workflows: Sequence[type] = (),
+    **start: Any,
 ) -> AsyncIterator[WorkflowHandle[LaunchWorkflow, LaunchResult]]:
     """A launch of `plan` on a worker of its own whose activities are `world`'s fakes (see
-    `start_launch` for `start_signal`, `launch_id` and `start_proof`)."""
+    `start_launch` for `start_signal`, `launch_id`, `start_proof` and
+    `continue_after_events`). `workflows` replace Phasegate's workflows of the same names."""
     task_queue = f"test-{uuid.uuid4()}"
+    replaced = {_workflow_name(w) for w in workflows}
     async with Worker(
         client,
         interceptors=test_interceptors(),
         task_queue=task_queue,
-        workflows=list(WORKFLOWS),
+        workflows=[*workflows, *(w for w in WORKFLOWS if _workflow_name(w) not in replaced)],
         activities=world.activities(),
     ):
         yield await start_launch(client, plan, task_queue, start_signal, **start)
+
+
+def _workflow_name(cls: type) -> str:
+    """The workflow type `cls` is registered as (its `workflow.defn` name)."""
+    definition: Any = getattr(cls, "__temporal_workflow_definition")
+    return str(definition.name)

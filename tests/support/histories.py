@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from temporalio.client import WorkflowHistory
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
@@ -44,3 +45,13 @@ def committed(paths: list[Path]) -> list[tuple[str, str]]:
         history = json.loads(path.read_text())
         loaded.append((history.pop("workflowId", path.stem), json.dumps(history)))
     return loaded
+
+
+async def failed_tasks(client: Client, workflow_id: str, run_id: str | None = None) -> int:
+    """How many workflow task failures the workflow's history (its latest run, or `run_id`)
+    holds: a task that fails is retried by the server, so any at all means a code path that
+    could hang a launch."""
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    return sum(
+        event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for event in history.events
+    )

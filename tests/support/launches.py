@@ -28,14 +28,22 @@ async def start_launch(
     *,
     launch_id: str | None = None,
     start_proof: str = "",
+    continue_after_events: int = 0,
 ) -> WorkflowHandle[LaunchWorkflow, LaunchResult]:
     """Start the launch workflow on `task_queue`, with `start_signal` (name, payload) delivered
-    in its first moment if given, and the starter's proof; the workflow id is the launch id."""
+    in its first moment if given, and the starter's proof; the workflow id is the launch id.
+    With `continue_after_events` the launch continues as new between phases once its history
+    holds that many events."""
     launch_id = launch_id or new_launch_id()
     signal_name, payload = start_signal or (None, None)
     return await client.start_workflow(
         LaunchWorkflow.run,
-        LaunchInput(launch_id=launch_id, plan=plan, start_proof=start_proof),
+        LaunchInput(
+            launch_id=launch_id,
+            plan=plan,
+            start_proof=start_proof,
+            continue_after_events=continue_after_events,
+        ),
         id=launch_id,
         task_queue=task_queue,
         start_signal=signal_name,

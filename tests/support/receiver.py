@@ -1,4 +1,5 @@
-"""A real local webhook receiver for alert tests: records every JSON body posted to it."""
+"""A real local webhook receiver for alert and notification tests: records every JSON body
+posted to it, and the headers it came with."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 class Receiver:
     url: str
     posts: list[tuple[str, Any]] = field(default_factory=list)
+    headers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def bodies(self, path: str) -> list[Any]:
@@ -32,6 +34,7 @@ def webhook_receiver() -> Iterator[Receiver]:
             body = json.loads(self.rfile.read(length) or b"null")
             with receiver.lock:
                 receiver.posts.append((self.path, body))
+                receiver.headers.append((self.path, dict(self.headers)))
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -24,7 +23,8 @@ from activities.kube import KubeConnection
 from devstack.demo import DemoStack, demo_stack
 from devstack.processes import free_port
 from schemas.targets import FlagdRouter
-from workers.main import build_worker
+from workers.main import build_worker, load_worker_limits, worker_http
+from workers.settings import Settings
 from workflows.visibility import PHASE, SERVICE, STATUS
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -107,12 +107,17 @@ def clean_stack(stack: DemoStack) -> Iterator[DemoStack]:
 
 @asynccontextmanager
 async def running_worker(client: Client, kube: KubeConnection | None = None) -> AsyncIterator[str]:
-    """A real worker with the real activities on a task queue of its own; yields the queue."""
+    """A real worker with the real activities on a task queue of its own, under the test
+    session's worker limits and with the worker's guarded HTTP client; yields the queue."""
     task_queue = f"e2e-{uuid.uuid4()}"
+    settings = Settings()
+    limits = load_worker_limits(settings)
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as executor:
         async with (
-            httpx.AsyncClient() as http,
-            build_worker(client, http, executor, task_queue=task_queue, kube=kube),
+            worker_http(settings, limits) as http,
+            build_worker(
+                client, http, executor, settings, task_queue=task_queue, kube=kube, limits=limits
+            ),
         ):
             yield task_queue
 

@@ -31,6 +31,11 @@ def test_a_seal_holds_for_its_signal_target_and_message_only() -> None:
     assert not keys.verify("abort", "launch-1", ABORT, "")
 
 
+@pytest.mark.parametrize("seal", ["é", "\x00", "\uff41" * 64, 7, None, ["ab"]])
+def test_a_seal_that_is_not_hex_text_is_refused_without_error(seal: object) -> None:
+    assert not SealKeys([KEY]).verify("abort", "launch-1", ABORT, seal)
+
+
 def test_a_rotated_key_still_verifies_what_the_old_one_sealed() -> None:
     old = SealKeys([OLD_KEY]).seal("abort", "launch-1", ABORT)
     rotated = SealKeys([KEY, OLD_KEY])

@@ -151,7 +151,8 @@ async def test_four_eyes_quorum_and_forged_channels(
         await handle.signal(
             "phase_progress",
             {
-                "state": {"name": "soft-launch", "kind": "soft_launch"},
+                "phase": "soft-launch",
+                "status": "completed",
                 "seq": 10_000,
                 "launch_run": opened.run_id,
                 "seal": "verified",

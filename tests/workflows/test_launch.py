@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,11 +12,18 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from schemas.launch_messages import CompensationRecord, LaunchResult, PhaseReport
+from schemas.launch_messages import (
+    CompensationRecord,
+    LaunchResult,
+    PhaseReport,
+    PhaseStatusValue,
+)
 from schemas.metrics_messages import MetricReading
 from tests.support.fakes import FakeWorld, running_launch
+from tests.support.histories import failed_tasks
 from tests.support.launches import decide_gate, gate_open, status, wait_for
 from tests.support.plans import exposure_only, make_plan
+from workflows.audit import KEEP_AUDIT
 from workflows.launch import LaunchWorkflow
 
 APPROVE = {"gate": "soft-launch.before", "approver": "alice", "comment": "go"}
@@ -454,16 +462,21 @@ async def test_a_forged_phase_report_is_refused_and_changes_no_undo(
         # A report for the phase that has not started, carrying a record of an unknown undo,
         # once unsealed, once claiming a seal, once as a bare phase state.
         forged = current.phases[1].model_copy(deep=True)
-        forged.compensations.append(
-            CompensationRecord(
-                id="full-launch.1",
-                phase="full-launch",
-                activity="delete_everything",
-                input={"everything": True},
-                description="looks harmless",
-            )
+        record = CompensationRecord(
+            id="full-launch.1",
+            phase="full-launch",
+            activity="delete_everything",
+            input={"everything": True},
+            description="looks harmless",
         )
-        report = PhaseReport(state=forged, seq=99, launch_run=current.run_id)
+        forged.compensations.append(record)
+        report = PhaseReport(
+            phase="full-launch",
+            seq=99,
+            launch_run=current.run_id,
+            status=PhaseStatusValue.RUNNING,
+            compensations=[record],
+        )
         await handle.signal("phase_progress", report)
         await handle.signal("phase_progress", report.model_copy(update={"seal": "verified"}))
         await handle.signal("phase_progress", forged)
@@ -502,7 +515,7 @@ async def test_oversized_payloads_are_refused_and_kept_short_in_the_audit(
     async with at_first_gate(time_skipping_env, world) as handle:
         await handle.signal(LaunchWorkflow.approve, {**APPROVE, "comment": "x" * 100_000})
         await handle.signal(LaunchWorkflow.approve, {**APPROVE, "approver": "a" * 129})
-        await handle.signal(LaunchWorkflow.abort, {"reason": "r" * 2001, "by": "carol"})
+        await handle.signal(LaunchWorkflow.abort, {"by": "carol", "reason": "é" * 3000})
         await handle.signal(LaunchWorkflow.approve, ["y" * 50_000])
         current = await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 4)
         assert not any(entry.accepted for entry in current.audit)
@@ -510,13 +523,193 @@ async def test_oversized_payloads_are_refused_and_kept_short_in_the_audit(
         assert "comment: String should have at most 2000 characters" in notes[0]
         assert "approver: String should have at most 128 characters" in notes[1]
         assert "reason: String should have at most 2000 characters" in notes[2]
-        # A payload that fits is kept as sent; a long one as the start of its JSON text.
+        # A payload that fits is kept as sent; a long one as the start of its JSON text (at
+        # most 2 KiB of it, never half a character) and the size it had.
         assert current.audit[1].payload == {**APPROVE, "approver": "a" * 129}
-        assert [len(current.audit[i].payload) for i in (0, 2, 3)] == [500] * 3
-        assert all(isinstance(current.audit[i].payload, str) for i in (0, 2, 3))
+        assert current.audit[1].payload_bytes == 0
+        long = [current.audit[i] for i in (0, 2, 3)]
+        assert all(isinstance(entry.payload, str) for entry in long)
+        assert [len(entry.payload.encode()) for entry in long] == [2048, 2047, 2048]
+        assert [entry.payload_bytes for entry in long] == [
+            len(json.dumps(sent, ensure_ascii=False).encode())
+            for sent in (
+                {**APPROVE, "comment": "x" * 100_000},
+                {"by": "carol", "reason": "é" * 3000},
+                ["y" * 50_000],
+            )
+        ]
         assert current.audit[3].payload.startswith('["yyy')
         assert current.status == "waiting"
         assert current.open_gate is not None
         await handle.signal(LaunchWorkflow.abort, {"reason": "done testing", "by": "carol"})
         result = await handle.result()
     assert result.status == "rolled_back"
+
+
+async def test_status_shows_the_exposure_the_rollback_restored(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = FakeWorld()
+    plan = make_plan(
+        phases=[
+            {"name": "soft-launch", "kind": "soft_launch", "steps": [{"weight": 5}]},
+            {
+                "name": "full-launch",
+                "kind": "full_launch",
+                "steps": [{"weight": 50, "approval": True}, {"weight": 100}],
+            },
+        ]
+    )
+    async with running_launch(time_skipping_env.client, plan, world) as handle:
+        waiting = await gate_open(time_skipping_env, handle, "full-launch.step-1")
+        assert waiting.exposure == 50
+        await handle.signal(
+            LaunchWorkflow.reject, {"gate": "full-launch.step-1", "approver": "alice"}
+        )
+        result = await handle.result()
+    assert result.status == "rolled_back"
+    # The last step set 50%; the undos put the router back to 5%, then to 0%.
+    assert [p.exposure for p in result.final.phases] == [5.0, 50.0]
+    assert (result.final.exposure, result.final.exposure_note) == (0.0, "")
+    assert world.exposure == 0.0
+
+
+async def test_status_says_when_the_exposure_undo_did_not_run(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = FakeWorld(restore_failures=100)
+    plan = exposure_only([{"weight": 20, "approval": True}, {"weight": 100}])
+    async with running_launch(time_skipping_env.client, plan, world) as handle:
+        await decide_gate(time_skipping_env, handle, "full-launch.step-1", "reject", "alice")
+        stuck = await wait_for(
+            time_skipping_env, handle, lambda s: s.status == "needs_attention", timeout=60
+        )
+        assert stuck.exposure == 20
+        assert stuck.exposure_note.startswith(
+            "the exposure undo full-launch.1 failed (activity restore_exposure failed: "
+        )
+        await handle.signal(
+            LaunchWorkflow.skip_compensation,
+            {"compensation": "full-launch.1", "by": "bob", "comment": "fixed by hand"},
+        )
+        result = await handle.result()
+    assert result.status == "rolled_back"
+    assert result.final.exposure == 20
+    assert result.final.exposure_note == (
+        "the exposure undo full-launch.1 was skipped by bob: the router may still serve the "
+        "exposure shown"
+    )
+
+
+async def test_a_long_launch_continues_as_new_between_phases(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """Forced after every phase: the next run goes on with everything the first one knew."""
+    world = FakeWorld()
+    plan = make_plan(
+        phases=[
+            {
+                "name": "soft-launch",
+                "kind": "soft_launch",
+                "gates": {"before": True},
+                "steps": [{"weight": 5}, {"weight": 10, "approval": True}],
+            },
+            {
+                "name": "full-launch",
+                "kind": "full_launch",
+                "steps": [{"weight": 50, "approval": True}, {"weight": 100}],
+            },
+        ],
+        notifications=[{"name": "ops", "url": "http://127.0.0.1:1/hook"}],
+    )
+    async with running_launch(
+        time_skipping_env.client, plan, world, continue_after_events=1
+    ) as handle:
+        await gate_open(time_skipping_env, handle, "soft-launch.before")
+        await handle.signal(LaunchWorkflow.approve, {**APPROVE, "id": "req-1"})
+        await decide_gate(time_skipping_env, handle, "soft-launch.step-2", "approve", "bob")
+        second = await gate_open(time_skipping_env, handle, "full-launch.step-1")
+        # The second run remembers the request ids the first one took.
+        gate = {"gate": "full-launch.step-1", "approver": "alice"}
+        await handle.signal(LaunchWorkflow.approve, {**gate, "id": "req-1"})
+        await wait_for(time_skipping_env, handle, lambda s: len(s.audit) == 3)
+        await handle.signal(LaunchWorkflow.reject, {**gate, "comment": "not today"})
+        result = await handle.result()
+
+    first_run = handle.result_run_id
+    assert first_run is not None
+    last_run = (await handle.describe()).run_id
+    assert last_run != first_run
+    history = await time_skipping_env.client.get_workflow_handle(
+        handle.id, run_id=first_run
+    ).fetch_history()
+    assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    assert second.run_id == result.final.run_id == first_run
+    assert result.status == "rolled_back"
+    assert result.reason == "gate full-launch.step-1 rejected by alice: not today"
+    assert result.final.started_at is not None
+    assert [(c.id, c.status) for c in result.final.compensations] == [
+        ("soft-launch.1", "done"),
+        ("full-launch.1", "done"),
+    ]
+    assert [w for n, w in world.calls if n == "restore_exposure"] == [10.0, 0.0]
+    assert [(d.gate, d.outcome) for d in result.final.decisions] == [
+        ("soft-launch.before", "approved"),
+        ("soft-launch.step-2", "approved"),
+        ("full-launch.step-1", "rejected"),
+    ]
+    assert [(e.handler, e.accepted, e.note) for e in result.final.audit] == [
+        ("approve", True, "approved by alice"),
+        ("approve", True, "approved by bob"),
+        ("approve", False, "id: decision req-1 was already taken"),
+        ("reject", True, "rejected by alice"),
+    ]
+    events = [e for n, e in world.calls if n == "send_notification"]
+    assert events == ["launch_started", "gate_opened", "gate_opened", "gate_opened", "rolled_back"]
+    for run in (first_run, last_run):
+        assert await failed_tasks(time_skipping_env.client, handle.id, run) == 0
+
+
+async def test_phase_reports_stay_small_however_long_the_analysis(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """Each report carries what changed: its size does not grow with the measurements taken."""
+    world = FakeWorld()
+    analysis = {"error-rate": {"query": "q", "max": 0.05, "interval": "1s", "count": 60}}
+    plan = exposure_only(
+        [{"weight": 5, "analysis": ["error-rate"]}, {"weight": 100}], analysis=analysis
+    )
+    async with running_launch(time_skipping_env.client, plan, world) as handle:
+        result = await handle.result()
+    assert result.status == "completed"
+    metric = result.final.phases[0].analysis[0]
+    assert (metric.successes, len(metric.measurements)) == (60, 20)
+    history = await handle.fetch_history()
+    reports = [
+        sum(len(p.data) for p in e.workflow_execution_signaled_event_attributes.input.payloads)
+        for e in history.events
+        if e.workflow_execution_signaled_event_attributes.signal_name == "phase_progress"
+    ]
+    assert len(reports) >= 20
+    assert max(reports) < 2500, sorted(reports)[-5:]
+
+
+async def test_the_audit_trail_keeps_its_newest_entries_and_counts_the_rest(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = FakeWorld()
+    async with at_first_gate(time_skipping_env, world) as handle:
+        for number in range(KEEP_AUDIT + 5):
+            await handle.signal(LaunchWorkflow.approve, {"gate": f"g{number}", "approver": "x"})
+        current = await wait_for(
+            time_skipping_env, handle, lambda s: s.audit_dropped == 5, timeout=60
+        )
+        assert len(current.audit) == KEEP_AUDIT
+        assert current.audit[0].payload == {"gate": "g5", "approver": "x"}
+        assert current.audit[-1].payload == {"gate": f"g{KEEP_AUDIT + 4}", "approver": "x"}
+        assert current.status == "waiting"
+        await handle.signal(LaunchWorkflow.abort, {"reason": "done testing", "by": "carol"})
+        result = await handle.result()
+    # The abort's entry pushed one more out.
+    assert result.final.audit_dropped == 6
+    assert result.final.audit[-1].note == "rolling back"
