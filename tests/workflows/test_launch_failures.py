@@ -33,7 +33,7 @@ from tests.support.fakes import FakeWorld, running_launch
 from tests.support.histories import failed_tasks
 from tests.support.launches import gate_open, new_launch_id, wait_for
 from tests.support.plans import make_plan
-from tests.support.sealing import test_interceptors
+from tests.support.sealing import test_interceptors as sealing_interceptors
 from workers.main import WORKFLOWS
 from workflows.launch import LaunchWorkflow
 
@@ -120,7 +120,7 @@ async def test_a_launch_started_with_carried_state_is_refused(
     task_queue = f"test-{uuid.uuid4()}"
     async with Worker(
         time_skipping_env.client,
-        interceptors=test_interceptors(),
+        interceptors=sealing_interceptors(),
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=world.activities(),
