@@ -113,11 +113,26 @@ class ApprovalDefaults(StrictModel):
     @model_validator(mode="after")
     def _quorum_reachable(self) -> ApprovalDefaults:
         _enough_people(self.approvers, self.min_approvals)
+        if self.identity == "none":
+            problems = group_problems(self.approvers, "approvers")
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
     @property
     def authenticated(self) -> IdentitySpec | None:
         return None if self.identity == "none" else self.identity
+
+
+def group_problems(approvers: list[str] | None, where: str) -> list[str]:
+    """With `identity: none` nobody proves a group: a `group:` approver could never be met
+    (or would be met by anyone typing it as a name)."""
+    return [
+        f"{where}[{index}]: {approver!r} needs a proven identity; with `identity: none` name "
+        "people or `*`"
+        for index, approver in enumerate(approvers or [])
+        if approver.startswith(GROUP_PREFIX)
+    ]
 
 
 class ResolvedGate(StrictModel):

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from schemas.analysis_spec import MetricSpec
 from schemas.basics import Description, Name, StrictModel
 from schemas.budget import budget_problems
 from schemas.full_launch_spec import FullLaunchPhase
-from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate
+from schemas.gate_spec import ApprovalDefaults, GateSpec, ResolvedGate, group_problems
 from schemas.infra_setup_spec import InfraSetupPhase
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.notification_spec import Webhook
@@ -74,6 +74,9 @@ class LaunchPlan(StrictModel):
 
     def _phase_problems(self, index: int, phase: Phase) -> Iterator[str]:
         """What a phase refers to that the plan does not define."""
+        if self.approvals.identity == "none":
+            for where, spec in _gates(phase, f"phases[{index}]"):
+                yield from group_problems(spec.approvers, f"{where}.approvers")
         if self.targets.prometheus is None:
             for where, why in phase.prometheus_needs():
                 yield f"phases[{index}].{where}: needs targets.prometheus {why}"
@@ -145,3 +148,16 @@ def _resolve_paths(plan: LaunchPlan, base_dir: Path) -> LaunchPlan:
 
 def load_plan(path: Path) -> LaunchPlan:
     return parse_plan(read_document(path), source=str(path), base_dir=path.parent)
+
+
+def _gates(model: BaseModel, where: str) -> Iterator[tuple[str, GateSpec]]:
+    """Every gate a plan section declares, with its path."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for position, item in items:
+            path = f"{where}.{name}" + ("" if position is None else f"[{position}]")
+            if isinstance(item, GateSpec):
+                yield path, item
+            elif isinstance(item, BaseModel):
+                yield from _gates(item, path)

@@ -311,3 +311,21 @@ def refusal(text: str) -> list[str]:
     except PlanError as err:
         return err.problems
     return []
+
+
+def test_group_approvers_need_a_proven_identity() -> None:
+    defaults = plan_dict()
+    defaults["approvals"] = {"identity": "none", "approvers": ["alice", "group:ops"]}
+    gate = plan_dict()
+    gate["approvals"] = {"identity": "none", "approvers": ["alice"]}
+    gate["phases"][0]["gates"] = {"before": {"approvers": ["group:sre"]}}
+    found = []
+    for data in (defaults, gate):
+        with pytest.raises(PlanError) as caught:
+            parse_plan(yaml.safe_dump(data))
+        found.extend(caught.value.problems)
+    assert [line.split(":")[0] for line in found] == [
+        "approvals.approvers[1]",
+        "phases[0].gates.before.approvers[0]",
+    ]
+    assert all("with `identity: none` name people or `*`" in line for line in found)
