@@ -228,17 +228,8 @@ class NetworkLimits(StrictModel):
             raise ConfigurationError(f"{where}: {problem}")
 
     async def acheck_url(self, url: str, *, where: str, shown: str | None = None) -> None:
-        """`check_url` without blocking the event loop."""
-        host, port = _checked_origin(url, where, shown)
-        try:
-            addresses = await self.aresolve(host, port)
-        except (OSError, UnicodeError, ValueError) as err:
-            raise ConfigurationError(
-                f"{where}: cannot resolve {shown or host}: {_why(err)}"
-            ) from None
-        problem = self.problem(host, addresses, shown=shown)
-        if problem is not None:
-            raise ConfigurationError(f"{where}: {problem}")
+        """`check_url` without blocking the event loop (the name is resolved in a thread)."""
+        await asyncio.to_thread(self.check_url, url, where=where, shown=shown)
 
 
 class FileLimits(StrictModel):
