@@ -10,6 +10,9 @@
     │                        not match what was recorded
     ├── WritesAfterCutover   non-retryable: a restore would drop rows written after cutover;
     │                        a person decides (retry once they are saved, or skip on record)
+    ├── WritesAtRisk         non-retryable: reverting the migration would lose live writes;
+    │                        raised as an ApplicationError whose details are a
+    │                        WritesAtRiskReport, and a person decides
     └── KubeRejected         non-retryable: the Kubernetes API server answered 4xx (invalid
                              manifest, forbidden, unknown kind) or a Deployment passed its
                              progress deadline; the message is the server's
@@ -41,6 +44,11 @@ class WritesAfterCutover(PhasegateError):
     pass
 
 
+class WritesAtRisk(PhasegateError):
+    """Only its name is used: the restore raises an ApplicationError of this type with a
+    `WritesAtRiskReport` as details."""
+
+
 class KubeRejected(PhasegateError):
     pass
 
@@ -50,5 +58,6 @@ NON_RETRYABLE = [
     RouterError.__name__,
     MigrationError.__name__,
     WritesAfterCutover.__name__,
+    WritesAtRisk.__name__,
     KubeRejected.__name__,
 ]

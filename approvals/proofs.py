@@ -24,7 +24,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Act = Literal["start", "approve", "reject", "abort", "retry_compensation", "skip_compensation"]
+Act = Literal[
+    "start",
+    "approve",
+    "reject",
+    "abort",
+    "retry_compensation",
+    "skip_compensation",
+    "keep_writes",
+    "drop_writes",
+]
 ACTS: tuple[Act, ...] = (
     "start",
     "approve",
@@ -32,6 +41,8 @@ ACTS: tuple[Act, ...] = (
     "abort",
     "retry_compensation",
     "skip_compensation",
+    "keep_writes",
+    "drop_writes",
 )
 AUDIENCE = "phasegate"
 TOKEN_TYPE = "phasegate-proof+jwt"

@@ -13,6 +13,8 @@ import typer
 import yaml
 from rich.text import Text
 
+from activities.backup_store import generate_key_file, load_backup_keys
+from activities.errors import ConfigurationError
 from activities.limits import FileLimits, SecretLimits, WorkerLimits
 from devstack.checkout_db import seed_checkout
 from devstack.demo import DemoOptions, example_plan, run_demo
@@ -59,6 +61,10 @@ def demo(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     plan = _plan_in(workdir)
+    try:
+        backup_keys = _backup_keys(workdir)
+    except ConfigurationError as err:
+        fail(str(err))
     with stop_on_signals("phasegate migration demo"):
         try:
             with postgres_cluster(workdir / "postgres") as cluster:
@@ -69,7 +75,10 @@ def demo(
                     workdir=workdir,
                     plan=plan,
                     auto_approve=auto_approve,
-                    worker_env={"CHECKOUT_DSN": dsn},
+                    worker_env={
+                        "CHECKOUT_DSN": dsn,
+                        "PHASEGATE_BACKUP_KEYS": str(backup_keys),
+                    },
                     worker_limits=_limits(plan, workdir, cluster.port),
                 )
                 final = run_stoppable(run_demo(options, say, on_status))
@@ -108,6 +117,16 @@ def _limits(plan: Path, workdir: Path, port: int) -> WorkerLimits:
         databases=[f"{LOOPBACK}:{port}/checkout", f"{LOOPBACK}:{port}/postgres"],
         files=FileLimits(read=scripts, backups=[str(workdir / "backups")]),
     )
+
+
+def _backup_keys(workdir: Path) -> Path:
+    """The demo worker's backup key file (0600), made on the first run and kept, so that the
+    backups of earlier runs in `workdir` stay readable."""
+    path = workdir / "backup.keys"
+    if not path.exists():
+        generate_key_file(path)
+    load_backup_keys(path)  # a file changed by hand is refused here, not by the worker
+    return path
 
 
 def _plan_in(workdir: Path) -> Path:

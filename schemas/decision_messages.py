@@ -4,7 +4,7 @@ A person asks with a `DecisionRequest` (the `approve` / `reject` signals, whose 
 decision, or the `decide` update, whose payload does); the launch checks it and takes a
 `Decision`, which it relays to the phase that owns the gate and which every status shows.
 A gate's timeout takes a `Decision` of its own. `AbortRequest` and `CompensationAction` stop a
-launch and act on an undo that keeps failing.
+launch and act on an undo that keeps failing (or that would lose live writes).
 
 When the plan names an identity provider, every request carries a `proof` from the approval
 service (see `approvals/proofs.py`): the person's name and groups come from it, never from a
@@ -100,7 +100,8 @@ class AbortRequest(Sealed):
 
 
 class CompensationAction(Message):
-    """Payload of `retry_compensation` / `skip_compensation` when an undo keeps failing."""
+    """Payload of `retry_compensation` / `skip_compensation` when an undo keeps failing, and of
+    `keep_writes` / `drop_writes` when a database restore would lose live writes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -109,6 +110,9 @@ class CompensationAction(Message):
     comment: Why = ""
     id: RequestId = ""
     proof: Proof = ""
+    # For `keep_writes` / `drop_writes`: the rows at risk the person saw in the status; the
+    # decision is refused if the restore now reports another count.
+    rows: Annotated[int, Field(ge=0)] | None = None
 
 
 class AuthorityRequest(Message):

@@ -11,6 +11,7 @@ from pydantic import Field
 from approvals.proofs import ApprovalAuthority
 from schemas.basics import Message
 from schemas.decision_messages import Decision
+from schemas.migration_messages import WritesAtRiskReport
 from schemas.phase_spec import PhaseSpec
 from schemas.plan import LaunchPlan
 from schemas.probe_messages import Finding
@@ -244,6 +245,8 @@ class LaunchStatus(Message):
     exposure_note: str = ""
     open_gate: OpenGate | None = None
     waiting_for: str = ""
+    # While the rollback waits on a database restore that would lose live writes: what.
+    writes_at_risk: WritesAtRiskReport | None = None
     phases: list[PhaseState] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)

@@ -92,12 +92,22 @@ class MigrationCutoverPhase(PhaseSpec):
     migrations: FilePath  # folder of NNN_name.sql (+ NNN_name.down.sql)
     backup_dir: FilePath
     ledger_table: SqlIdentifier = "phasegate_migrations"
+    # Tables the scripts change that parsing them cannot see (a DO block, a function call):
+    # guarded from before the backup like the tables the scripts name.
+    touches: list[SqlIdentifier] = Field(default_factory=list, max_length=MAX_TABLES)
+    # Backups in `backup_dir` older than this many days are removed when a new one is taken.
+    backup_keep_days: Annotated[int, Field(ge=1, le=3650)] = 30
     # server_version_num, e.g. 160004 for 16.4
     min_server_version: Annotated[int, Field(ge=90600, le=9_999_999)] | None = None
     extensions: list[Label] = Field(default_factory=list, max_length=MAX_EXTENSIONS)
     verify: VerificationSpec = VerificationSpec()
     cutover: CutoverSpec
     watch: WatchSpec | None = None
+
+    @model_validator(mode="after")
+    def _touches_once(self) -> MigrationCutoverPhase:
+        raise_problems(unique(self.touches, "touches"))
+        return self
 
     @property
     def target_dsn(self) -> SecretRef:

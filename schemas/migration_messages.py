@@ -7,7 +7,7 @@ checksums, never a row's values: they are written to workflow history.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -65,6 +65,7 @@ class MigrationTarget(Message):
     target: SecretRef
     migrations: str
     ledger_table: str
+    touches: list[str] = Field(default_factory=list)  # the plan's declared `touches`
 
 
 class PreflightRequest(Message):
@@ -81,15 +82,23 @@ class PreflightReport(Message):
     free_bytes: int
     scripts: list[MigrationScript]
     already_applied: list[str] = Field(default_factory=list)
+    # The tables the migration changes (declared, or named by its scripts), `schema.table`
+    # for those that exist; their size sizes the long activities' timeouts.
+    touched: list[str] = Field(default_factory=list)
+    touched_bytes: int = 0
+    carry_over: bool = False  # the folder has a carry_over.sql for writes at risk
 
 
 class BackupRequest(Message):
     where: MigrationTarget
     backup_dir: str
+    touched: list[str] = Field(default_factory=list)
+    keep_days: int = 30
 
 
 class BackupRecord(Message):
-    """A verified `pg_dump -Fc` of the target and the fingerprint taken in the same snapshot."""
+    """A verified, encrypted `pg_dump -Fc` of the target and the fingerprint of the tables the
+    migration touches, taken in the same snapshot."""
 
     path: str
     sha256: str
@@ -98,11 +107,18 @@ class BackupRecord(Message):
     database: str
     fingerprint: DatabaseFingerprint
     seconds: float = 0.0
+    touched: list[str] = Field(default_factory=list)  # guarded from before the snapshot
+    shapes: dict[str, str] = Field(default_factory=dict)  # their catalog shapes then
+    written_by: str = ""  # the worker host that wrote it, named when another cannot read it
+    # The touched tables' indexes, constraints, sequences and dependents at the backup, for
+    # restoring just them (activities/pg_table_restore.py `TableObjects`).
+    objects: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class MigrateRequest(Message):
     where: MigrationTarget
     scripts: list[MigrationScript]
+    touched: list[str] = Field(default_factory=list)
 
 
 class AppliedScript(Message):
@@ -162,15 +178,48 @@ class WritesGuardRequest(Message):
 
 class WritesGuardResult(Message):
     unchanged: list[str] = Field(default_factory=list)
+    saved: str = ""  # every live write captured so far, saved before anything is reverted
+    rows: int = 0
+
+
+class TableLoss(Message):
+    """Live writes to one table that reverting the migration would lose."""
+
+    rows_lost: int = 0  # rows inserted or updated live whose latest version would be gone
+    deletes_undone: int = 0  # rows deleted live that the revert would bring back
+    table_gone: bool = False  # the revert drops the table that holds them
+
+
+class WritesAtRiskReport(Message):
+    """What reverting would lose, as the `WritesAtRisk` failure's details: the rollback shows
+    it at its gate, and a person's `drop_writes` may drop at most `rows` rows."""
+
+    tables: dict[str, TableLoss] = Field(default_factory=dict)
+    rows: int = 0  # rows_lost + deletes_undone over every table
+    saved: str = ""  # the encrypted JSON-lines file holding those rows
+    method: Literal["down_scripts", "backup"] = "down_scripts"
+
+
+class WritesDecision(Message):
+    """A person's recorded answer to writes at risk: carry them over with the migration
+    folder's `carry_over.sql`, or drop at most `at_most_rows` of them."""
+
+    action: Literal["carry_over", "drop"]
+    by: str
+    comment: str = ""
+    at_most_rows: int = 0
 
 
 class RestoreDatabaseRequest(Message):
     where: MigrationTarget
     backup: BackupRecord
     scripts: list[MigrationScript]
+    writes: WritesDecision | None = None  # set by the rollback once a person decided
 
 
 class RestoreReport(Message):
     method: Literal["nothing_applied", "down_scripts", "backup"]
     reverted: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    carried_over: int = 0  # live-written rows `carry_over.sql` kept
+    dropped: WritesAtRiskReport | None = None  # what a person chose to drop, on record

@@ -47,6 +47,7 @@ from starters.schedule_cli import schedule_app
 from workers.client import TemporalUnreachable, connect
 from workers.main import serve
 from workers.settings import Settings
+from workflows.rollback import SIGNALS, UndoAction
 
 T = TypeVar("T")
 
@@ -58,7 +59,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 compensation_app = typer.Typer(
-    help="Act on a rollback step (undo) that keeps failing.", no_args_is_help=True
+    help="Act on a rollback step (undo) that keeps failing or would lose live writes.",
+    no_args_is_help=True,
 )
 app.add_typer(compensation_app, name="compensation")
 
@@ -404,8 +406,17 @@ def _decision_command(decision: Literal["approve", "reject"]) -> Callable[..., N
     return command
 
 
-def _compensation_command(action: Literal["retry", "skip"]) -> Callable[..., None]:
-    act: Act = "retry_compensation" if action == "retry" else "skip_compensation"
+# What each act on a stuck undo asks of the launch, as the CLI confirms it.
+ASKED: dict[UndoAction, str] = {
+    "retry": "a retry of",
+    "skip": "a skip of",
+    "keep_writes": "to keep the live writes at risk in",
+    "drop_writes": "to drop the live writes at risk in",
+}
+
+
+def _compensation_command(action: UndoAction) -> Callable[..., None]:
+    act = SIGNALS[action]
 
     def command(
         ctx: typer.Context,
@@ -416,17 +427,34 @@ def _compensation_command(action: Literal["retry", "skip"]) -> Callable[..., Non
     ) -> None:
         settings = settings_of(ctx)
 
-        async def signal(client: Client) -> None:
+        async def signal(client: Client) -> LaunchStatus:
             status = await launches.get_status(client, launch_id)
             sender = await _sender(settings, status, act, undo, approver)
+            # The rows the person is shown are the rows the decision is for: if the restore
+            # finds another count by the time the signal arrives, the launch refuses it.
+            at_risk = status.writes_at_risk if action in ("keep_writes", "drop_writes") else None
             await launches.act_on_compensation(
-                client, launch_id, action, undo, sender.by, comment, sender.proof
+                client,
+                launch_id,
+                action,
+                undo,
+                sender.by,
+                comment,
+                sender.proof,
+                rows=at_risk.rows if at_risk is not None else None,
             )
+            return status
 
-        _run(settings, signal)
+        status = _run(settings, signal)
+        at_risk = status.writes_at_risk
+        rows = (
+            f" ({count(at_risk.rows, 'row')} at risk, saved in {at_risk.saved or 'no file'})"
+            if at_risk is not None and action in ("keep_writes", "drop_writes")
+            else ""
+        )
         stdout().print(
             Text(
-                f"asked {launch_id} for a {action} of {undo}; the refusal, if any, shows in "
+                f"asked {launch_id} {ASKED[action]} {undo}{rows}; the refusal, if any, shows in "
                 f"`phasegate status {launch_id}`"
             ),
             soft_wrap=True,
@@ -470,8 +498,20 @@ compensation_app.command("retry", help="Try a failing undo again, once its cause
     _compensation_command("retry")
 )
 compensation_app.command(
-    "skip", help="Give up on a failing undo, on record (a comment saying why is required)."
+    "skip",
+    help="Give up on a failing undo, on record (a comment saying why is required); for a "
+    "database restore that would lose live writes, the database stays migrated.",
 )(_compensation_command("skip"))
+compensation_app.command(
+    "keep-writes",
+    help="Keep the live writes a database restore would lose: it reverts, then runs the "
+    "migration folder's carry_over.sql in the same transaction.",
+)(_compensation_command("keep_writes"))
+compensation_app.command(
+    "drop-writes",
+    help="Let a database restore drop the live writes it would lose, at most as many rows as "
+    "`status` shows, on record (a comment saying why is required).",
+)(_compensation_command("drop_writes"))
 
 
 class SignalName(StrEnum):

@@ -42,6 +42,7 @@ from schemas.security_validation_spec import SecurityValidationPhase
 from schemas.targets import FlagdRouter, describe_router
 from workers.settings import Settings
 from workflows.launch import LaunchWorkflow
+from workflows.rollback import SIGNALS, UndoAction
 from workflows.visibility import PHASE, SERVICE, STATUS
 
 FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
@@ -312,23 +313,28 @@ async def abort(client: Client, launch_id: str, reason: str, by: str = "", proof
 async def act_on_compensation(
     client: Client,
     launch_id: str,
-    action: Literal["retry", "skip"],
+    action: UndoAction,
     compensation: str,
     by: str = "",
     comment: str = "",
     proof: str = "",
+    rows: int | None = None,
 ) -> None:
-    """Try a failing undo again (`retry`), once its cause is fixed, or give up on it (`skip`),
-    on record; the launch refuses a skip without a comment."""
+    """Act on an undo the rollback waits on: try it again once its cause is fixed (`retry`),
+    give it up on record (`skip`), or, for a database restore that would lose live writes,
+    keep them (`keep_writes`) or drop them on record (`drop_writes`), `rows` being the count
+    the person saw. The launch refuses a skip or a drop without a comment."""
     request = CompensationAction(
-        compensation=compensation, by=by, comment=comment, id=str(uuid.uuid4()), proof=proof
-    )
-    signal = (
-        LaunchWorkflow.retry_compensation if action == "retry" else LaunchWorkflow.skip_compensation
+        compensation=compensation,
+        by=by,
+        comment=comment,
+        id=str(uuid.uuid4()),
+        proof=proof,
+        rows=rows,
     )
     handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
     with _translated(launch_id):
-        await handle.signal(signal, request)
+        await handle.signal(SIGNALS[action], request)
 
 
 # --- small private helpers ---------------------------------------------------------------

@@ -24,6 +24,7 @@ from schemas.launch_messages import (
     MetricResult,
     PhaseState,
 )
+from schemas.migration_messages import WritesAtRiskReport
 from schemas.probe_messages import Finding
 from starters.launches import LaunchListing
 
@@ -54,6 +55,8 @@ BAR_WIDTH = 40
 def render_status(status: LaunchStatus) -> RenderableType:
     """The whole launch: headline panel, then phases, analysis, decisions, refusals, undos."""
     parts: list[RenderableType] = [render_headline(status), render_phases(status.phases)]
+    if status.writes_at_risk is not None:
+        parts.append(render_writes_at_risk(status.writes_at_risk))
     analysis = [result for phase in status.phases for result in phase.analysis]
     if analysis:
         parts.append(render_analysis(analysis))
@@ -236,6 +239,29 @@ def render_compensations(
             Text(record.error or record.resolved_by),
         )
     return table
+
+
+def render_writes_at_risk(report: WritesAtRiskReport) -> RenderableType:
+    """What the database restore the rollback waits on would lose, table by table."""
+    saved = f"saved in {report.saved}" if report.saved else "not saved anywhere"
+    how = "down scripts" if report.method == "down_scripts" else "the backup"
+    table = _table(
+        "",
+        columns=["table", "rows lost", "deletes undone", "table dropped"],
+        right=["rows lost", "deletes undone"],
+    )
+    for name, loss in sorted(report.tables.items()):
+        table.add_row(
+            Text(name),
+            str(loss.rows_lost),
+            str(loss.deletes_undone),
+            Text("yes", style="red") if loss.table_gone else "no",
+        )
+    summary = Text(
+        f"Live writes at risk: {report.rows} row(s) a revert with {how} would lose ({saved})",
+        style="bold red",
+    )
+    return Group(summary, table)
 
 
 def render_listing(listings: Sequence[LaunchListing]) -> RenderableType:

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.support.sealing",
     "tests.support.limits",
+    "tests.support.backups",
     "tests.support.servers",
     "tests.support.kube",
     "tests.support.postgres",

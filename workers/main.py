@@ -2,8 +2,9 @@
 
 The SDK's own metrics (task latencies, slots, failures) are served for Prometheus at
 `PHASEGATE_METRICS_ADDRESS` (default 127.0.0.1:9464). What plans may make the worker touch is
-read once, from `PHASEGATE_WORKER_LIMITS` (`activities/limits.py`); a bad limits file stops the
-worker before it connects.
+read once, from `PHASEGATE_WORKER_LIMITS` (`activities/limits.py`), and the keys backups are
+encrypted with from `PHASEGATE_BACKUP_KEYS` (`activities/backup_store.py`); a bad limits or key
+file stops the worker before it connects.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities import backup_store
 from activities import limits as worker_limits
 from activities.admission import AdmissionActivities
 from activities.alerts import AlertActivities, AlertLedgerActivities
 from activities.approvals import ApprovalActivities
+from activities.backup_store import BackupKeys, load_backup_keys
+from activities.errors import ConfigurationError
 from activities.flags import FlagdFileRouter
 from activities.kube import KubeActivities, KubeConnection
 from activities.kube_checks import KubeCheckActivities
@@ -63,11 +67,18 @@ WORKFLOWS: Sequence[type] = (
 
 def load_worker_limits(settings: Settings) -> WorkerLimits:
     """The limits `PHASEGATE_WORKER_LIMITS` names (safe defaults when unset), refusing the
-    worker's own key and limits files as secrets; `PlanError` naming every problem."""
+    worker's own key files and limits as secrets; `PlanError` naming every problem."""
     key_file = Path(settings.worker_key_file) if settings.worker_key_file else DEFAULT_KEY_FILE
+    own = [key_file, *([settings.backup_keys] if settings.backup_keys else [])]
     if settings.worker_limits is None:
-        return WorkerLimits().protecting(key_file)
-    return load_limits(Path(settings.worker_limits)).protecting(key_file)
+        return WorkerLimits().protecting(*own)
+    return load_limits(Path(settings.worker_limits)).protecting(*own)
+
+
+def load_worker_backup_keys(settings: Settings) -> BackupKeys | None:
+    """The backup keys `PHASEGATE_BACKUP_KEYS` names, or None when unset;
+    `ConfigurationError` of one line for a file that is wrong or readable by others."""
+    return None if settings.backup_keys is None else load_backup_keys(settings.backup_keys)
 
 
 def worker_http(settings: Settings, limits: WorkerLimits) -> httpx.AsyncClient:
@@ -156,11 +167,15 @@ def build_worker(
     task_queue: str | None = None,
     kube: KubeConnection | None = None,
     limits: WorkerLimits | None = None,
+    backup_keys: BackupKeys | None = None,
 ) -> Worker:
     settings = settings or Settings()
     limits = limits or load_worker_limits(settings)
     # Secrets are resolved in many activity modules; they all read under these limits.
     worker_limits.configure(limits)
+    backup_keys = backup_keys or load_worker_backup_keys(settings)
+    if backup_keys is not None:
+        backup_store.configure(backup_keys)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -175,6 +190,7 @@ def build_worker(
 
 async def serve(settings: Settings) -> None:
     limits = load_worker_limits(settings)
+    backup_keys = load_worker_backup_keys(settings)
     runtime = Runtime(
         telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_address))
     )
@@ -187,13 +203,17 @@ async def serve(settings: Settings) -> None:
         max_workers=settings.max_concurrent_activities
     ) as executor:
         async with worker_http(settings, limits) as http:
-            worker = build_worker(client, http, executor, settings, limits=limits)
+            worker = build_worker(
+                client, http, executor, settings, limits=limits, backup_keys=backup_keys
+            )
             logging.info(
-                "phasegate worker on %s, task queue %s, metrics on %s, limits from %s",
+                "phasegate worker on %s, task queue %s, metrics on %s, limits from %s, "
+                "backup keys from %s",
                 settings.temporal_address,
                 settings.task_queue,
                 settings.metrics_address,
                 settings.worker_limits or "nowhere (no secrets, files or private hosts)",
+                settings.backup_keys or "nowhere (no backups)",
             )
             async with worker:
                 logging.info("%s on task queue %s", WORKER_READY_LINE, settings.task_queue)
@@ -208,7 +228,7 @@ def main() -> None:
     settings = Settings()
     try:
         asyncio.run(serve(settings))
-    except (RuntimeError, ValueError) as err:
+    except (ConfigurationError, RuntimeError, ValueError) as err:
         raise SystemExit(f"phasegate-worker: {err}") from None
 
 

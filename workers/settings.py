@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,6 +44,9 @@ class Settings(BaseSettings):
     # `activities/limits.py` describes it). Unset: no secret, no non-public address, no
     # database and no file a plan names.
     worker_limits: str | None = None
+    # The keys backups are encrypted with (a 0600 file, `activities/backup_store.py` describes
+    # it), the same on every worker. Unset: this worker takes and restores no backup.
+    backup_keys: Path | None = None
     # The approval service whose signed proofs the workers accept (its public base URL); its
     # keys are read from `<url>/.well-known/jwks.json`.
     approval_service: str | None = None

@@ -83,7 +83,7 @@ with workflow.unsafe.imports_passed_through():
         internal_error,
     )
     from workflows.progress import merge_report, report_refusal
-    from workflows.rollback import Rollback, UndoAction
+    from workflows.rollback import SIGNALS, Rollback, UndoAction
     from workflows.visibility import LaunchView, describe_gate
 
 # The workflow type each phase kind runs as (registered by workers/main.py).
@@ -498,6 +498,22 @@ class LaunchWorkflow:
         with self._handling("skip_compensation", payload):
             self._compensation_signal("skip", payload)
 
+    @workflow.signal(
+        name="keep_writes",
+        description='Keep the live writes a database restore would lose: it reverts, then runs the migration folder\'s carry_over.sql in the same transaction. Input: {"compensation": "<id>", "proof": "..."} (with `identity: none`, "by": "<name>"); optionally "rows": the count the status showed.',
+    )
+    def keep_writes(self, payload: Any = None) -> None:
+        with self._handling("keep_writes", payload):
+            self._compensation_signal("keep_writes", payload)
+
+    @workflow.signal(
+        name="drop_writes",
+        description='Let a database restore drop the live writes it would lose (at most the rows the status shows), on record. Input: {"compensation": "<id>", "comment": "why", "proof": "..."} (with `identity: none`, "by": "<name>"); optionally "rows": the count the status showed.',
+    )
+    def drop_writes(self, payload: Any = None) -> None:
+        with self._handling("drop_writes", payload):
+            self._compensation_signal("drop_writes", payload)
+
     @workflow.update(
         name="decide",
         description='Approve or reject a gate and get an immediate answer. Input: {"gate", "decision": "approve"|"reject", "comment", "proof"} (with `identity: none`, "approver" instead of the proof). Answers with the vote\'s outcome; a refusal is an error naming the field and is recorded in the audit trail.',
@@ -661,13 +677,13 @@ class LaunchWorkflow:
         return request.model_copy(update={"by": person.name})
 
     def _compensation_signal(self, action: UndoAction, payload: Any) -> None:
-        handler = f"{action}_compensation"
+        handler = SIGNALS[action]
         request = self._audit.parse(handler, CompensationAction, payload)
         if request is None:
             return
         try:
             person = self._trust.person(
-                "retry_compensation" if action == "retry" else "skip_compensation",
+                handler,
                 request.compensation,
                 request.proof,
                 request.by,
@@ -795,6 +811,7 @@ class LaunchWorkflow:
             exposure_note=self._rollback.exposure_note,
             open_gate=self._open_gate(),
             waiting_for=self._waiting_for(),
+            writes_at_risk=self._rollback.at_risk,
             phases=self._phases,
             decisions=[d for phase in self._phases for d in phase.decisions],
             audit=sorted(

@@ -13,7 +13,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.postgres import LONG_POSTGRES_OPTIONS, POSTGRES_OPTIONS, PostgresActivities
+    from activities.postgres import POSTGRES_OPTIONS, PostgresActivities, long_options
     from activities.routing import ROUTING_OPTIONS, RouterActivities
     from schemas.gate_spec import gate_id
     from schemas.launch_messages import PhaseInput, PhaseState
@@ -37,8 +37,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.phase import UNEXPECTED_ERRORS, PhaseWorkflow
 
-# A restore of a large database outlives the launch's default two minutes for an undo.
-RESTORE_TIMEOUT = timedelta(hours=6)
+# A restore of a large database outlives the launch's default two minutes for an undo: its
+# timeout is sized from the database's size measured at preflight, like backup and migrate.
 RESTORE_HEARTBEAT = timedelta(seconds=30)
 STEPS = ("preflight", "backup", "migrate", "verify", "cutover", "watch")
 
@@ -65,6 +65,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
             target=spec.target_dsn,
             migrations=spec.migrations,
             ledger_table=spec.ledger_table,
+            touches=spec.touches,
         )
 
         await self._step("preflight", "checking both databases, extensions, disk and the ledger")
@@ -79,19 +80,31 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
             **POSTGRES_OPTIONS,
         )
 
-        await self._step("backup", f"backing up {preflight.database_bytes} bytes with pg_dump")
+        touched = ", ".join(preflight.touched) or "no existing table"
+        whole = long_options(preflight.database_bytes)
+        await self._step(
+            "backup",
+            f"guarding {touched}, then backing up {preflight.database_bytes} bytes with pg_dump",
+        )
         backup = await workflow.execute_activity_method(
             PostgresActivities.backup_database,
-            BackupRequest(where=where, backup_dir=spec.backup_dir),
-            **LONG_POSTGRES_OPTIONS,
+            BackupRequest(
+                where=where,
+                backup_dir=spec.backup_dir,
+                touched=preflight.touched,
+                keep_days=spec.backup_keep_days,
+            ),
+            **whole,
         )
         self.state.activity = f"backup {backup.path} (sha256 {backup.sha256[:12]}) verified"
         await self.compensations.register(
             RESTORE_DATABASE,
             RestoreDatabaseRequest(where=where, backup=backup, scripts=preflight.scripts),
-            f"bring database {backup.database} back to its backup {backup.path} "
-            f"(sha256 {backup.sha256[:12]}): down scripts where they exist, else the backup",
-            run_timeout=RESTORE_TIMEOUT,
+            f"revert the migration of {', '.join(backup.touched) or backup.database} "
+            f"(down scripts where every script has one, else those tables from backup "
+            f"{backup.path}, sha256 {backup.sha256[:12]}); stops and asks before losing a "
+            "live write",
+            run_timeout=whole["start_to_close_timeout"],
             heartbeat=RESTORE_HEARTBEAT,
         )
 
@@ -99,8 +112,8 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         await self._step("migrate", f"applying {len(pending)} script(s)")
         migrated = await workflow.execute_activity_method(
             PostgresActivities.apply_migrations,
-            MigrateRequest(where=where, scripts=preflight.scripts),
-            **LONG_POSTGRES_OPTIONS,
+            MigrateRequest(where=where, scripts=preflight.scripts, touched=preflight.touched),
+            **long_options(preflight.touched_bytes),
         )
         applied = [a.version for a in migrated.applied if not a.skipped]
 
@@ -110,7 +123,7 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
             VerifyRequest(
                 where=where, tables=spec.verify.tables, invariants=spec.verify.invariants
             ),
-            **LONG_POSTGRES_OPTIONS,
+            **whole,
         )
         counts = ", ".join(f"{t.target_table} {t.target_rows}" for t in verified.tables)
 
@@ -128,9 +141,11 @@ class MigrationCutoverWorkflow(PhaseWorkflow):
         await self.compensations.register(
             CHECK_WRITES_SINCE_CUTOVER,
             WritesGuardRequest(where=where, backup_dir=spec.backup_dir, at_cutover=verified.tables),
-            "refuse to drop rows written to "
-            f"{', '.join(t.target_table for t in verified.tables) or 'the migrated tables'} "
-            "after cutover; a person decides",
+            "save every live write to "
+            f"{', '.join(backup.touched) or 'the migrated tables'} since the backup before "
+            "anything is reverted",
+            run_timeout=whole["start_to_close_timeout"],
+            heartbeat=RESTORE_HEARTBEAT,
         )
         if cutover.flag is not None:
             snapshot = await workflow.execute_activity_method(

@@ -297,7 +297,7 @@ async def test_an_expired_token_is_refused(
         (
             {"launch": LAUNCH, "run": RUN, "act": "deploy", "target": GATE},
             "act: Input should be 'start', 'approve', 'reject', 'abort', "
-            "'retry_compensation' or 'skip_compensation'",
+            "'retry_compensation', 'skip_compensation', 'keep_writes' or 'drop_writes'",
         ),
         (
             {"launch": LAUNCH, "act": "approve", "target": GATE},

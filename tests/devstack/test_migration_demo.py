@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from activities import backup_store
 from tests.support.cli import run_phasegate
 
 pytestmark = pytest.mark.integration
@@ -25,6 +26,7 @@ def test_migration_demo_migrates_and_cuts_over(tmp_path: Path) -> None:
     assert "waiting at gate orders-migration.cutover" in output
     assert "orders_v2 5000" in output  # the gate shows the verified counts
     assert "completed; checkout_orders reads orders_v2; orders_v2 exists" in output
-    backups = list((workdir / "backups").glob("*.orders-migration.dump"))
+    backups = list((workdir / "backups").glob("*.orders-migration.dump.pgbk"))
     assert len(backups) == 1
-    assert backups[0].with_suffix(".json").exists()
+    assert backups[0].stat().st_mode & 0o777 == 0o600  # encrypted, private
+    assert backup_store.sidecar_of(backups[0]).exists()

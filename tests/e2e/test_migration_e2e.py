@@ -13,6 +13,7 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities import backup_store
 from devstack.processes import start_worker
 from schemas.launch_messages import LaunchResult
 from schemas.plan import LaunchPlan
@@ -38,6 +39,17 @@ def backup_input(result: LaunchResult) -> dict[str, Any]:
     record = next(c for c in result.final.compensations if c.activity == "restore_database")
     backup: dict[str, Any] = record.input["backup"]
     return backup
+
+
+def saved_file(name: str) -> tuple[int, list[dict[str, Any]], bytes]:
+    """A file Phasegate wrote: its mode, its rows (when it holds saved writes), its bytes."""
+    path = Path(name)
+    rows = (
+        [json.loads(line) for line in backup_store.read_encrypted_lines(path)]
+        if ".at-risk." in path.name
+        else []
+    )
+    return path.stat().st_mode & 0o777, rows, path.read_bytes()
 
 
 def sha256(path: str) -> str:
@@ -81,7 +93,10 @@ async def test_migrates_verifies_and_cuts_over(
     assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 100.0
     backup = backup_input(result)
     assert sha256(backup["path"]) == backup["sha256"]
-    assert backup["fingerprint"]["tables"]["public.orders"]["rows"] == SEEDED_ROWS
+    # Only the tables the migration changes are guarded and fingerprinted: orders_v2 did not
+    # exist yet, and orders is only read.
+    assert backup["touched"] == []
+    assert backup["fingerprint"]["tables"] == {}
     phase = result.final.phases[0]
     assert (phase.status, phase.step, phase.steps) == ("completed", 5, 6)
     assert [c.activity for c in phase.compensations] == [
@@ -180,10 +195,9 @@ async def test_rollback_after_cutover_restores_every_row(
     assert canary_share(checkout_db.workdir / "flags" / "db.json", "orders-v2") == 0.0
 
 
-async def test_writes_after_cutover_wait_for_a_person(
+async def test_writes_after_cutover_stop_the_undo_until_a_person_keeps_them(
     dev_env: WorkflowEnvironment, worker: str, checkout_db: CheckoutDatabase
 ) -> None:
-    before = checkout_db.contents()
     plan = migration_plan(
         checkout_db, migrations(checkout_db.workdir), gates={"after": {"approvers": ["bob"]}}
     )
@@ -194,28 +208,34 @@ async def test_writes_after_cutover_wait_for_a_person(
         "FROM orders_v2 WHERE id <= 12"
     )
     await handle.signal(LaunchWorkflow.reject, {"gate": "migrate.after", "approver": "bob"})
-    stuck = await wait_for(dev_env, handle, lambda s: s.status == "needs_attention", timeout=90)
+    stuck = await wait_for(dev_env, handle, lambda s: s.writes_at_risk is not None, timeout=90)
 
-    guard = next(c for c in stuck.compensations if c.activity == "check_writes_since_cutover")
-    assert guard.status == "failed"
-    assert (
-        f"orders_v2 has {SEEDED_ROWS + 12} rows now, {SEEDED_ROWS} at cutover (+12)" in guard.error
-    )
-    saved = checkout_db.workdir / "backups" / f"{handle.id}.migrate.after-cutover.dump"
-    assert saved.exists()
-    assert checkout_db.scalar("SELECT count(*) FROM orders_v2") == SEEDED_ROWS + 12  # untouched
+    # The down scripts would drop orders_v2 and the 12 orders written to it after cutover:
+    # nothing was reverted, the rows are saved, and a person is asked.
+    assert stuck.writes_at_risk is not None
+    assert stuck.writes_at_risk.rows == 12
+    assert stuck.writes_at_risk.tables["public.orders_v2"].table_gone
+    mode, lines, raw = saved_file(stuck.writes_at_risk.saved)
+    assert mode == 0o600
+    assert sorted(row["new"]["id"] for row in lines) == list(range(1000001, 1000013))
+    assert b"1000001" not in raw  # encrypted at rest
+    restore = next(c for c in stuck.compensations if c.activity == "restore_database")
+    assert restore.status == "failed"
+    assert "would lose 12 live write(s)" in restore.error
+    assert checkout_db.scalar("SELECT count(*) FROM orders_v2") == SEEDED_ROWS + 12
     assert "orders_v2" not in view_source(checkout_db)  # traffic is back on the old table
 
-    await handle.signal(
-        LaunchWorkflow.skip_compensation,
-        {"compensation": guard.id, "by": "alice", "comment": "rows saved in the dump"},
-    )
+    await handle.signal("keep_writes", {"compensation": restore.id, "by": "alice", "rows": 12})
     result = await handle.result()
-    assert result.status == "rolled_back"
-    assert checkout_db.contents() == before
-    assert "skipped by alice" in next(
-        c.resolved_by for c in result.final.compensations if c.id == guard.id
-    )
+    assert result.status == "rolled_back", result.reason
+    # carry_over.sql moved them back to orders, in cents; the migration itself is undone.
+    assert checkout_db.scalar("SELECT to_regclass('orders_v2')") is None
+    assert checkout_db.scalar("SELECT count(*) FROM orders") == SEEDED_ROWS + 12
+    assert checkout_db.query(
+        "SELECT o.id FROM orders o JOIN orders p ON p.id = o.id - 1000000 "
+        "WHERE o.id > 1000000 AND o.total_cents = p.total_cents"
+    ) == [(1000000 + n,) for n in range(1, 13)]
+    assert checkout_db.scalar("SELECT to_regnamespace('phasegate_capture')") is None
 
 
 async def test_worker_killed_mid_script_resumes_without_reapplying(
@@ -256,7 +276,7 @@ async def test_worker_killed_mid_script_resumes_without_reapplying(
         first.kill()
     finally:
         first.stop()
-    backup_files = sorted((checkout_db.workdir / "backups").glob("*.dump"))
+    backup_files = sorted((checkout_db.workdir / "backups").glob("*.dump.pgbk"))
     assert len(backup_files) == 1
     backup_sha = sha256(str(backup_files[0]))
     assert checkout_db.query("SELECT version FROM script_runs") == [("001",)]
@@ -286,4 +306,6 @@ async def test_worker_killed_mid_script_resumes_without_reapplying(
     backup = backup_input(result)
     assert backup["path"] == str(backup_files[0])
     assert sha256(backup["path"]) == backup["sha256"] == backup_sha  # the one backup, kept
-    assert json.loads(Path(backup["path"]).with_suffix(".json").read_text())["sha256"] == backup_sha
+    sidecar = backup_store.sidecar_of(Path(backup["path"]))
+    assert json.loads(sidecar.read_text())["sha256"] == backup_sha
+    assert saved_file(backup["path"])[0] == 0o600

@@ -10,9 +10,10 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from schemas import routing_messages
+from schemas import migration_messages, routing_messages
 from schemas.admission_messages import Admission, AdmissionRequest
 from schemas.launch_messages import LaunchResult, PhaseEnd, PhaseEndRequest
 from schemas.metrics_messages import MetricQuery, MetricReading
@@ -45,6 +46,8 @@ class FakeWorld:
     # Admissions are kept apart from `calls`, which lists what the launch did.
     admission_problems: list[str] = field(default_factory=list)
     admitted: list[str] = field(default_factory=list)
+    # Every notification sent, as the launch built it.
+    notifications: list[Notification] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
@@ -110,7 +113,87 @@ class FakeWorld:
     @activity.defn(name="send_notification")
     async def send_notification(self, note: Notification) -> NotificationResult:
         self.calls.append(("send_notification", note.event))
+        self.notifications.append(note)
         return NotificationResult(delivered=[hook.name for hook in note.webhooks])
+
+
+@dataclass
+class MigrationFakeWorld(FakeWorld):
+    """FakeWorld plus the PostgreSQL activities of a migration that goes to plan, up to its
+    undo: each `restore_database` attempt finds the next of `at_risk` (none once they run out)
+    live-written rows a revert would lose, and fails with `WritesAtRisk` unless the person's
+    decision in the request covers them: `carry_over` keeps them all, `drop` at most its
+    `at_most_rows`. Before any of that, an attempt raises the next of `restore_errors`.
+    `restores` holds every restore request, in order."""
+
+    at_risk: list[migration_messages.WritesAtRiskReport] = field(default_factory=list)
+    restore_errors: list[Exception] = field(default_factory=list)
+    restores: list[migration_messages.RestoreDatabaseRequest] = field(default_factory=list)
+
+    @activity.defn(name="preflight_migration")
+    async def preflight_migration(
+        self, request: dict[str, Any]
+    ) -> migration_messages.PreflightReport:
+        self.calls.append(("preflight_migration", None))
+        return migration_messages.PreflightReport(
+            source_version="15",
+            target_version="15",
+            database_bytes=1,
+            free_bytes=2,
+            scripts=[
+                migration_messages.MigrationScript(
+                    version="001", name="split_orders", sha256="x", has_down=True
+                )
+            ],
+        )
+
+    @activity.defn(name="backup_database")
+    async def backup_database(self, request: dict[str, Any]) -> migration_messages.BackupRecord:
+        self.calls.append(("backup_database", None))
+        return migration_messages.BackupRecord(
+            path="/srv/backups/checkout.dump.enc",
+            sha256="abc",
+            size_bytes=1,
+            entries=1,
+            database="checkout",
+            fingerprint=migration_messages.DatabaseFingerprint(schema_hash="s"),
+        )
+
+    @activity.defn(name="apply_migrations")
+    async def apply_migrations(self, request: dict[str, Any]) -> migration_messages.MigrateResult:
+        self.calls.append(("apply_migrations", None))
+        return migration_messages.MigrateResult()
+
+    @activity.defn(name="verify_migration")
+    async def verify_migration(
+        self, request: dict[str, Any]
+    ) -> migration_messages.VerificationReport:
+        self.calls.append(("verify_migration", None))
+        return migration_messages.VerificationReport()
+
+    @activity.defn(name="restore_database")
+    async def restore_database(
+        self, request: migration_messages.RestoreDatabaseRequest
+    ) -> migration_messages.RestoreReport:
+        self.restores.append(request)
+        decided = request.writes
+        self.calls.append(("restore_database", decided.action if decided else None))
+        if self.restore_errors:
+            raise self.restore_errors.pop(0)
+        found = self.at_risk.pop(0) if self.at_risk else None
+        if found is None:
+            return migration_messages.RestoreReport(method="down_scripts")
+        if decided is not None and decided.action == "carry_over":
+            return migration_messages.RestoreReport(method=found.method, carried_over=found.rows)
+        if decided is not None and found.rows <= decided.at_most_rows:
+            return migration_messages.RestoreReport(method=found.method, dropped=found)
+        raise ApplicationError(
+            f"reverting would lose {found.rows} live-written row(s), saved in {found.saved}; "
+            "nothing was changed",
+            found.model_dump(mode="json"),
+            type="WritesAtRisk",
+            non_retryable=True,
+        )
 
 
 @asynccontextmanager

@@ -885,6 +885,8 @@ SIGNALS = (
     "abort",
     "retry_compensation",
     "skip_compensation",
+    "keep_writes",
+    "drop_writes",
     "phase_progress",
 )
 RELAY = "relay_decision"  # sent to the phase, not the launch
@@ -1012,6 +1014,8 @@ MESSAGE_OF = {
     "abort": "abort",
     "retry_compensation": "compensation",
     "skip_compensation": "compensation",
+    "keep_writes": "compensation",
+    "drop_writes": "compensation",
     "phase_progress": "report",
     RELAY: "relay",
 }

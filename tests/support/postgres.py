@@ -4,15 +4,18 @@ pg_ctl from Debian's packages on a free loopback port), a freshly seeded databas
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from temporalio.testing import ActivityEnvironment
 
 from devstack.checkout_db import seed_checkout
 from devstack.postgres_cluster import PostgresCluster, postgres_cluster
@@ -149,3 +152,21 @@ def migration_plan(db: CheckoutDatabase, folder: Path, **phase: Any) -> dict[str
     }
     spec.update(phase)
     return plan_dict(flag_file=flags / "checkout.json", phases=[spec])
+
+
+def activity_environment(timeout: timedelta = timedelta(minutes=10)) -> ActivityEnvironment:
+    """An environment for running the PostgreSQL activities as a worker does: started now,
+    with `timeout` to run (the default environment's activity started in 1970 with one second,
+    which the activities' statement timeouts would take literally)."""
+    env = ActivityEnvironment()
+    now = datetime.now(UTC)
+    env.info = dataclasses.replace(
+        env.info,
+        started_time=now,
+        scheduled_time=now,
+        current_attempt_scheduled_time=now,
+        start_to_close_timeout=timeout,
+        schedule_to_close_timeout=timeout,
+        heartbeat_timeout=timedelta(seconds=30),
+    )
+    return env
