@@ -112,7 +112,7 @@ class CompensationAction(Message):
     proof: Proof = ""
     # For `keep_writes` / `drop_writes`: the rows at risk the person saw in the status; the
     # decision is refused if the restore now reports another count.
-    rows: Annotated[int, Field(ge=0)] | None = None
+    rows: Annotated[int, Field(ge=0, le=10**12)] | None = None
 
 
 class AuthorityRequest(Message):

@@ -75,7 +75,7 @@ def server_of(command: subprocess.Popen[str]) -> tuple[psutil.Process, str]:
         for child in psutil.Process(command.pid).children():
             with contextlib.suppress(psutil.NoSuchProcess):
                 argv = child.cmdline()
-                if Path(argv[0]).name == "postgres" and "-D" in argv:
+                if argv and Path(argv[0]).name == "postgres" and "-D" in argv:
                     return child, argv[argv.index("-D") + 1]
         time.sleep(0.05)
     pytest.fail(f"no PostgreSQL server started within {STARTED_S:g}s")

@@ -96,3 +96,29 @@ def test_the_no_transaction_mark_is_read(tmp_path: Path) -> None:
         "-- phasegate: no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);\n"
     )
     assert not discover_scripts(str(tmp_path))[0].transactional
+
+
+@pytest.mark.parametrize(
+    ("touches", "field"),
+    [
+        (["orders", "orders"], "phases[0].touches[1]"),
+        (["orders; DROP TABLE x"], "phases[0].touches[0]"),
+        ([f"t{n}" for n in range(51)], "phases[0].touches"),
+        ("orders", "phases[0].touches"),
+    ],
+)
+def test_touches_are_few_distinct_table_names(touches: Any, field: str) -> None:
+    found = problems(migration_phase(touches=touches))
+    assert any(line.startswith(field) for line in found), found
+
+
+@pytest.mark.parametrize("days", [0, -1, 3651, 1e400, float("nan"), 2.5, "never"])
+def test_backup_retention_is_bounded(days: Any) -> None:
+    found = problems(migration_phase(backup_keep_days=days))
+    assert any(line.startswith("phases[0].backup_keep_days") for line in found), found
+
+
+def test_the_carry_over_script_is_not_a_migration(tmp_path: Path) -> None:
+    for name in ("001_a.sql", "carry_over.sql"):
+        (tmp_path / name).write_text("SELECT 1;")
+    assert [s.version for s in discover_scripts(str(tmp_path))] == ["001"]
