@@ -159,42 +159,55 @@ class BackupKeys:
 def load_backup_keys(path: str | Path) -> BackupKeys:
     """The keys in `path`; a `ConfigurationError` of one line naming the file and each field
     that is wrong (never a key's value), and refusing a file others may read."""
-    path = Path(path)
+    current, keys = read_key_file(Path(path), "backup key file", WHERE, ConfigurationError)
+    return BackupKeys(current=current, keys=keys, source=str(path))
+
+
+def read_private_file(
+    path: Path, label: str, max_bytes: int, error: Callable[[str], Exception], where: str = ""
+) -> bytes:
+    """At most `max_bytes + 1` bytes of `path`, which must be a regular file only its owner
+    may read or write; `error(line)` naming `label` and `path` otherwise. A FIFO in the file's
+    place is refused at once, not waited on; a symlink is followed (Kubernetes mounts secrets
+    as symlinks) and the file it names is checked."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
-        raise ConfigurationError(
-            f"backup key file {path}: cannot read: {err.strerror} ({WHERE})"
-        ) from None
+        place = f" ({where})" if where else ""
+        raise error(f"{label} {path}: cannot read: {err.strerror}{place}") from None
     with os.fdopen(descriptor, "rb") as handle:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode):
-            raise ConfigurationError(f"backup key file {path}: is not a regular file")
+            raise error(f"{label} {path}: is not a regular file")
         if status.st_mode & 0o077:
-            raise ConfigurationError(
-                f"backup key file {path} may be read or written by group or others (mode "
+            raise error(
+                f"{label} {path} may be read or written by group or others (mode "
                 f"{stat.S_IMODE(status.st_mode):04o}): run chmod 600 {path}"
             )
-        data = handle.read(MAX_KEY_FILE_BYTES + 1)
+        return handle.read(max_bytes + 1)
+
+
+def read_key_file(
+    path: Path, label: str, where: str, error: Callable[[str], Exception]
+) -> tuple[str, dict[str, bytes]]:
+    """The current key id and every key of a key file (`BackupKeyFile`: backup and payload
+    keys alike); `error(line)` naming the file and each field that is wrong, never a key."""
+    data = read_private_file(path, label, MAX_KEY_FILE_BYTES, error, where)
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise ConfigurationError(
-            f"backup key file {path}: larger than {MAX_KEY_FILE_BYTES // 1024} KiB"
-        )
+        raise error(f"{label} {path}: larger than {MAX_KEY_FILE_BYTES // 1024} KiB")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigurationError(f"backup key file {path}: is not UTF-8 text") from None
+        raise error(f"{label} {path}: is not UTF-8 text") from None
+    document = label.removesuffix(" key file") + " keys"  # "backup keys", "payload keys"
     try:
         parsed = parse_document(
-            text, BackupKeyFile, source=str(path), document="backup keys", fields="current, keys"
+            text, BackupKeyFile, source=str(path), document=document, fields="current, keys"
         )
     except PlanError as err:
-        raise ConfigurationError(f"backup key file {path}: {'; '.join(err.problems)}") from None
-    return BackupKeys(
-        current=parsed.current,
-        keys={kid: base64.b64decode(material.strip()) for kid, material in parsed.keys.items()},
-        source=str(path),
-    )
+        raise error(f"{label} {path}: {'; '.join(err.problems)}") from None
+    keys = {kid: base64.b64decode(material.strip()) for kid, material in parsed.keys.items()}
+    return parsed.current, keys
 
 
 def generate_key_file(path: str | Path, kid: str = "k1") -> BackupKeys:

@@ -181,7 +181,7 @@ class ApprovalService:
         token = _bearer_token(request)
         if token is None:
             return _unauthorized("Authorization: Bearer <ID token> is missing")
-        body = await _read_body(request)
+        body = await read_body(request, MAX_BODY_BYTES)
         if body is None:
             return _json_error(413, f"body: larger than {MAX_BODY_BYTES} bytes")
         try:
@@ -442,15 +442,16 @@ def _bearer_token(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-async def _read_body(request: Request) -> bytes | None:
-    """The request body, or None when it is larger than `MAX_BODY_BYTES`."""
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than `limit` bytes: refused from its
+    declared length before reading, and while reading when it declares none or lies."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isdigit() and int(declared) > limit:
         return None
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > limit:
             return None
     return bytes(body)
 

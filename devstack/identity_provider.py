@@ -9,6 +9,14 @@ RS256, signed with the key published at the discovery document's `jwks_uri`. The
 scope gives `name` and `preferred_username`, `email` gives `email`, `groups` gives `groups`,
 in the ID token and from userinfo alike.
 
+Machine clients (`MachineClient`) sign in no person: they take the client credentials grant
+only, and their access tokens are RS256 JWTs signed with that same key, with `iss`, `sub` (the
+client id), `aud`, `iat`, `nbf`, `exp`, `jti`, `client_id` and `permissions`, the claim
+Temporal's default JWT claim mapper reads (`"<namespace>:<read|write|worker|admin>"`,
+`temporal-system` for the cluster). Such a token has no `nonce`, `auth_time`, `email` or
+`groups`, and its audience never names the CLI's or the web client, so it cannot pass for a
+person's ID token. `machine_token` asks for one.
+
 `sign_in_with_password` signs a test person in through the provider's own login form, for the
 demo's headless approvals.
 """
@@ -21,9 +29,12 @@ import json
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -41,12 +52,16 @@ from devstack.processes import (
 ZITADEL_OIDC_VERSION = "v3.52.0"
 SOURCES = Path(__file__).with_name("identity_provider")
 BINARY_NAME = "phasegate-idp"
+_HTTP_TIMEOUT_S = 10.0
 IDP_NOT_FOUND = (
     "the identity provider is not built: run `deploy/setup.sh test` (deploy/identity/build.sh "
     "builds it from Go modules into {path}) or set PHASEGATE_IDP_BIN"
 )
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+CLIENT_CREDENTIALS_GRANT = "client_credentials"
+# The `aud` of the machine tokens meant for the Temporal server (its `authorization.audience`).
+TEMPORAL_AUDIENCE = "temporal"
 SIGN_IN_SCOPE = "openid profile email groups"
 # The CLI's redirect: the provider takes it on any loopback port (RFC 8252, section 7.3).
 CLI_REDIRECT_URI = f"http://{LOOPBACK}/callback"
@@ -82,6 +97,41 @@ TEST_PEOPLE = (
 )
 
 
+@dataclass(frozen=True)
+class MachineClient:
+    """A program that signs in as itself with `secret` (the client credentials grant) and gets
+    JWT access tokens for `audience`, carrying `permissions`, valid for `token_lifetime_s`."""
+
+    client_id: str
+    secret: str = field(repr=False)
+    permissions: tuple[str, ...]
+    token_lifetime_s: int = 3600
+    audience: tuple[str, ...] = (TEMPORAL_AUDIENCE,)
+
+
+# The Temporal cluster's callers, by what the server's default authorizer lets them do on the
+# namespace `default`: a worker and the CLI write, an operator administers the cluster, a
+# reader reads, `phasegate-other` has rights elsewhere only, `phasegate-short`'s tokens expire
+# within two seconds. Test secrets, like the web client's.
+TEMPORAL_MACHINE_CLIENTS = (
+    MachineClient("phasegate-worker", "phasegate-worker-test-secret", ("default:write",)),
+    MachineClient(
+        "phasegate-admin",
+        "phasegate-admin-test-secret",
+        ("temporal-system:admin", "default:admin"),
+    ),
+    MachineClient("phasegate-reader", "phasegate-reader-test-secret", ("default:read",)),
+    MachineClient("phasegate-other", "phasegate-other-test-secret", ("other:write",)),
+    MachineClient(
+        "phasegate-short", "phasegate-short-test-secret", ("default:write",), token_lifetime_s=2
+    ),
+)
+
+
+class MachineTokenRefused(RuntimeError):
+    """The provider gave a machine client no access token; the message says why."""
+
+
 class IdentityProvider(ManagedProcess):
     """A running provider: `issuer` (also `url`), its clients and the people who can sign in.
 
@@ -98,17 +148,45 @@ class IdentityProvider(ManagedProcess):
         cli_client_id: str,
         web_client_id: str,
         web_client_secret: str,
+        machine_clients: Sequence[MachineClient] = (),
     ) -> None:
         self.issuer = f"http://{LOOPBACK}:{port}"
         self.people = tuple(people)
         self.cli_client_id = cli_client_id
         self.web_client_id = web_client_id
         self.web_client_secret = web_client_secret
+        self.machine_clients = tuple(machine_clients)
         super().__init__("identity-provider", argv, workdir=workdir, port=port, url=self.issuer)
 
     @property
     def discovery_url(self) -> str:
         return f"{self.issuer}/.well-known/openid-configuration"
+
+    @cached_property
+    def discovery(self) -> dict[str, Any]:
+        """The provider's discovery document, read once."""
+        response = httpx.get(self.discovery_url, timeout=_HTTP_TIMEOUT_S, trust_env=False)
+        document: dict[str, Any] = response.raise_for_status().json()
+        return document
+
+    @property
+    def jwks_uri(self) -> str:
+        """Where the provider publishes the keys its ID tokens and machine tokens verify with."""
+        return str(self.discovery["jwks_uri"])
+
+    @property
+    def token_endpoint(self) -> str:
+        return str(self.discovery["token_endpoint"])
+
+    def machine_client(self, client_id: str) -> MachineClient:
+        """The machine client `client_id`; KeyError names the machine clients there are."""
+        for client in self.machine_clients:
+            if client.client_id == client_id:
+                return client
+        known = ", ".join(client.client_id for client in self.machine_clients) or "none"
+        raise KeyError(
+            f"no machine client {client_id!r} at {self.issuer} (machine clients: {known})"
+        )
 
     def person(self, username: str) -> Person:
         """The person signing in as `username`; KeyError names the people there are."""
@@ -164,20 +242,24 @@ def start_identity_provider(
     web_client_secret: str = "phasegate-approvals-test-secret",
     web_redirect_uris: Sequence[str] = (),
     web_redirect_uri_globs: Sequence[str] = (ANY_LOOPBACK_CALLBACK,),
+    machine_clients: Sequence[MachineClient] = (),
     port: int | None = None,
 ) -> IdentityProvider:
     """The provider on `port` of loopback (default: a free one), ready once its discovery
     document names its issuer.
 
     `web_redirect_uris` are exact redirects for the web client, `web_redirect_uri_globs`
-    patterns (`*` matches within one path segment, e.g. any port).
+    patterns (`*` matches within one path segment, e.g. any port). `machine_clients` get
+    access tokens by the client credentials grant (e.g. `TEMPORAL_MACHINE_CLIENTS`).
     """
     binary = find_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     users_file = workdir / "people.json"
     clients_file = workdir / "clients.json"
-    users_file.write_text(json.dumps([_person_entry(person) for person in people], indent=2))
-    clients_file.write_text(
+    # Passwords and client secrets: readable by this user only.
+    _write_private(users_file, json.dumps([_person_entry(person) for person in people], indent=2))
+    _write_private(
+        clients_file,
         json.dumps(
             [
                 {
@@ -194,9 +276,10 @@ def start_identity_provider(
                     "redirect_uri_globs": list(web_redirect_uri_globs),
                     "grant_types": ["authorization_code", "refresh_token"],
                 },
+                *(_machine_client_entry(client) for client in machine_clients),
             ],
             indent=2,
-        )
+        ),
     )
     port = port or free_port()
     provider = IdentityProvider(
@@ -207,9 +290,17 @@ def start_identity_provider(
         cli_client_id=cli_client_id,
         web_client_id=web_client_id,
         web_client_secret=web_client_secret,
+        machine_clients=machine_clients,
     )
     wait_until_ready(provider, lambda: _serves_issuer(provider), READY_TIMEOUT_S)
     return provider
+
+
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
 
 
 def _person_entry(person: Person) -> dict[str, object]:
@@ -220,6 +311,64 @@ def _person_entry(person: Person) -> dict[str, object]:
         "email": person.email,
         "groups": list(person.groups),
     }
+
+
+def _machine_client_entry(client: MachineClient) -> dict[str, object]:
+    return {
+        "client_id": client.client_id,
+        "client_secret": client.secret,
+        "application_type": "web",
+        "grant_types": [CLIENT_CREDENTIALS_GRANT],
+        "permissions": list(client.permissions),
+        "audience": list(client.audience),
+        "token_lifetime_s": client.token_lifetime_s,
+    }
+
+
+def machine_token(provider: IdentityProvider, client_id: str, *, secret: str | None = None) -> str:
+    """A fresh JWT access token for the machine client `client_id`, by the client credentials
+    grant with its secret (or `secret`) in HTTP Basic authentication.
+
+    KeyError for a client id that is no machine client of `provider` (unless `secret` is
+    given); `MachineTokenRefused`, saying why, when the provider refuses or does not answer.
+    """
+    if secret is None:
+        secret = provider.machine_client(client_id).secret
+    asked = f"{provider.issuer} gave {client_id!r} no access token by client credentials"
+    try:
+        response = httpx.post(
+            provider.token_endpoint,
+            data={"grant_type": CLIENT_CREDENTIALS_GRANT},
+            auth=httpx.BasicAuth(quote(client_id, safe=""), quote(secret, safe="")),
+            timeout=_HTTP_TIMEOUT_S,
+            trust_env=False,
+        )
+        body: object = response.json()
+    except (httpx.HTTPError, ValueError) as err:
+        raise MachineTokenRefused(f"{asked}: {type(err).__name__}: {err}") from None
+    if not isinstance(body, dict):
+        raise MachineTokenRefused(f"{asked}: HTTP {response.status_code}, not a JSON object")
+    token = body.get("access_token")
+    if response.status_code != 200 or not isinstance(token, str) or not token:
+        raise MachineTokenRefused(f"{asked}: {_refusal(response.status_code, body)}")
+    return token
+
+
+# What an OAuth error from the token endpoint means for a machine client.
+_REFUSAL_HINTS = {
+    "invalid_client": "wrong client id or secret",
+    "unauthorized_client": "not a machine client; only machine clients use client credentials",
+}
+
+
+def _refusal(status_code: int, body: dict[str, Any]) -> str:
+    error = body.get("error")
+    if not isinstance(error, str):
+        return f"HTTP {status_code} without an access token"
+    description = body.get("error_description")
+    said = f"{error}: {description}" if isinstance(description, str) and description else error
+    hint = _REFUSAL_HINTS.get(error)
+    return f"{said} ({hint})" if hint else said
 
 
 def _serves_issuer(provider: IdentityProvider) -> bool:

@@ -18,18 +18,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.live import Live
 from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.admission import plan_problems
+from activities.errors import ConfigurationError
 from activities.limits import load_limits
 from approvals.proofs import Act, plan_digest
 from devstack import commands as devstack_commands
 from schemas.decision_messages import Decision
 from schemas.launch_messages import LaunchStatus
 from schemas.problems import PlanError
+from starters import codec_server as codec_server_app
 from starters import launches, proof_client, sign_in
 from starters.output import (
     EXIT_FAILED,
@@ -46,7 +49,7 @@ from starters.render import render_listing, render_status
 from starters.schedule_cli import schedule_app
 from workers.client import TemporalUnreachable, connect
 from workers.main import serve
-from workers.settings import Settings
+from workers.settings import Settings, settings_problem
 from workflows.rollback import SIGNALS, UndoAction
 
 T = TypeVar("T")
@@ -99,15 +102,39 @@ def options(
     ui_url: Annotated[
         str | None, _setting("PHASEGATE_UI_URL", "Temporal Web UI base URL, for links.")
     ] = None,
+    profile: Annotated[
+        str | None,
+        _setting(
+            "TEMPORAL_PROFILE",
+            "Profile in the Temporal client configuration file (address, namespace, TLS, API "
+            "key), as the Temporal CLI reads it. Default: default.",
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        _setting(
+            "TEMPORAL_CONFIG_FILE",
+            "Temporal client configuration file (TOML). "
+            "Default: ~/.config/temporalio/temporal.toml.",
+        ),
+    ] = None,
 ) -> None:
-    """Run a software launch as one durable Temporal pipeline."""
-    overrides = {
-        "temporal_address": address,
-        "temporal_namespace": namespace,
-        "task_queue": task_queue,
-        "ui_url": ui_url,
+    """Run a software launch as one durable Temporal pipeline.
+
+    Temporal is found as the Temporal CLI finds it: these options, then TEMPORAL_* variables
+    (TEMPORAL_API_KEY, TEMPORAL_TLS_CLIENT_CERT_PATH, ...), then the profile."""
+    connection: dict[str, Any] = {
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": namespace,
+        "TEMPORAL_PROFILE": profile,
+        "TEMPORAL_CONFIG_FILE": config_file,
     }
-    ctx.obj = Settings().model_copy(
+    overrides = {"task_queue": task_queue, "ui_url": ui_url}
+    try:
+        settings = Settings(**{name: value for name, value in connection.items() if value})
+    except ValidationError as err:
+        fail(settings_problem(err))
+    ctx.obj = settings.model_copy(
         update={field: value for field, value in overrides.items() if value is not None}
     )
 
@@ -727,8 +754,62 @@ def worker(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     try:
         asyncio.run(serve(settings))
-    except (TemporalUnreachable, PlanError) as err:
+    except (TemporalUnreachable, PlanError, ConfigurationError) as err:
         fail(str(err))
+
+
+@app.command("codec-server")
+def codec_server(
+    ctx: typer.Context,
+    origin: Annotated[
+        list[str],
+        typer.Option(
+            "--origin",
+            metavar="URL",
+            help="The Temporal UI's origin (scheme://host:port) that may call it; repeatable.",
+            show_default=False,
+        ),
+    ],
+    token_file: Annotated[
+        Path,
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            help="The bearer token every request must carry (one line, mode 0600).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            metavar="FILE",
+            help="The payload key file. Default: $PHASEGATE_PAYLOAD_KEYS.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = (
+        codec_server_app.DEFAULT_PORT
+    ),
+) -> None:
+    """Serve Temporal's codec endpoints (/encode, /decode) so the UI shows payloads decrypted."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = codec_server_app.settings_from(
+            keys_file=keys or settings_of(ctx).payload_keys,
+            token_file=token_file,
+            origins=origin,
+            host=host,
+            port=port,
+        )
+    except ConfigurationError as err:
+        fail(str(err))
+    codec_server_app.serve(settings)
 
 
 # The local stack: `dev`, `demo`, `kube …`, `migration demo`.
@@ -766,6 +847,7 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
         fail(f"refused: {err}")
     except (
         TemporalUnreachable,
+        ConfigurationError,
         launches.LaunchError,
         proof_client.ProofUnavailable,
         sign_in.SignInError,

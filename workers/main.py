@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
@@ -43,7 +44,7 @@ from activities.probes import ProbeActivities
 from activities.routing import RouterActivities
 from workers.client import connect
 from workers.sealing import DEFAULT_KEY_FILE, SealInterceptor, load_keys
-from workers.settings import WORKER_READY_LINE, Settings
+from workers.settings import WORKER_READY_LINE, Settings, settings_problem
 from workflows.alert_ledger import AlertLedgerWorkflow
 from workflows.full_launch import FullLaunchWorkflow
 from workflows.health import HealthValidationWorkflow
@@ -69,7 +70,7 @@ def load_worker_limits(settings: Settings) -> WorkerLimits:
     """The limits `PHASEGATE_WORKER_LIMITS` names (safe defaults when unset), refusing the
     worker's own key files and limits as secrets; `PlanError` naming every problem."""
     key_file = Path(settings.worker_key_file) if settings.worker_key_file else DEFAULT_KEY_FILE
-    own = [key_file, *([settings.backup_keys] if settings.backup_keys else [])]
+    own = [key_file, *(path for path in (settings.backup_keys, settings.payload_keys) if path)]
     if settings.worker_limits is None:
         return WorkerLimits().protecting(*own)
     return load_limits(Path(settings.worker_limits)).protecting(*own)
@@ -225,7 +226,10 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        raise SystemExit(f"phasegate-worker: {settings_problem(err)}") from None
     try:
         asyncio.run(serve(settings))
     except (ConfigurationError, RuntimeError, ValueError) as err:

@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/bmatcuk/doublestar/v4"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
@@ -31,6 +32,10 @@ type Person struct {
 // ClientSpec is one entry of the clients file; the field names are those of OAuth dynamic
 // client registration (RFC 7591), plus redirect_uri_globs: patterns (doublestar syntax, e.g.
 // "http://127.0.0.1:*/callback") for a web client whose port is chosen when it starts.
+//
+// A machine client is a web client whose only grant is client_credentials: it signs in no
+// person, and its access tokens are JWTs for `audience` (default: its client_id) carrying
+// `permissions` (e.g. Temporal's "default:write"), valid for token_lifetime_s seconds.
 type ClientSpec struct {
 	ClientID                string   `json:"client_id"`
 	ClientSecret            string   `json:"client_secret"`
@@ -39,13 +44,22 @@ type ClientSpec struct {
 	RedirectURIGlobs        []string `json:"redirect_uri_globs"`
 	GrantTypes              []string `json:"grant_types"`
 	TokenEndpointAuthMethod string   `json:"token_endpoint_auth_method"`
+	Permissions             []string `json:"permissions"`
+	Audience                []string `json:"audience"`
+	TokenLifetimeS          int      `json:"token_lifetime_s"`
 }
 
 var knownGrantTypes = []oidc.GrantType{
 	oidc.GrantTypeCode,
 	oidc.GrantTypeRefreshToken,
 	oidc.GrantTypeDeviceCode,
+	oidc.GrantTypeClientCredentials,
 }
+
+const (
+	defaultMachineTokenLifetime = time.Hour
+	maxMachineTokenLifetime     = 24 * time.Hour
+)
 
 // readJSONList decodes the JSON array in path into a slice of T, refusing unknown fields.
 func readJSONList[T any](path string) ([]T, error) {
@@ -123,6 +137,16 @@ func LoadClients(path string) (map[string]*Client, error) {
 	if len(clients) == 0 {
 		return nil, fmt.Errorf("%s: no clients", path)
 	}
+	// A machine token whose audience named a client people sign in to would pass, there, for
+	// that client's ID token.
+	for i, spec := range specs {
+		for _, audience := range spec.Audience {
+			if other, ok := clients[audience]; ok && !other.machine {
+				return nil, fmt.Errorf(`%s: client %d (%s): field "audience": %q is a client people sign in to; a machine token must not be made for it`,
+					path, i+1, spec.ClientID, audience)
+			}
+		}
+	}
 	return clients, nil
 }
 
@@ -171,6 +195,9 @@ func newClient(spec ClientSpec) (*Client, error) {
 		}
 		client.grantTypes = append(client.grantTypes, oidc.GrantType(grant))
 	}
+	if err := setMachine(client, spec); err != nil {
+		return nil, err
+	}
 	if slices.Contains(client.grantTypes, oidc.GrantTypeCode) {
 		client.responseTypes = []oidc.ResponseType{oidc.ResponseTypeCode}
 		if len(spec.RedirectURIs) == 0 && len(spec.RedirectURIGlobs) == 0 {
@@ -195,4 +222,48 @@ func newClient(spec ClientSpec) (*Client, error) {
 		}
 	}
 	return client, nil
+}
+
+// setMachine makes `client` a machine client when its only grant is client_credentials, and
+// refuses the machine-only fields on any other client.
+func setMachine(client *Client, spec ClientSpec) error {
+	if !slices.Contains(client.grantTypes, oidc.GrantTypeClientCredentials) {
+		if spec.Permissions != nil || spec.Audience != nil || spec.TokenLifetimeS != 0 {
+			return errors.New(`fields "permissions", "audience" and "token_lifetime_s" are for machine clients (grant_types ["client_credentials"]) only`)
+		}
+		return nil
+	}
+	if len(client.grantTypes) != 1 {
+		return errors.New(`field "grant_types": "client_credentials" signs in no person, so a machine client has no other grant`)
+	}
+	if client.applicationType != op.ApplicationTypeWeb {
+		return errors.New(`field "application_type": a machine client is confidential ("web")`)
+	}
+	if len(spec.RedirectURIs) > 0 || len(spec.RedirectURIGlobs) > 0 {
+		return errors.New(`field "redirect_uris": a machine client is redirected nowhere`)
+	}
+	if spec.Permissions == nil {
+		return errors.New(`field "permissions" is missing (give [] for none)`)
+	}
+	if slices.Contains(spec.Permissions, "") {
+		return errors.New(`field "permissions" holds an empty permission`)
+	}
+	if slices.Contains(spec.Audience, "") {
+		return errors.New(`field "audience" holds an empty audience`)
+	}
+	lifetime := time.Duration(spec.TokenLifetimeS) * time.Second
+	switch {
+	case spec.TokenLifetimeS == 0:
+		lifetime = defaultMachineTokenLifetime
+	case spec.TokenLifetimeS < 0 || lifetime > maxMachineTokenLifetime:
+		return fmt.Errorf(`field "token_lifetime_s": %d is not between 1 and %d seconds`, spec.TokenLifetimeS, int(maxMachineTokenLifetime.Seconds()))
+	}
+	client.machine = true
+	client.permissions = slices.Clone(spec.Permissions)
+	client.audience = slices.Clone(spec.Audience)
+	if len(client.audience) == 0 {
+		client.audience = []string{client.id}
+	}
+	client.tokenLifetime = lifetime
+	return nil
 }

@@ -1,7 +1,8 @@
 // Command phasegate-idp is the OpenID Connect provider of Phasegate's local stack and tests:
 // zitadel's example OP (login form, authorization code with PKCE, refresh tokens, device
 // authorization, RS256 ID tokens, JWKS) with people and clients read from JSON files, on
-// 127.0.0.1 only.
+// 127.0.0.1 only. Machine clients get RS256 JWT access tokens with a `permissions` claim by
+// the client credentials grant.
 //
 //	phasegate-idp -port 9998 -users people.json -clients clients.json [-issuer URL]
 package main

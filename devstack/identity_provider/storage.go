@@ -3,10 +3,14 @@ package main
 // Phasegate's provider storage: zitadel's example storage (auth requests, codes, tokens,
 // refresh tokens, device codes, the RS256 signing key) with Phasegate's people and clients
 // and the claims the approval service reads: name, email, preferred_username and groups.
+// Machine clients get JWT access tokens by the client credentials grant, with the
+// `permissions` claim Temporal's default JWT claim mapper reads.
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -24,6 +28,8 @@ const (
 	GroupsScope = "groups"
 	// GroupsClaim lists the groups a person belongs to.
 	GroupsClaim = "groups"
+	// PermissionsClaim lists a machine client's permissions in its access tokens.
+	PermissionsClaim = "permissions"
 )
 
 // The login form the provider sends a browser to; exampleop serves it.
@@ -42,6 +48,12 @@ type Client struct {
 	redirectURIGlobs []string
 	responseTypes    []oidc.ResponseType
 	grantTypes       []oidc.GrantType
+
+	// A machine client signs in no person: client credentials only, JWT access tokens.
+	machine       bool
+	permissions   []string
+	audience      []string
+	tokenLifetime time.Duration
 }
 
 var _ op.HasRedirectGlobs = (*Client)(nil)
@@ -56,11 +68,19 @@ func (c *Client) AuthMethod() oidc.AuthMethod          { return c.authMethod }
 func (c *Client) ResponseTypes() []oidc.ResponseType   { return c.responseTypes }
 func (c *Client) GrantTypes() []oidc.GrantType         { return c.grantTypes }
 func (c *Client) LoginURL(id string) string            { return loginURL(id) }
-func (c *Client) AccessTokenType() op.AccessTokenType  { return op.AccessTokenTypeBearer }
 func (c *Client) IDTokenLifetime() time.Duration       { return time.Hour }
 func (c *Client) DevMode() bool                        { return false }
 func (c *Client) ClockSkew() time.Duration             { return 0 }
 func (c *Client) IsScopeAllowed(scope string) bool     { return scope == GroupsScope }
+
+// AccessTokenType is JWT for a machine client, which presents its token to servers that check
+// it against the published keys; opaque for the clients people sign in to.
+func (c *Client) AccessTokenType() op.AccessTokenType {
+	if c.machine {
+		return op.AccessTokenTypeJWT
+	}
+	return op.AccessTokenTypeBearer
+}
 
 // IDTokenUserinfoClaimsAssertion puts the profile and email claims into the ID token even
 // though an access token is issued too: the approval service reads them from the ID token.
@@ -149,6 +169,14 @@ func (s *Storage) CreateAuthRequest(ctx context.Context, request *oidc.AuthReque
 }
 
 func (s *Storage) CreateAccessToken(ctx context.Context, request op.TokenRequest) (string, time.Time, error) {
+	if machine, ok := request.(*machineTokenRequest); ok {
+		// Self-contained: nothing to look up later, as userinfo and introspection are for people.
+		id := make([]byte, 16)
+		if _, err := rand.Read(id); err != nil {
+			return "", time.Time{}, err
+		}
+		return hex.EncodeToString(id), time.Now().Add(machine.client.tokenLifetime), nil
+	}
 	if device, ok := request.(*op.DeviceAuthorizationState); ok {
 		// The example storage learns the client of a token from an auth request only.
 		request = &storage.AuthRequest{ApplicationID: device.ClientID, UserID: device.Subject, Scopes: device.Scopes}
@@ -263,11 +291,39 @@ func (s *Storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.
 	return nil, errors.New("no client keys are registered")
 }
 
-// ClientCredentials refuses the client credentials grant, which would sign in no person.
-func (s *Storage) ClientCredentials(context.Context, string, string) (op.Client, error) {
-	return nil, errors.New("the client credentials grant is not offered")
+// ClientCredentials authenticates a confidential client by its secret. Only machine clients
+// have the client_credentials grant, so the library refuses any other as unauthorized_client:
+// a token from that grant signs in no person.
+func (s *Storage) ClientCredentials(ctx context.Context, clientID, clientSecret string) (op.Client, error) {
+	if err := s.AuthorizeClientIDSecret(ctx, clientID, clientSecret); err != nil {
+		return nil, err
+	}
+	return s.clients[clientID], nil
 }
 
-func (s *Storage) ClientCredentialsTokenRequest(context.Context, string, []string) (op.TokenRequest, error) {
-	return nil, errors.New("the client credentials grant is not offered")
+// ClientCredentialsTokenRequest is the token a machine client asks for: its own subject and
+// audience; scopes are not given, permissions come from the clients file.
+func (s *Storage) ClientCredentialsTokenRequest(_ context.Context, clientID string, _ []string) (op.TokenRequest, error) {
+	client, ok := s.clients[clientID]
+	if !ok || !client.machine {
+		return nil, oidc.ErrUnauthorizedClient().WithDescription("client %q is not a machine client", clientID)
+	}
+	return &machineTokenRequest{client: client}, nil
 }
+
+// GetPrivateClaimsFromScopes adds a machine client's permissions to its JWT access tokens.
+func (s *Storage) GetPrivateClaimsFromScopes(ctx context.Context, userID, clientID string, scopes []string) (map[string]any, error) {
+	if client, ok := s.clients[clientID]; ok && client.machine {
+		return map[string]any{PermissionsClaim: slices.Clone(client.permissions)}, nil
+	}
+	return s.Storage.GetPrivateClaimsFromScopes(ctx, userID, clientID, scopes)
+}
+
+// machineTokenRequest is a machine client's client credentials request.
+type machineTokenRequest struct {
+	client *Client
+}
+
+func (r *machineTokenRequest) GetSubject() string    { return r.client.id }
+func (r *machineTokenRequest) GetAudience() []string { return slices.Clone(r.client.audience) }
+func (r *machineTokenRequest) GetScopes() []string   { return nil }

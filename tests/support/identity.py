@@ -22,6 +22,7 @@ import pytest
 
 from devstack.identity_provider import (
     DEVICE_CODE_GRANT,
+    TEMPORAL_MACHINE_CLIENTS,
     IdentityProvider,
     follow_within,
     redirect_target,
@@ -36,9 +37,12 @@ _TIMEOUT_S = 10.0
 
 @pytest.fixture(scope="session")
 def identity_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityProvider]:
-    """The provider with the test people (alice and carol release managers, bob an SRE)."""
+    """The provider with the test people (alice and carol release managers, bob an SRE) and
+    the Temporal cluster's machine clients."""
     try:
-        provider = start_identity_provider(tmp_path_factory.mktemp("identity"))
+        provider = start_identity_provider(
+            tmp_path_factory.mktemp("identity"), machine_clients=TEMPORAL_MACHINE_CLIENTS
+        )
     except BinaryNotFoundError as err:
         pytest.fail(str(err))
     except LocalProcessError as err:
