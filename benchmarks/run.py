@@ -10,6 +10,9 @@
 - rollback reaction: fault injected into the demo service -> exposure back to 0, against the
   budget scrape interval + 2 x analysis interval + 2 s.
 
+Next to the times, what they are spent on (`benchmarks/counts.py`): workflow tasks, history
+events, signals and activities per launch and per approval, against the same baselines.
+
 Figures are medians over rounds interleaved with their baselines, so a noisy neighbour
 slows both sides of a ratio alike.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import math
 import os
@@ -35,13 +39,20 @@ from typing import Any
 
 import httpx
 import temporalio
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from activities.flags import FlagdFileRouter
 from activities.limits import FileLimits, NetworkLimits, WorkerLimits
 from benchmarks.baseline import SequenceWorkflow, SignalThenActivityWorkflow, noop
+from benchmarks.counts import (
+    Counts,
+    count_events,
+    launch_counts,
+    launch_histories,
+    signal_to_activity,
+    signals_named,
+)
 from devstack.demo import demo_stack, example_plan
 from devstack.processes import start_temporal_dev_server
 from schemas.launch_messages import LaunchStatus
@@ -136,19 +147,28 @@ def reaction_plan(base: LaunchPlan) -> LaunchPlan:
     return LaunchPlan.model_validate(data)
 
 
+# --- counts -----------------------------------------------------------------------------
+
+
+def typical(samples: list[Counts]) -> Counts:
+    """Each count's lower median over `samples` (a count, never a half)."""
+    names = [f.name for f in dataclasses.fields(Counts)]
+    return Counts(
+        **{name: statistics.median_low([getattr(c, name) for c in samples]) for name in names}
+    )
+
+
+def compared(measured: Counts, baseline: Counts) -> dict[str, Any]:
+    """Measured and baseline counts, with their ratio for workflow tasks and events."""
+    return {
+        "measured": measured.as_dict(),
+        "baseline": baseline.as_dict(),
+        "ratio_workflow_tasks": round(measured.workflow_tasks / baseline.workflow_tasks, 2),
+        "ratio_events": round(measured.events / baseline.events, 2),
+    }
+
+
 # --- measurements -----------------------------------------------------------------------
-
-
-async def count_activities(client: Client, workflow_ids: list[str]) -> int:
-    total = 0
-    for workflow_id in workflow_ids:
-        history = await client.get_workflow_handle(workflow_id).fetch_history()
-        total += sum(
-            1
-            for event in history.events
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        )
-    return total
 
 
 async def orchestration_overhead(
@@ -158,6 +178,9 @@ async def orchestration_overhead(
     launch_s: list[float] = []
     bare_s: list[float] = []
     activities_per_launch = 0
+    launch_counted: list[Counts] = []
+    bare_counted: list[Counts] = []
+    per_workflow: dict[str, Counts] = {}
     for number in range(rounds):
         plan = instant_plan(
             workdir / f"overhead-{number}.json", soft_steps, full_steps, gated=False
@@ -167,17 +190,17 @@ async def orchestration_overhead(
         result = await handle.result()
         launch_s.append(time.perf_counter() - started)
         assert result.status == "completed", result.reason
-        phases = [f"{handle.id}.{phase.name}" for phase in plan.phases]
-        activities_per_launch = await count_activities(client, [handle.id, *phases])
+        per_workflow = await launch_counts(client, handle.id)
+        launch_counted.append(per_workflow["total"])
+        activities_per_launch = per_workflow["total"].activities
 
         started = time.perf_counter()
+        bare_id = f"bench-bare-{uuid.uuid4().hex[:8]}"
         await client.execute_workflow(
-            SequenceWorkflow.run,
-            activities_per_launch,
-            id=f"bench-bare-{uuid.uuid4().hex[:8]}",
-            task_queue=TASK_QUEUE,
+            SequenceWorkflow.run, activities_per_launch, id=bare_id, task_queue=TASK_QUEUE
         )
         bare_s.append(time.perf_counter() - started)
+        bare_counted.append((await launch_counts(client, bare_id))["total"])
     launch_median, bare_median = statistics.median(launch_s), statistics.median(bare_s)
     return {
         "steps_per_launch": soft_steps + full_steps,
@@ -187,6 +210,13 @@ async def orchestration_overhead(
         "bare_median_s": round(bare_median, 4),
         "ratio": round(launch_median / bare_median, 3),
         "target_ratio_max": 1.5,
+        "counts_per_launch": compared(typical(launch_counted), typical(bare_counted)),
+        # The last round's launch, by workflow: where its tasks and events are spent.
+        "counts_by_workflow": {
+            ("launch" if name == handle.id else name.removeprefix(f"{handle.id}.")): c.as_dict()
+            for name, c in per_workflow.items()
+            if name != "total"
+        },
     }
 
 
@@ -241,6 +271,18 @@ async def approval_latency(
         await bare.signal(SignalThenActivityWorkflow.go)
         bare_ms.append(1000 * await next_start_after(starts, sent))
     await bare.result()
+    # Per approval: the events of the launch and its phases from the `approve` the server
+    # recorded to the first activity started after it; per bare signal likewise.
+    histories = await launch_histories(client, handle.id)
+    approvals = [
+        count_events(signal_to_activity(histories, signaled))
+        for signaled in signals_named(histories[handle.id], "approve")
+    ]
+    bare_histories = await launch_histories(client, bare.id)
+    bare_signals = [
+        count_events(signal_to_activity(bare_histories, signaled))
+        for signaled in signals_named(bare_histories[bare.id], "go")
+    ]
     return {
         "samples": gates,
         "launch_p50_ms": round(percentile(launch_ms, 50), 2),
@@ -249,6 +291,13 @@ async def approval_latency(
         "bare_p99_ms": round(percentile(bare_ms, 99), 2),
         "ratio_p50": round(percentile(launch_ms, 50) / percentile(bare_ms, 50), 3),
         "target_p50_ms_max": 100,
+        "counts_per_approval": {
+            **compared(typical(approvals), typical(bare_signals)),
+            "events_range": [
+                min(c.events for c in approvals),
+                max(c.events for c in approvals),
+            ],
+        },
     }
 
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.live import Live
 from rich.text import Text
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.admission import plan_problems
 from activities.errors import ConfigurationError
@@ -47,7 +47,7 @@ from starters.output import (
 )
 from starters.render import render_listing, render_status
 from starters.schedule_cli import schedule_app
-from workers.client import TemporalUnreachable, connect
+from workers.client import TemporalUnreachable, connect, refused_call
 from workers.main import serve
 from workers.settings import Settings, settings_problem
 from workflows.rollback import SIGNALS, UndoAction
@@ -845,6 +845,8 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
         return asyncio.run(connected())
     except launches.DecisionError as err:
         fail(f"refused: {err}")
+    except launches.LaunchRefused as err:
+        fail(refused_call(settings, err.answer))
     except (
         TemporalUnreachable,
         ConfigurationError,
@@ -854,6 +856,8 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
     ) as err:
         fail(str(err))
     except RPCError as err:
+        if err.status == RPCStatusCode.PERMISSION_DENIED:
+            fail(refused_call(settings, err))
         fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
     except KeyboardInterrupt:
         fail("interrupted; the launch itself goes on")

@@ -56,6 +56,15 @@ class LaunchError(RuntimeError):
     """The server answered, but the launch operation cannot be done; the message says why."""
 
 
+class LaunchRefused(LaunchError):
+    """The server refused the call: the caller's token has no role that may do it. `answer`
+    is the server's own answer, for a line saying what the token grants."""
+
+    def __init__(self, message: str, answer: RPCError) -> None:
+        super().__init__(message)
+        self.answer = answer
+
+
 class LaunchNotFound(LaunchError):
     """No launch with this id exists in the namespace."""
 
@@ -374,6 +383,8 @@ def _launch_error(err: RPCError, launch_id: str | None) -> LaunchError:
         )
     if err.status == RPCStatusCode.ALREADY_EXISTS:
         return LaunchError(f"{subject} already exists: pick another --id")
+    if err.status == RPCStatusCode.PERMISSION_DENIED:
+        return LaunchRefused(f"{subject}: Temporal said PERMISSION_DENIED: {message}", err)
     if "search attribute" in message.lower():
         return LaunchError(
             f"{subject}: the Phasegate search attributes are not registered on this server "

@@ -17,12 +17,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.health_profile import HealthProfile
 from schemas.problems import PlanError
 from starters import schedules
-from workers.client import TemporalUnreachable, connect
+from workers.client import TemporalUnreachable, connect, refused_call
 from workers.settings import Settings
 
 T = TypeVar("T")
@@ -156,6 +156,8 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
     except (TemporalUnreachable, schedules.ScheduleError) as err:
         _fail(str(err))
     except RPCError as err:
+        if err.status == RPCStatusCode.PERMISSION_DENIED:
+            _fail(refused_call(settings, err))
         _fail(f"Temporal at {settings.temporal_address} said {err.status.name}: {err.message}")
 
 

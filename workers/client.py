@@ -456,9 +456,8 @@ def _refused(connection: TemporalConnection, said: str) -> TemporalRefused:
             f"{refused}{whose}: the token expired at {at:%H:%M:%S} UTC ({ago} s ago); get a "
             "fresh one"
         )
-    permissions = claims.get("permissions")
-    if isinstance(permissions, list):
-        granted = ", ".join(str(p) for p in permissions) or "no permissions"
+    granted = granted_by(claims)
+    if granted is not None:
         return TemporalRefused(
             f"{refused}{whose} for namespace {namespace!r}: the token grants {granted}, no role "
             f"on {namespace!r} (check TEMPORAL_NAMESPACE, or get a token with {namespace}:write)"
@@ -466,6 +465,39 @@ def _refused(connection: TemporalConnection, said: str) -> TemporalRefused:
     return TemporalRefused(
         f"{refused}{whose} for namespace {namespace!r} ({said}): the token is not signed by a "
         "key the server trusts, or grants no role there"
+    )
+
+
+def granted_by(claims: Mapping[str, Any]) -> str | None:
+    """What a token's `permissions` claim grants, shortened for one line (the claim comes from
+    a token, so at most 10 entries of printable text); None when it has no such claim."""
+    permissions = claims.get("permissions")
+    if not isinstance(permissions, list):
+        return None
+    shown = [
+        "".join(c if c.isprintable() else "?" for c in str(entry)[:80])
+        for entry in permissions[:10]
+    ]
+    more = f" and {len(permissions) - 10} more" if len(permissions) > 10 else ""
+    return (", ".join(shown) + more) or "no permissions"
+
+
+def refused_call(settings: Settings, err: RPCError) -> str:
+    """One line for a call the server answered with PERMISSION_DENIED after connecting: the
+    token has a role on the namespace, but not one that may do this."""
+    address, namespace = settings.temporal_address, settings.temporal_namespace
+    try:
+        connection = resolve_connection(settings)
+        address, namespace = connection.address, connection.namespace
+        claims = token_claims(connection.api_key) if connection.api_key else None
+    except TemporalUnreachable:
+        claims = None
+    granted = granted_by(claims) if claims else None
+    grants = f"; the token grants {granted}" if granted else ""
+    return (
+        f"Temporal at {address} refused this on namespace {namespace!r} "
+        f"({err.message[:200]}){grants}: it needs a role that may do it "
+        f"({namespace}:write starts, decides and aborts launches)"
     )
 
 

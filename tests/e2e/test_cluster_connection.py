@@ -387,3 +387,22 @@ def test_a_wrong_namespace_is_refused_for_the_worker_and_not_found_for_the_admin
         f"namespace 'no-such-ns' not found at {temporal_cluster.address}: create it or set "
         "TEMPORAL_NAMESPACE to one that exists"
     )
+
+
+def test_a_reader_lists_launches_but_starting_one_is_refused_in_one_line(
+    temporal_cluster: TemporalCluster, tmp_path: Path
+) -> None:
+    token = temporal_cluster.token("phasegate-reader")
+    config = profile_file(tmp_path / "t.toml", temporal_cluster, api_key=token)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(plan_dict(flag_file=tmp_path / "flags.json"), sort_keys=False))
+
+    listed = cli(config, "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    line = the_one_line(cli(config, "launch", str(plan)), token)
+
+    assert line == (
+        f"Temporal at {temporal_cluster.address} refused this on namespace 'default' (Request "
+        "unauthorized.); the token grants default:read: it needs a role that may do it "
+        "(default:write starts, decides and aborts launches)"
+    )
