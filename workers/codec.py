@@ -22,7 +22,7 @@ histories written before payloads were encrypted stay readable.
 
 Keys are read from a file only. An environment variable holding key bytes would be copied to
 every child process, shown by `docker inspect` and kept in shell history; containers mount the
-file as a secret instead (deploy/docker-compose.yml).
+file as a secret instead (docker-compose.yml).
 
     ConfigurationError
     ├── PayloadKeysError    the key file cannot be used: missing, readable by others, malformed
