@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -137,9 +137,12 @@ class BackupKeyFile(StrictModel):
 
 
 @dataclass(frozen=True)
-class BackupKeys:
-    """The key that encrypts (`current`) and every key that decrypts, by key id. Its repr
-    shows the key ids only."""
+class KeyRing:
+    """The key that encrypts (`current`) and every key that decrypts, by key id, as a key file
+    holds them (backup and payload keys alike). Its repr shows the key ids only."""
+
+    # What the keys are for, in messages.
+    kind: ClassVar[str] = "key"
 
     current: str
     keys: Mapping[str, bytes] = field(repr=False)
@@ -147,13 +150,19 @@ class BackupKeys:
 
     def __post_init__(self) -> None:
         if self.current not in self.keys:
-            raise ValueError(f"backup key {self.current!r} is current but not among the keys")
+            raise ValueError(f"{self.kind} {self.current!r} is current but not among the keys")
         for kid, key in self.keys.items():
             if not _KID.fullmatch(kid) or len(key) != KEY_BYTES:
-                raise ValueError(f"backup key {kid!r}: a key id {KID_PATTERN} and 32 bytes")
+                raise ValueError(f"{self.kind} {kid!r}: a key id {KID_PATTERN} and 32 bytes")
 
     def key(self, kid: str) -> bytes | None:
         return self.keys.get(kid)
+
+
+class BackupKeys(KeyRing):
+    """The keys backups are encrypted with."""
+
+    kind = "backup key"
 
 
 def load_backup_keys(path: str | Path) -> BackupKeys:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 import tomllib
@@ -56,6 +57,8 @@ from workers.settings import Settings
 logger = logging.getLogger(__name__)
 
 _DESCRIBE_TIMEOUT = timedelta(seconds=10)
+# A certificate chain, key or token file is far smaller; anything larger is not one.
+MAX_CLIENT_FILE_BYTES = 1024 * 1024
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 
@@ -264,9 +267,22 @@ def _valid_api_key(key: str, setting: str) -> str:
 
 
 def _read(path: Path, setting: str) -> bytes:
-    """The bytes of `path`; `TemporalMisconfigured` saying `setting: path: why` otherwise."""
+    """The bytes of `path`, a regular file of at most `MAX_CLIENT_FILE_BYTES` (a certificate,
+    key or token); `TemporalMisconfigured` saying `setting: path: why` otherwise."""
     try:
-        return path.read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise TemporalMisconfigured(f"{setting}: {path}: not a regular file")
+            data = handle.read(MAX_CLIENT_FILE_BYTES + 1)
+        if len(data) > MAX_CLIENT_FILE_BYTES:
+            raise TemporalMisconfigured(
+                f"{setting}: {path}: larger than {MAX_CLIENT_FILE_BYTES // 1024} KiB"
+            )
+        return data
     except FileNotFoundError:
         why = "no such file"
     except IsADirectoryError:

@@ -35,8 +35,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -50,7 +49,7 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from activities.backup_store import KEY_BYTES, KID_PATTERN, read_key_file
+from activities.backup_store import KID_PATTERN, KeyRing, read_key_file
 from activities.errors import ConfigurationError
 from workers.settings import Settings
 
@@ -71,21 +70,10 @@ class PayloadUnreadable(ConfigurationError):
     """A payload cannot be decrypted; one line naming its key id, never its data."""
 
 
-@dataclass(frozen=True)
-class PayloadKeys:
-    """The key that encrypts (`current`) and every key that decrypts, by key id. Its repr
-    shows the key ids only."""
+class PayloadKeys(KeyRing):
+    """The keys payloads are encrypted with."""
 
-    current: str
-    keys: Mapping[str, bytes] = field(repr=False)
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.current not in self.keys:
-            raise ValueError(f"payload key {self.current!r} is current but not among the keys")
-        for kid, key in self.keys.items():
-            if len(key) != KEY_BYTES:
-                raise ValueError(f"payload key {kid!r}: must be {KEY_BYTES} bytes")
+    kind = "payload key"
 
 
 def load_payload_keys(path: str | Path) -> PayloadKeys:

@@ -32,8 +32,8 @@ from temporalio.envconfig import ClientConfigProfile
 
 from devstack.compose_secrets import TOKEN_AUDIENCE, TOKENS, ComposeSecrets, make_compose_secrets
 from devstack.postgres_cluster import SUPERUSER, PostgresCluster
-from devstack.processes import LocalProcessError, start_worker
-from devstack.temporal_cluster import TemporalCluster, start_temporal_cluster
+from devstack.processes import BinaryNotFoundError, LocalProcessError, start_worker
+from devstack.temporal_cluster import TemporalCluster, find_build, start_temporal_cluster
 from workers.codec import load_payload_keys
 from workers.settings import WORKER_READY_LINE
 
@@ -57,7 +57,6 @@ DOCUMENTED_PROFILES = {"cluster-cli": {"cluster", "cluster-cli"}}
 # `${NAME}` / `${NAME:-default}` / `${NAME:?error}` as compose interpolates them.
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 VERSION_TAG = re.compile(r"^v?\d+(\.\d+)+([-.][\w.]+)*$")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def interpolate(value: str) -> str:
@@ -434,22 +433,12 @@ def test_compose_secrets_are_usable_and_kept(tmp_path: Path) -> None:
 
 
 def temporal_build() -> Path:
-    """The server build deploy/temporal/build.sh caches (the same recipe as the image's)."""
-    directory = Path(
-        subprocess.run(
-            [str(REPO / "deploy" / "temporal" / "build.sh"), "--print-path"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-    )
-    if not (directory / ".complete").is_file():
-        message = f"no Temporal server build in {directory}: run deploy/temporal/build.sh"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return directory
+    """The server build deploy/temporal/build.sh caches (the same recipe as the image's); a
+    missing build fails the test with the command that makes it, as the cluster fixture does."""
+    try:
+        return find_build().directory
+    except BinaryNotFoundError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture

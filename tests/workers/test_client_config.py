@@ -81,6 +81,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     not_pem = folder / "not-pem.txt"
     not_pem.write_text("hello\n")
+    huge = folder / "huge.pem"
+    huge.write_bytes(b"-" * (1024 * 1024 + 1))
+    fifo = folder / "fifo.pem"
+    os.mkfifo(fifo)
     return {
         "ca": authority.ca_file,
         "cert": cert,
@@ -90,6 +94,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "stray_key": stray,
         "encrypted_key": encrypted,
         "not_pem": not_pem,
+        "huge": huge,
+        "fifo": fifo,
     }
 
 
@@ -365,6 +371,18 @@ def _tls_env(monkeypatch: pytest.MonkeyPatch, **paths: Path | str) -> None:
             {"client_cert_path": "/", "client_key_path": "key"},
             "TEMPORAL_TLS_CLIENT_CERT_PATH: /: a directory, not a file",
         ),
+        (
+            {"server_ca_cert_path": "huge"},
+            "TEMPORAL_TLS_SERVER_CA_CERT_PATH: {huge}: larger than 1024 KiB",
+        ),
+        (
+            {"client_cert_path": "cert", "client_key_path": "fifo"},
+            "TEMPORAL_TLS_CLIENT_KEY_PATH: {fifo}: not a regular file",
+        ),
+        (
+            {"client_cert_path": "/dev/zero", "client_key_path": "key"},
+            "TEMPORAL_TLS_CLIENT_CERT_PATH: /dev/zero: not a regular file",
+        ),
     ],
     ids=[
         "missing-key-file",
@@ -378,6 +396,9 @@ def _tls_env(monkeypatch: pytest.MonkeyPatch, **paths: Path | str) -> None:
         "key-of-another-cert",
         "cert-expired",
         "cert-is-a-directory",
+        "ca-too-large",
+        "key-is-a-fifo",
+        "cert-is-endless",
     ],
 )
 def test_each_bad_tls_setting_is_one_line_naming_it(
