@@ -2,24 +2,28 @@
 
 `query_metric` never raises for an unreachable Prometheus or an empty answer: it reports the
 error or the missing data in the reading, because an analysis counts those as inconclusive
-measurements (pausing for a person) rather than failing or retrying forever.
+measurements (pausing for a person) rather than failing or retrying forever. A metric with
+`compare` reads the last window of samples for both variants and judges them with the
+statistical judge (`activities/judge.py`); the others read one value per variant.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 from temporalio import activity, workflow
 from urllib3.util.retry import Retry
 
+from activities.judge import compare_samples
 from activities.limits import WorkerLimits
 from activities.options import SECOND, activity_options
 from activities.redaction import keep_out_of_logs, kept_out, redact, resolve_url
 from activities.secrets import resolve_secret
-from schemas.analysis_spec import VARIANT_PLACEHOLDER
+from schemas.analysis_spec import VARIANT_PLACEHOLDER, Comparison
 from schemas.metrics_messages import MetricQuery, MetricReading, TargetsUp, TargetsUpRequest
 from schemas.targets import PrometheusTarget
 
@@ -94,11 +98,53 @@ class MetricsActivities:
         value = float(result[0]["value"][1])
         return None if math.isnan(value) else value
 
+    def _samples(
+        self, client: PrometheusConnect, query: str, spec: Comparison, end: datetime
+    ) -> list[float]:
+        """The query's samples over the `spec.window` before `end`, one per `spec.step`."""
+        result: list[dict[str, Any]] = client.custom_query_range(
+            query,
+            start_time=end - spec.window,
+            end_time=end,
+            step=f"{spec.step.total_seconds():g}",
+        )
+        if not result:
+            return []
+        if len(result) > 1:
+            labels = ", ".join(str(series.get("metric", {})) for series in result[:3])
+            raise ValueError(
+                f"query returned {len(result)} series ({labels}); aggregate it to one, "
+                "e.g. with sum(...)"
+            )
+        # Prometheus answers at most one point per step; a longer answer is not what was asked.
+        values = result[0].get("values", [])[: spec.points]
+        return [float(value) for _, value in values]
+
+    def _compare(
+        self, client: PrometheusConnect, request: MetricQuery, spec: Comparison
+    ) -> MetricReading:
+        """Both variants' samples over the same window, judged by the statistical judge."""
+        end = datetime.now(UTC)
+        canary_query = render_query(request.spec.query, request.canary_variant)
+        canary = self._samples(client, canary_query, spec, end)
+        stable = self._samples(
+            client, render_query(request.spec.query, request.stable_variant), spec, end
+        )
+        comparison = compare_samples(spec, canary, stable)
+        return MetricReading(
+            value=comparison.canary_median,
+            baseline=comparison.stable_median,
+            query=canary_query,
+            comparison=comparison,
+        )
+
     @activity.defn(name="query_metric")
     def query_metric(self, request: MetricQuery) -> MetricReading:
         client, secrets = self._client(request.prometheus)
         canary_query = render_query(request.spec.query, request.canary_variant)
         try:
+            if request.spec.compare is not None:
+                return self._compare(client, request, request.spec.compare)
             value = self._scalar(client, canary_query)
             baseline = (
                 self._scalar(client, render_query(request.spec.query, request.stable_variant))

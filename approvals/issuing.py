@@ -21,7 +21,7 @@ MAX_CLAIM_LENGTH = 512
 MAX_CLAIM_ITEMS = 64
 # Acts that name no target (`abort` stops the whole launch) and acts asked for before the
 # launch has a run (`start`).
-UNTARGETED_ACTS: tuple[Act, ...] = ("abort",)
+UNTARGETED_ACTS: tuple[Act, ...] = ("abort", "pause", "resume")
 RUNLESS_ACTS: tuple[Act, ...] = ("start",)
 # The claims that name a person, most readable first.
 _NAME_CLAIMS = ("name", "preferred_username", "email", "sub")

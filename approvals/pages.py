@@ -15,7 +15,9 @@ from starlette.responses import HTMLResponse
 
 from approvals.issuing import IssuedProof
 
-Decision = Literal["approve", "reject", "abort"]
+Decision = Literal["approve", "reject", "abort", "pause", "resume"]
+# Decisions on the whole launch rather than a gate: their input is a reason and the proof.
+LAUNCH_DECISIONS: tuple[Decision, ...] = ("abort", "pause", "resume")
 MAX_COMMENT_LENGTH = 2000
 
 _STYLE = """
@@ -74,8 +76,9 @@ class SignalRequest:
 
 
 def signal_input(request: SignalRequest, proof: str) -> dict[str, str]:
-    """The payload of the `approve`/`reject` or `abort` signal, comment (reason) empty."""
-    if request.decision == "abort":
+    """The payload of the `approve`/`reject` or `abort`/`pause`/`resume` signal, comment (reason)
+    empty."""
+    if request.decision in LAUNCH_DECISIONS:
         return {"reason": "", "proof": proof}
     payload = {"gate": request.gate, "comment": "", "proof": proof}
     if request.evidence:
@@ -86,10 +89,11 @@ def signal_input(request: SignalRequest, proof: str) -> dict[str, str]:
 def signal_page(request: SignalRequest, issued: IssuedProof, idp: str, email: str) -> HTMLResponse:
     """The page that hands the person the signal to send, with the proof in it."""
     payload = signal_input(request, issued.proof)
-    field = "reason" if request.decision == "abort" else "comment"
-    if request.decision == "abort":
-        title = f"Abort launch {request.launch}"
-        what = "Reason (required; it goes into the input below)"
+    field = "reason" if request.decision in LAUNCH_DECISIONS else "comment"
+    if request.decision in LAUNCH_DECISIONS:
+        title = f"{request.decision.capitalize()} launch {request.launch}"
+        needed = "optional" if request.decision == "resume" else "required"
+        what = f"Reason ({needed}; it goes into the input below)"
     else:
         verb = "Approve" if request.decision == "approve" else "Reject"
         title = f"{verb} gate {request.gate} of launch {request.launch}"

@@ -29,6 +29,8 @@ Act = Literal[
     "approve",
     "reject",
     "abort",
+    "pause",
+    "resume",
     "retry_compensation",
     "skip_compensation",
     "keep_writes",
@@ -39,6 +41,8 @@ ACTS: tuple[Act, ...] = (
     "approve",
     "reject",
     "abort",
+    "pause",
+    "resume",
     "retry_compensation",
     "skip_compensation",
     "keep_writes",
@@ -114,9 +118,35 @@ class ProofRefused(ValueError):
 
 
 def plan_digest(plan: BaseModel) -> str:
-    """The digest a `start` proof binds: the plan as canonical JSON, hashed."""
-    canonical = json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The digest a `start` proof binds: the plan as canonical JSON, hashed.
+
+    A field a model lists in `DIGEST_SKIPS_DEFAULTS` counts only when it is not at its default,
+    so a plan section added in a later release leaves the digest of every plan that does not
+    use it as it was: proofs of launches in flight still hold when their history is replayed.
+    """
+    dumped = _without_new_defaults(plan, plan.model_dump(mode="json"))
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _without_new_defaults(value: Any, dumped: Any) -> Any:
+    """`dumped` (the JSON dump of `value`) without the fields its models skip at default."""
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        skips: frozenset[str] = getattr(type(value), "DIGEST_SKIPS_DEFAULTS", frozenset())
+        kept: dict[str, Any] = {}
+        for name, item in dumped.items():
+            field = type(value).model_fields.get(name)
+            if field is not None and name in skips:
+                default = field.get_default(call_default_factory=True)
+                if getattr(value, name) == default:
+                    continue
+            kept[name] = _without_new_defaults(getattr(value, name, None), item)
+        return kept
+    if isinstance(value, list | tuple) and isinstance(dumped, list):
+        return [_without_new_defaults(v, d) for v, d in zip(value, dumped, strict=False)]
+    if isinstance(value, dict) and isinstance(dumped, dict):
+        return {key: _without_new_defaults(value.get(key), item) for key, item in dumped.items()}
+    return dumped
 
 
 def public_key(private: Ed25519PrivateKey, kid: str) -> TrustedKey:

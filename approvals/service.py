@@ -5,7 +5,7 @@ signs a short-lived proof that they ask for one act on one launch.
     GET  /healthz                 200 while the service runs
     POST /v1/proofs               `Authorization: Bearer <ID token>` + {launch, run, act, target,
                                   evidence?} -> {proof, expires_at, person}
-    GET  /decide?launch=&run=&gate=&decision=approve|reject|abort[&evidence=]
+    GET  /decide?launch=&run=&gate=&decision=approve|reject|abort|pause|resume[&evidence=]
                                   sign in at the provider, then...
     GET  /callback                ...a page with the Temporal UI signal that carries the proof
 
@@ -49,7 +49,13 @@ from approvals.idp import (
 )
 from approvals.issuing import EvidenceId, IssuedProof, ProofRequest, ProofSigner, ProofTooLong, Text
 from approvals.keys import SigningKey, SigningKeyError, load_signing_key
-from approvals.pages import SignalRequest, error_page, page_headers, signal_page
+from approvals.pages import (
+    LAUNCH_DECISIONS,
+    SignalRequest,
+    error_page,
+    page_headers,
+    signal_page,
+)
 from approvals.settings import (
     CONFIG_ENV,
     ApprovalSettings,
@@ -76,7 +82,7 @@ class DecideQuery(BaseModel):
 
     launch: Annotated[Text, Field(min_length=1)]
     run: Annotated[Text, Field(min_length=1)]
-    decision: Literal["approve", "reject", "abort"]
+    decision: Literal["approve", "reject", "abort", "pause", "resume"]
     # Checked even when left out: whether they may be empty depends on the decision.
     gate: Annotated[Text, Field(max_length=256)] = Field("", validate_default=True)
     evidence: EvidenceId = Field("", validate_default=True)
@@ -88,6 +94,8 @@ class DecideQuery(BaseModel):
         decision = info.data.get("decision")
         if decision == "abort" and gate:
             raise ValueError("must be empty for abort, which stops the whole launch")
+        if decision in ("pause", "resume") and gate:
+            raise ValueError(f"must be empty for {decision}, which holds or frees the whole launch")
         if decision in ("approve", "reject") and not gate:
             raise ValueError(f"is required for {decision}")
         return gate
@@ -95,7 +103,7 @@ class DecideQuery(BaseModel):
     @field_validator("evidence")
     @classmethod
     def _evidence_for_gate_decisions(cls, evidence: str, info: ValidationInfo) -> str:
-        if info.data.get("decision") == "abort" and evidence:
+        if info.data.get("decision") in LAUNCH_DECISIONS and evidence:
             raise ValueError("is for approve and reject only")
         return evidence
 

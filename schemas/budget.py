@@ -77,6 +77,11 @@ RETRIED_TASKS = 0.05
 STRAY_VOTES = 2
 # An authenticated launch reloads the approval service's keys at most this often.
 KEY_RELOADS = 5
+# Pauses (each with its resume) a launch is assumed to see, a person's or analysis'.
+HOLD_CYCLES = 5
+# A background or watch analysis workflow continues as new past this many events
+# (`workflows/continuous.py`), so its history stays below it plus one round.
+CONTINUOUS_EVENTS = 4000
 
 # Sizes in bytes, each at least the largest JSON the workflows write for the thing.
 EVENT_BYTES = 512  # an event's own fields, beside its payload
@@ -145,6 +150,8 @@ class Estimate:
     launch: History
     phases: list[PhaseEstimate]
     result_bytes: int  # the launch's result: its final status
+    # One run of a background or watch analysis workflow (empty when the plan has neither).
+    continuous: History = field(default_factory=History)
 
 
 def _size(value: object) -> int:
@@ -255,6 +262,10 @@ class _PhaseRun:
         if phase.kind == "full_launch":
             self.activity(self._router)  # promote
             self.report()
+        # each pause and resume relayed by the launch: held before the next change, reported
+        for _ in range(2 * HOLD_CYCLES):
+            self.history.add(SIGNAL_IN, REPORT_BYTES)
+            self.report()
 
     def infra_setup(self, phase: InfraSetupPhase) -> None:
         objects = (MANIFEST_OBJECTS if phase.manifests else 0) + 1  # and the namespace
@@ -364,14 +375,34 @@ def estimate(plan: LaunchPlan) -> Estimate:
         # each undo run in the rollback, and a person's retry or skip of it
         for undo in phase.undos:
             launch.add(ACTIVITY + SIGNAL_IN, undo + VOTE_BYTES)
+    # each pause and resume: taken (a signal or an update), relayed to the phase, and the
+    # analyses stopped and started again with what they measured
+    launch.add((UPDATE + SIGNAL_OUT + 2 * SEARCH_ATTRIBUTES) * 2 * HOLD_CYCLES, VOTE_BYTES)
+    continuous_results = 0
+    continuous = History()
+    for spec in (plan.background_analysis, plan.watch):
+        if spec is None:
+            continue
+        results = len(spec.metrics) * (RESULT_BYTES + KEPT_MEASUREMENTS * MEASUREMENT_BYTES)
+        continuous_results += results
+        runs = 2 + 2 * HOLD_CYCLES
+        launch.add((CHILD + SIGNAL_OUT) * runs, runs * (plan_bytes + 2 * results))
+        query = len(spec.metrics) * (READING_BYTES + 1 * KIB)
+        run = History(
+            CONTINUOUS_EVENTS + TIMER + len(spec.metrics) * ACTIVITY + END,
+            (CONTINUOUS_EVENTS + TIMER) * EVENT_BYTES + 2 * (plan_bytes + results) + query,
+        )
+        if run.events > continuous.events:
+            continuous = run
     states = sum(phase.state_bytes + phase.listed_bytes for phase in phases)
-    result = LAUNCH_INPUT_BYTES + states + AUDIT_BYTES
+    result = LAUNCH_INPUT_BYTES + states + AUDIT_BYTES + continuous_results
     launch.add(END, result)
     return Estimate(
         plan_bytes=plan_bytes,
         launch=launch.with_retried_tasks(),
         phases=phases,
         result_bytes=result,
+        continuous=continuous,
     )
 
 

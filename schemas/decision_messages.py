@@ -99,6 +99,43 @@ class AbortRequest(Sealed):
     sent_at: datetime | None = None
 
 
+HoldAction = Literal["pause", "resume"]
+
+
+class HoldRequest(Sealed):
+    """A person's pause or resume (with a proof when approvals are authenticated), or an
+    automated sender's (the health schedule), sealed by its worker and sent at `sent_at`.
+    The `pause` / `resume` signals name the action themselves; the `hold` update's payload
+    names it in `action`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: HoldAction | None = None
+    reason: Why = ""
+    by: Annotated[str, Field(max_length=128)] = ""
+    id: RequestId = ""
+    proof: Proof = ""
+    sent_at: datetime | None = None
+
+
+class Hold(Message):
+    """Why exposure does not move: who paused the launch, when and why, with the evidence
+    when analysis paused it."""
+
+    by: str
+    reason: str = ""
+    at: datetime
+    source: Literal["person", "analysis", "health"]
+    evidence: str = ""
+
+
+class HoldRelay(Sealed):
+    """The launch telling its running phase to hold exposure (`hold` set) or go on (None)."""
+
+    launch_run: Annotated[str, Field(max_length=128)]
+    hold: Hold | None = None
+
+
 class CompensationAction(Message):
     """Payload of `retry_compensation` / `skip_compensation` when an undo keeps failing, and of
     `keep_writes` / `drop_writes` when a database restore would lose live writes."""

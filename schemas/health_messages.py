@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.basics import Message
+from schemas.decision_messages import Hold
 from schemas.health_profile import AlertReceiver, CheckStatus, HealthProfile, HttpCheck
 
 # Runs the ledger handles per history before it continues as new, unless the server
@@ -122,9 +123,25 @@ class LedgerInput(Message):
     recent_requests: list[str] = Field(default_factory=list)
 
 
+class LaunchStateRequest(Message):
+    launch_id: str
+
+
+class LaunchState(Message):
+    """What a failing health run needs to know of the launch it guards before acting on it."""
+
+    launch_id: str
+    found: bool = True
+    running: bool = False
+    # The launch's own status value (`paused`, `rolling_back`, ...) while it runs, else how
+    # its execution closed (`completed`, `terminated`, ...).
+    status: str = ""
+    paused: Hold | None = None
+
+
 class LaunchAction(Message):
     launch_id: str
-    action: Literal["abort", "none"]
+    action: Literal["abort", "pause", "none"]
     signalled: bool
     detail: str
 

@@ -198,13 +198,19 @@ class AlertSettings(StrictModel):
         return self
 
 
-class LaunchLink(StrictModel):
-    """A running launch this profile guards: a failing critical check aborts it.
+# What a failing critical check does to the launch a profile guards: stop it and roll back, or
+# hold its exposure where it is until a person resumes it.
+LaunchActionKind = Literal["abort", "pause"]
 
-    Launches have no pause; `abort` (stop and roll back) is the one action."""
+
+class LaunchLink(StrictModel):
+    """A running launch this profile guards: a failing critical check aborts or pauses it.
+
+    Sent once per incident: a failing run that finds the launch already paused, rolling back or
+    finished sends nothing; a person's resume (or a passing run) lets the next failure act."""
 
     id: Label
-    on_critical_failure: Literal["abort"] = "abort"
+    on_critical_failure: LaunchActionKind = "abort"
 
 
 class HealthProfile(StrictModel):

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from approvals.proofs import ApprovalAuthority
 from schemas.basics import Message
-from schemas.decision_messages import Decision
+from schemas.decision_messages import Decision, Hold
 from schemas.migration_messages import WritesAtRiskReport
 from schemas.phase_spec import PhaseSpec
 from schemas.plan import LaunchPlan
@@ -62,6 +62,10 @@ class PhaseInput(Message, Generic[P]):
 class LaunchStatusValue(StrEnum):
     RUNNING = "running"
     WAITING = "waiting"
+    # Held by a person, the health schedule or analysis: exposure does not move until `resume`.
+    PAUSED = "paused"
+    # Every phase done; the post-launch watch window still measures and can still roll back.
+    WATCHING = "watching"
     ROLLING_BACK = "rolling_back"
     NEEDS_ATTENTION = "needs_attention"
     COMPLETED = "completed"
@@ -247,6 +251,11 @@ class LaunchStatus(Message):
     waiting_for: str = ""
     # While the rollback waits on a database restore that would lose live writes: what.
     writes_at_risk: WritesAtRiskReport | None = None
+    # While the launch is paused: who paused it and why; exposure holds, analysis goes on.
+    paused: Hold | None = None
+    # Background analysis (from the first exposure change) and the post-launch watch.
+    background: list[MetricResult] = Field(default_factory=list)
+    watch_ends_at: datetime | None = None
     phases: list[PhaseState] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
@@ -292,6 +301,49 @@ class LaunchCarry(Message):
     key_reloads: int = 0
     decisions: DecisionMemory = Field(default_factory=DecisionMemory)
     evidence: EvidenceMemory = Field(default_factory=EvidenceMemory)
+    paused: Hold | None = None
+    background: list[MetricResult] = Field(default_factory=list)
+
+
+class AnalysisFinding(Message):
+    """What continuous analysis asks the launch to do, and why (with the evidence)."""
+
+    action: Literal["rollback", "pause"]
+    reason: str
+
+
+class ContinuousInput(Message):
+    """What the launch gives its background or watch analysis workflow."""
+
+    launch_id: str
+    launch_run: str
+    plan: LaunchPlan
+    label: Literal["background", "watch"]
+    # The results so far (kept across restarts and continue-as-new).
+    results: list[MetricResult] = Field(default_factory=list)
+    # Rounds in a row each metric gave no verdict.
+    quiet: dict[str, int] = Field(default_factory=dict)
+    # The watch window's end; the background runs until the launch stops it.
+    ends_at: datetime | None = None
+    # The launch is held already: only a finding that asks for a rollback ends the run.
+    held: bool = False
+    rounds: int = 0
+
+
+class ContinuousOutcome(Message):
+    """How a background or watch analysis run ended: with a finding for the launch, at the
+    end of the watch window, or stopped by the launch."""
+
+    results: list[MetricResult] = Field(default_factory=list)
+    quiet: dict[str, int] = Field(default_factory=dict)
+    finding: AnalysisFinding | None = None
+    ended: Literal["finding", "window_over", "stopped"]
+
+
+class StopAnalysis(Sealed):
+    """The launch ending its background or watch analysis, sealed by its worker."""
+
+    launch_run: Annotated[str, Field(max_length=128)]
 
 
 class LaunchResult(Message):

@@ -29,7 +29,7 @@ from activities.errors import ConfigurationError
 from activities.limits import load_limits
 from approvals.proofs import Act, plan_digest
 from devstack import commands as devstack_commands
-from schemas.decision_messages import Decision
+from schemas.decision_messages import Decision, Hold
 from schemas.launch_messages import LaunchStatus
 from schemas.problems import PlanError
 from starters import codec_server as codec_server_app
@@ -521,6 +521,76 @@ def abort(
     )
 
 
+@app.command()
+def pause(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    reason: Annotated[
+        str,
+        typer.Option("--comment", "-m", metavar="REASON", help="Why; shown with the hold."),
+    ],
+    approver: Approver = None,
+) -> None:
+    """Hold a launch where it is: exposure stays, gates wait, analysis goes on; `resume` goes on."""
+    if not reason.strip():
+        fail("-m REASON: a pause needs its reason, shown to whoever resumes it")
+    settings = settings_of(ctx)
+
+    async def send(client: Client) -> Hold | None:
+        status = await launches.get_status(client, launch_id)
+        sender = await _sender(settings, status, "pause", "", approver)
+        return await launches.hold(client, launch_id, "pause", reason, sender.by, sender.proof)
+
+    held = _run(settings, send)
+    if held is None:  # resumed again before the update answered
+        stdout().print(Text(f"{launch_id} is not paused now"), soft_wrap=True)
+        return
+    stdout().print(
+        Text.assemble(
+            ("paused", "yellow"),
+            f" {launch_id} as {held.by}: {held.reason}; resume with `phasegate resume {launch_id}`",
+        ),
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    launch_id: LaunchId,
+    reason: Annotated[
+        str, typer.Option("--comment", "-m", metavar="REASON", help="Why; kept in the audit.")
+    ] = "",
+    approver: Approver = None,
+) -> None:
+    """Let a paused launch go on from where it held."""
+    settings = settings_of(ctx)
+
+    async def send(client: Client) -> tuple[Hold | None, Hold | None, Sender]:
+        status = await launches.get_status(client, launch_id)
+        sender = await _sender(settings, status, "resume", "", approver)
+        after = await launches.hold(client, launch_id, "resume", reason, sender.by, sender.proof)
+        return status.paused, after, sender
+
+    before, after, sender = _run(settings, send)
+    if after is not None:  # paused again before the update answered
+        stdout().print(
+            Text(f"{launch_id} is paused again by {after.by}: {after.reason}"), soft_wrap=True
+        )
+        return
+    # A proven person is named by the launch from the proof, as the audit trail shows.
+    who = f" as {sender.by}" if sender.by else ""
+    held = f" (held by {before.by}: {before.reason})" if before is not None else ""
+    stdout().print(
+        Text.assemble(
+            ("resumed", "green"),
+            f" {launch_id}{who}{held}",
+            f": {reason}" if reason else "",
+        ),
+        soft_wrap=True,
+    )
+
+
 compensation_app.command("retry", help="Try a failing undo again, once its cause is fixed.")(
     _compensation_command("retry")
 )
@@ -545,6 +615,16 @@ class SignalName(StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
     ABORT = "abort"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+# Signals that name no gate: they act on the whole launch, with a reason.
+LAUNCH_SIGNALS: dict[SignalName, Act] = {
+    SignalName.ABORT: "abort",
+    SignalName.PAUSE: "pause",
+    SignalName.RESUME: "resume",
+}
 
 
 @app.command("signal-input")
@@ -556,27 +636,31 @@ def signal_input(
         str | None,
         typer.Argument(
             metavar="GATE",
-            help="The gate to approve or reject. Default: the open gate. None for abort.",
+            help="The gate to approve or reject. Default: the open gate. None for abort, "
+            "pause and resume.",
             show_default=False,
         ),
     ] = None,
     evidence: Evidence = None,
     comment: Annotated[
-        str, typer.Option("--comment", "-m", help="Why (the reason, for abort).")
+        str, typer.Option("--comment", "-m", help="Why (the reason, for abort and pause).")
     ] = "",
     approver: Approver = None,
 ) -> None:
     """Print the input to paste into the Temporal UI's Send a Signal (a fresh proof included)."""
     settings = settings_of(ctx)
-    if signal == SignalName.ABORT and gate is not None:
-        fail("GATE: abort stops the whole launch; leave the gate out")
+    whole = LAUNCH_SIGNALS.get(signal)
+    if whole is not None and gate is not None:
+        fail(f"GATE: {signal.value} acts on the whole launch; leave the gate out")
     if signal == SignalName.ABORT and not comment.strip():
         fail("-m REASON: an abort needs its reason, shown as the rollback reason")
+    if signal == SignalName.PAUSE and not comment.strip():
+        fail("-m REASON: a pause needs its reason, shown to whoever resumes it")
 
     async def build(client: Client) -> tuple[dict[str, str], Sender]:
         status = await launches.get_status(client, launch_id)
-        if signal == SignalName.ABORT:
-            sender = await _sender(settings, status, "abort", "", approver)
+        if whole is not None:
+            sender = await _sender(settings, status, whole, "", approver)
             return _abort_input(comment, sender), sender
         target = gate or (status.open_gate.gate if status.open_gate is not None else "")
         if not target:
@@ -616,6 +700,7 @@ def _decision_input(gate: str, comment: str, sender: Sender) -> dict[str, str]:
 
 
 def _abort_input(reason: str, sender: Sender) -> dict[str, str]:
+    """The input of `abort`, `pause` or `resume`: a reason and who sends it."""
     if sender.proof:
         return {"reason": reason, "proof": sender.proof}
     return {"reason": reason, "by": sender.by}
@@ -843,7 +928,7 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(connected())
-    except launches.DecisionError as err:
+    except (launches.DecisionError, launches.HoldError) as err:
         fail(f"refused: {err}")
     except launches.LaunchRefused as err:
         fail(refused_call(settings, err.answer))

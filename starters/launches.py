@@ -1,10 +1,11 @@
-"""Client-side launch operations: start, inspect, decide, abort, list. No printing here.
+"""Client-side launch operations: start, inspect, decide, pause, abort, list. No printing here.
 
 Errors, all one clear line for the CLI to print:
 
     LaunchError            the server answered, but the operation cannot be done
     ├── LaunchNotFound     no launch with that id in this namespace
-    └── DecisionError      the `decide` update refused: unknown gate, not open, not an approver
+    ├── DecisionError      the `decide` update refused: unknown gate, not open, not an approver
+    └── HoldError          the `hold` update refused: already paused, not paused, not allowed
     TemporalUnreachable    (workers.client) no server at the configured address
 """
 
@@ -32,10 +33,18 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from schemas.decision_messages import AbortRequest, CompensationAction, Decision, DecisionRequest
+from schemas.decision_messages import (
+    AbortRequest,
+    CompensationAction,
+    Decision,
+    DecisionRequest,
+    Hold,
+    HoldAction,
+    HoldRequest,
+)
 from schemas.gate_spec import GateSpec
 from schemas.infra_setup_spec import InfraSetupPhase
-from schemas.launch_messages import LaunchInput, LaunchStatus, LaunchStatusValue
+from schemas.launch_messages import LaunchInput, LaunchStatus, LaunchStatusValue, MetricResult
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.plan import LaunchPlan, Phase, load_plan
 from schemas.security_validation_spec import SecurityValidationPhase
@@ -49,6 +58,8 @@ FINISHED = (LaunchStatusValue.COMPLETED, LaunchStatusValue.ROLLED_BACK)
 LAUNCH_WORKFLOW_TYPE = "Launch"
 # A query waits for a worker to answer; without one it would hang until the RPC deadline.
 QUERY_TIMEOUT = timedelta(seconds=15)
+# The launch's analyses that run in workflows of their own (`<launch>.analysis.<label>`).
+ANALYSIS_LABELS = ("background", "watch")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -71,6 +82,10 @@ class LaunchNotFound(LaunchError):
 
 class DecisionError(LaunchError):
     """The launch refused a decision; the message is the workflow validator's own."""
+
+
+class HoldError(LaunchError):
+    """The launch refused a pause or resume; the message is the workflow validator's own."""
 
 
 @dataclass(frozen=True)
@@ -306,9 +321,41 @@ async def decide(
             taken: Decision = await handle.execute_update("decide", request, result_type=Decision)
             return taken
         except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            message = cause.message if isinstance(cause, FailureError) else str(cause)
-            raise DecisionError(" ".join(message.split())) from None
+            raise DecisionError(_refusal(err)) from None
+
+
+async def hold(
+    client: Client,
+    launch_id: str,
+    action: HoldAction,
+    reason: str = "",
+    by: str = "",
+    proof: str = "",
+) -> Hold | None:
+    """Pause the launch (exposure holds where it is, analysis goes on) or resume it, through the
+    `hold` update, and return the launch's hold after it: who paused it and why, or None once
+    resumed. A launch already paused, or not paused, refuses with a `HoldError`."""
+    request = HoldRequest(action=action, reason=reason, by=by, id=str(uuid.uuid4()), proof=proof)
+    handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
+    with _translated(launch_id):
+        try:
+            # By name, and read back here: the answer is a hold or null.
+            taken: Any = await handle.execute_update("hold", request)
+        except WorkflowUpdateFailedError as err:
+            raise HoldError(_refusal(err)) from None
+    return None if taken is None else Hold.model_validate(taken)
+
+
+async def pause(client: Client, launch_id: str, reason: str, by: str = "", proof: str = "") -> None:
+    """Ask the launch to hold its exposure where it is (signal; no answer): analysis goes on."""
+    await _send_hold(client, launch_id, "pause", HoldRequest(reason=reason, by=by, proof=proof))
+
+
+async def resume(
+    client: Client, launch_id: str, reason: str = "", by: str = "", proof: str = ""
+) -> None:
+    """Ask a paused launch to go on from where it held (signal; no answer)."""
+    await _send_hold(client, launch_id, "resume", HoldRequest(reason=reason, by=by, proof=proof))
 
 
 async def abort(client: Client, launch_id: str, reason: str, by: str = "", proof: str = "") -> None:
@@ -349,6 +396,23 @@ async def act_on_compensation(
 # --- small private helpers ---------------------------------------------------------------
 
 
+async def _send_hold(
+    client: Client, launch_id: str, signal: HoldAction, request: HoldRequest
+) -> None:
+    # A fresh id makes a resent signal harmless.
+    request = request.model_copy(update={"id": str(uuid.uuid4())})
+    handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
+    with _translated(launch_id):
+        await handle.signal(signal, request)
+
+
+def _refusal(err: WorkflowUpdateFailedError) -> str:
+    """An update's refusal as one line: the workflow validator's own message."""
+    cause = err.cause
+    message = cause.message if isinstance(cause, FailureError) else str(cause)
+    return " ".join(message.split())
+
+
 async def _read_status(client: Client, launch_id: str) -> tuple[LaunchStatus, bool]:
     """The status, and whether the workflow execution is closed."""
     handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
@@ -360,7 +424,28 @@ async def _read_status(client: Client, launch_id: str) -> tuple[LaunchStatus, bo
             status = await handle.query(LaunchWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
         except WorkflowQueryFailedError as err:
             raise LaunchError(f"launch {launch_id} could not answer its status: {err}") from None
-    return status, execution != WorkflowExecutionStatus.RUNNING
+    running = execution == WorkflowExecutionStatus.RUNNING
+    if running and status.status not in FINISHED:
+        status = await _with_live_analysis(client, status)
+    return status, not running
+
+
+async def _with_live_analysis(client: Client, status: LaunchStatus) -> LaunchStatus:
+    """The status with what its background and watch analyses measured so far: they run in
+    workflows of their own, and the launch learns their results when a run ends."""
+    background = list(status.background)
+    for label in ANALYSIS_LABELS:
+        child = client.get_workflow_handle(f"{status.launch_id}.analysis.{label}")
+        try:
+            if (await child.describe()).status != WorkflowExecutionStatus.RUNNING:
+                continue
+            live = await child.query(
+                "status", result_type=list[MetricResult], rpc_timeout=QUERY_TIMEOUT
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            continue  # not started yet, or just ended: the launch's own copy stands
+        background = [*(r for r in background if r.phase != label), *live]
+    return status.model_copy(update={"background": background})
 
 
 @contextmanager

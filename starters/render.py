@@ -7,7 +7,7 @@ Every value that came from a person or a plan is wrapped in `Text`, so a comment
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from schemas.decision_messages import Decision
+from schemas.decision_messages import Decision, Hold
 from schemas.launch_messages import (
     AuditEntry,
     CompensationRecord,
@@ -31,6 +31,8 @@ from starters.launches import LaunchListing
 STATUS_STYLES = {
     "running": "cyan",
     "waiting": "yellow",
+    "paused": "bold yellow",
+    "watching": "cyan",
     "rolling_back": "magenta",
     "needs_attention": "bold red",
     "completed": "bold green",
@@ -52,14 +54,17 @@ STATUS_STYLES = {
 BAR_WIDTH = 40
 
 
-def render_status(status: LaunchStatus) -> RenderableType:
-    """The whole launch: headline panel, then phases, analysis, decisions, refusals, undos."""
-    parts: list[RenderableType] = [render_headline(status), render_phases(status.phases)]
+def render_status(status: LaunchStatus, now: datetime | None = None) -> RenderableType:
+    """The whole launch: headline panel, then phases, analysis, decisions, refusals, undos.
+    `now` (default: the clock) is what the watch window's time left is counted from."""
+    parts: list[RenderableType] = [render_headline(status, now), render_phases(status.phases)]
     if status.writes_at_risk is not None:
         parts.append(render_writes_at_risk(status.writes_at_risk))
     analysis = [result for phase in status.phases for result in phase.analysis]
     if analysis:
         parts.append(render_analysis(analysis))
+    if status.background:
+        parts.append(render_background(status.background))
     findings = [finding for phase in status.phases for finding in phase.findings]
     if findings:
         parts.append(render_findings(findings))
@@ -86,7 +91,9 @@ def render_line(status: LaunchStatus) -> str:
         parts.append(f"{status.phase} step {status.step}")
     if status.exposure is not None:
         parts.append(f"{status.exposure:g}% of users")
-    if status.waiting_for:
+    if status.paused is not None:
+        parts.append(f"paused by {status.paused.by}: {status.paused.reason}")
+    elif status.waiting_for:
         parts.append(status.waiting_for)
     elif status.reason:
         parts.append(status.reason)
@@ -97,7 +104,7 @@ def render_line(status: LaunchStatus) -> str:
     return " · ".join(parts)
 
 
-def render_headline(status: LaunchStatus) -> Panel:
+def render_headline(status: LaunchStatus, now: datetime | None = None) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -119,6 +126,10 @@ def render_headline(status: LaunchStatus) -> Panel:
                 f"{gate.on_timeout} at {_when(gate.deadline)} if undecided",
             ),
         )
+    if status.paused is not None:
+        grid.add_row("Paused", render_hold(status.paused))
+    if status.watch_ends_at is not None and status.status == LaunchStatusValue.WATCHING:
+        grid.add_row("Watching", Text(watch_left(status.watch_ends_at, now)))
     if status.waiting_for:
         grid.add_row("Waiting for", Text(status.waiting_for))
     if status.started_at is not None:
@@ -161,7 +172,15 @@ def render_phases(phases: Sequence[PhaseState]) -> Table:
 def render_analysis(results: Sequence[MetricResult]) -> Table:
     table = _table(
         "Analysis",
-        columns=["phase / step", "metric", "verdict", "last", "baseline", "ok/fail/inconcl./err"],
+        columns=[
+            "phase / step",
+            "metric",
+            "verdict",
+            "last",
+            "baseline",
+            "ok/fail/inconcl./err",
+            "last detail",
+        ],
         right=["last", "baseline", "ok/fail/inconcl./err"],
     )
     for result in results:
@@ -173,8 +192,50 @@ def render_analysis(results: Sequence[MetricResult]) -> Table:
             _number(last.value if last else None),
             _number(last.baseline if last else None),
             f"{result.successes}/{result.failures}/{result.inconclusive}/{result.errors}",
+            # A threshold's breach, or the statistical judge's evidence (n, means, p, effect).
+            Text(last.detail if last else ""),
         )
     return table
+
+
+def render_background(results: Sequence[MetricResult]) -> Table:
+    """Background analysis and the post-launch watch: each metric's rounds and its last word."""
+    table = _table(
+        "Background analysis and watch",
+        columns=["measured", "metric", "verdict", "last", "ok/fail/inconcl./err", "last detail"],
+        right=["last", "ok/fail/inconcl./err"],
+    )
+    for result in results:
+        last = result.last
+        table.add_row(
+            Text(result.phase),
+            Text(result.metric),
+            styled(result.verdict),
+            _number(last.value if last else None),
+            f"{result.successes}/{result.failures}/{result.inconclusive}/{result.errors}",
+            Text(last.detail if last else ""),
+        )
+    return table
+
+
+def render_hold(hold: Hold) -> Text:
+    """Who holds the launch, since when and why, and what analysis saw when it paused."""
+    text = Text.assemble(
+        (hold.by, "bold yellow"),
+        f" ({hold.source}) since {_when(hold.at)}",
+        f": {hold.reason}" if hold.reason else "",
+        "\nexposure holds and analysis goes on until `phasegate resume`",
+    )
+    if hold.evidence:
+        text.append(f"\nevidence: {hold.evidence}")
+    return text
+
+
+def watch_left(ends_at: datetime, now: datetime | None = None) -> str:
+    """`until 2026-12-02 06:00:00 (1h59m left)`: the watch window's end and the time to it."""
+    moment = now or datetime.now(UTC)
+    left = max(ends_at - moment, timedelta(0))
+    return f"until {_when(ends_at)} ({_span(left)} left); a failure still rolls back"
 
 
 def render_findings(findings: Sequence[Finding]) -> Table:
@@ -292,6 +353,21 @@ def _style(value: str) -> str:
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    parts = [
+        f"{amount}{unit}"
+        for unit, amount in (
+            ("d", seconds // 86400),
+            ("h", seconds % 86400 // 3600),
+            ("m", seconds % 3600 // 60),
+            ("s", seconds % 60),
+        )
+        if amount
+    ]
+    return "".join(parts[:2]) or "0s"
 
 
 def _number(value: float | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
@@ -19,13 +20,24 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from schemas.health_profile import HealthProfile
+from schemas.health_profile import HealthProfile, LaunchActionKind
 from schemas.problems import PlanError
 from starters import schedules
 from workers.client import TemporalUnreachable, connect, refused_call
 from workers.settings import Settings
 
 T = TypeVar("T")
+
+
+class LaunchAction(StrEnum):
+    ABORT = "abort"
+    PAUSE = "pause"
+
+
+ACTIONS: dict[LaunchAction, LaunchActionKind] = {
+    LaunchAction.ABORT: "abort",
+    LaunchAction.PAUSE: "pause",
+}
 EXIT_FAILED = 1
 EXIT_INVALID_PROFILE = 2
 
@@ -44,7 +56,17 @@ LaunchOption = Annotated[
     typer.Option(
         "--launch",
         metavar="LAUNCH_ID",
-        help="Guard this running launch: a failing critical check aborts it.",
+        help="Guard this running launch: a failing critical check aborts or pauses it.",
+        show_default=False,
+    ),
+]
+OnCriticalFailure = Annotated[
+    LaunchAction | None,
+    typer.Option(
+        "--on-critical-failure",
+        help="What a failing critical check does to the guarded launch, once per incident: "
+        "abort (roll back) or pause (hold exposure until a person resumes). Default: the "
+        "profile's `launch.on_critical_failure`, else abort.",
         show_default=False,
     ),
 ]
@@ -57,18 +79,24 @@ def create(
     profile: ProfilePath,
     launch: LaunchOption = None,
     paused: Annotated[bool, typer.Option(help="Create it paused.")] = False,
+    on_critical_failure: OnCriticalFailure = None,
 ) -> None:
     """Validate a profile and create its schedule (health-NAME)."""
-    valid = _valid_profile(profile, launch)
+    valid = _valid_profile(profile, launch, on_critical_failure)
     settings = _settings(ctx)
     _run(settings, lambda client: schedules.create_schedule(client, valid, settings, paused=paused))
     _done(valid, settings, "created" + (" (paused)" if paused else ""))
 
 
 @schedule_app.command("update")
-def update(ctx: typer.Context, profile: ProfilePath, launch: LaunchOption = None) -> None:
+def update(
+    ctx: typer.Context,
+    profile: ProfilePath,
+    launch: LaunchOption = None,
+    on_critical_failure: OnCriticalFailure = None,
+) -> None:
     """Replace an existing schedule's checks and timing from the profile; paused stays paused."""
-    valid = _valid_profile(profile, launch)
+    valid = _valid_profile(profile, launch, on_critical_failure)
     settings = _settings(ctx)
     _run(settings, lambda client: schedules.update_schedule(client, valid, settings))
     _done(valid, settings, "updated")
@@ -127,9 +155,12 @@ def list_(ctx: typer.Context) -> None:
 # --- glue --------------------------------------------------------------------------------
 
 
-def _valid_profile(path: Path, launch: str | None) -> HealthProfile:
+def _valid_profile(
+    path: Path, launch: str | None, on_critical_failure: LaunchAction | None = None
+) -> HealthProfile:
     try:
-        return schedules.validate_profile(path, launch)
+        action = ACTIONS[on_critical_failure] if on_critical_failure is not None else None
+        return schedules.validate_profile(path, launch, action)
     except PlanError as err:
         console = Console(stderr=True, highlight=False)
         console.print(Text(f"{path}: {len(err.problems)} problem(s)", style="bold red"))

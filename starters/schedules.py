@@ -30,7 +30,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.health_messages import HealthRunInput
-from schemas.health_profile import HealthProfile, LaunchLink, load_profile
+from schemas.health_profile import HealthProfile, LaunchActionKind, LaunchLink, load_profile
 from workers.settings import Settings
 from workflows.health import HealthValidationWorkflow
 
@@ -61,11 +61,22 @@ def schedule_id(name: str) -> str:
     return name if name.startswith(SCHEDULE_PREFIX) else f"{SCHEDULE_PREFIX}{name}"
 
 
-def validate_profile(path: Path, launch_id: str | None = None) -> HealthProfile:
-    """Load a profile (raising `PlanError` with every problem); `launch_id` attaches a launch."""
+def validate_profile(
+    path: Path, launch_id: str | None = None, on_critical_failure: LaunchActionKind | None = None
+) -> HealthProfile:
+    """Load a profile (raising `PlanError` with every problem); `launch_id` attaches a launch,
+    which a failing critical check aborts or pauses as `on_critical_failure`, else the profile,
+    says."""
     profile = load_profile(path)
     if launch_id:
-        profile = profile.model_copy(update={"launch": LaunchLink(id=launch_id)})
+        action = on_critical_failure or (
+            profile.launch.on_critical_failure if profile.launch is not None else "abort"
+        )
+        link = LaunchLink(id=launch_id, on_critical_failure=action)
+        profile = profile.model_copy(update={"launch": link})
+    elif on_critical_failure is not None and profile.launch is not None:
+        link = profile.launch.model_copy(update={"on_critical_failure": on_critical_failure})
+        profile = profile.model_copy(update={"launch": link})
     return profile
 
 

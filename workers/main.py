@@ -35,6 +35,7 @@ from activities.flags import FlagdFileRouter
 from activities.kube import KubeActivities, KubeConnection
 from activities.kube_checks import KubeCheckActivities
 from activities.kube_routers import NginxCanaryRouter, ReplicaWeightRouter
+from activities.launch_state import LaunchStateActivities
 from activities.limits import WorkerLimits, guarded_transport, load_limits, origin_of
 from activities.metrics import MetricsActivities
 from activities.notify import NotifyActivities
@@ -46,6 +47,7 @@ from workers.client import connect
 from workers.sealing import DEFAULT_KEY_FILE, SealInterceptor, load_keys
 from workers.settings import WORKER_READY_LINE, Settings, settings_problem
 from workflows.alert_ledger import AlertLedgerWorkflow
+from workflows.continuous import ContinuousAnalysisWorkflow
 from workflows.full_launch import FullLaunchWorkflow
 from workflows.health import HealthValidationWorkflow
 from workflows.infra_setup import InfraSetupWorkflow
@@ -63,6 +65,7 @@ WORKFLOWS: Sequence[type] = (
     MigrationCutoverWorkflow,
     HealthValidationWorkflow,
     AlertLedgerWorkflow,
+    ContinuousAnalysisWorkflow,
 )
 
 
@@ -120,6 +123,7 @@ def activities(
     alerts = AlertActivities(http)
     ledger = AlertLedgerActivities(client)
     phase_end = PhaseEndActivities(client)
+    launch_state = LaunchStateActivities(client)
     return [
         admission.admit_plan,
         approvals.approval_authority,
@@ -156,6 +160,7 @@ def activities(
         alerts.send_alerts,
         ledger.record_in_ledger,
         phase_end.describe_phase_end,
+        launch_state.read_launch_state,
     ]
 
 

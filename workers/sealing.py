@@ -33,7 +33,17 @@ from schemas.seal import VERIFIED, Sealed, sealed_body
 
 # Signals whose handlers take the raw payload (to record a malformed one) and whose payload
 # may carry a seal.
-SEALED_DICT_SIGNALS = frozenset({"abort", "phase_progress", "relay_decision"})
+SEALED_DICT_SIGNALS = frozenset(
+    {
+        "abort",
+        "pause",
+        "resume",
+        "phase_progress",
+        "relay_decision",
+        "relay_hold",
+        "stop_analysis",
+    }
+)
 MIN_KEY_BYTES = 32
 
 

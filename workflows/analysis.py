@@ -1,8 +1,11 @@
 """Analysis: PromQL measurements on a schedule, judged like Argo Rollouts judges its metrics.
 
-Each metric runs its own loop (interval × count). A metric fails when its failures pass the
-failure limit; it is inconclusive when Prometheus keeps erroring or has no data. One failed
-metric stops the others at once, so a bad canary is rolled back as fast as it is seen.
+Each metric runs its own loop (interval × count). A measurement is judged by a threshold
+(`max`, `min`, `baseline`) or by the statistical judge (`compare`: canary against stable with
+a Mann-Whitney U test, its evidence in the measurement's detail). A metric fails when its
+failures pass the failure limit; it is inconclusive when Prometheus keeps erroring or has no
+data. One failed critical metric stops the others at once, so a bad canary is rolled back as
+fast as it is seen; with the plan's `scoring`, the metrics' verdicts combine into a score.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.metrics import METRICS_OPTIONS, MetricsActivities
-    from schemas.analysis_spec import MetricSpec
+    from schemas.analysis_spec import MetricSpec, Scoring
     from schemas.launch_messages import Measurement, MetricResult, PhaseState
     from schemas.metrics_messages import MetricQuery, MetricReading
     from schemas.plan import LaunchPlan
@@ -32,6 +35,8 @@ def classify(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurem
     """Judge one reading against the metric's success condition."""
     if reading.error:
         return Measurement(at=at, outcome="error", detail=reading.error[:KEEP_DETAIL_CHARS])
+    if spec.compare is not None:
+        return _classify_comparison(spec, reading, at)
     value = reading.value
     if value is None:
         return Measurement(at=at, outcome="inconclusive", detail="no data for the canary")
@@ -39,11 +44,7 @@ def classify(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurem
         return Measurement(
             at=at, value=value, outcome="inconclusive", detail="no data for the stable baseline"
         )
-    problems: list[str] = []
-    if spec.max is not None and value > spec.max:
-        problems.append(f"{value:.4g} > max {spec.max:g}")
-    if spec.min is not None and value < spec.min:
-        problems.append(f"{value:.4g} < min {spec.min:g}")
+    problems = _bound_problems(spec, value)
     if spec.baseline is not None and reading.baseline is not None:
         rule, baseline = spec.baseline, reading.baseline
         if rule.max_ratio is not None:
@@ -64,6 +65,45 @@ def classify(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurem
         baseline=reading.baseline,
         outcome="failure" if problems else "success",
         detail="; ".join(problems),
+    )
+
+
+def _bound_problems(spec: MetricSpec, value: float) -> list[str]:
+    problems: list[str] = []
+    if spec.max is not None and value > spec.max:
+        problems.append(f"{value:.4g} > max {spec.max:g}")
+    if spec.min is not None and value < spec.min:
+        problems.append(f"{value:.4g} < min {spec.min:g}")
+    return problems
+
+
+def _classify_comparison(spec: MetricSpec, reading: MetricReading, at: datetime) -> Measurement:
+    """The statistical judge's outcome as a measurement; its evidence is the detail, whatever
+    the outcome. `max` and `min`, when given too, bound the canary's median."""
+    comparison = reading.comparison
+    if comparison is None:
+        return Measurement(
+            at=at, outcome="inconclusive", detail="no comparison of canary and stable was read"
+        )
+    detail = comparison.detail[:KEEP_DETAIL_CHARS]
+    if comparison.outcome == "nodata":
+        outcome: Literal["success", "failure", "inconclusive"] = "inconclusive"
+    elif comparison.outcome != "pass":
+        outcome = "failure"
+    else:
+        problems = (
+            _bound_problems(spec, comparison.canary_median)
+            if comparison.canary_median is not None
+            else []
+        )
+        outcome = "failure" if problems else "success"
+        detail = "; ".join([*problems, detail])[:KEEP_DETAIL_CHARS]
+    return Measurement(
+        at=at,
+        value=comparison.canary_median,
+        baseline=comparison.stable_median,
+        outcome=outcome,
+        detail=detail,
     )
 
 
@@ -145,7 +185,10 @@ async def run_analysis(
     names: list[str],
     report: Callable[[], Awaitable[None]],
 ) -> tuple[Verdict, list[MetricResult]]:
-    """Run the named metrics side by side; stop them all as soon as one fails."""
+    """Run the named metrics side by side; stop them all as soon as a critical one fails."""
+    scoring = plan.scoring
+    # Without scoring every metric is critical: the first failure decides.
+    critical = {name for name in names if scoring is None or plan.analysis[name].critical}
     results = [MetricResult(phase=state.name, step=step, metric=name) for name in names]
     state.analysis.extend(results)
     tasks = [
@@ -156,7 +199,7 @@ async def run_analysis(
     try:
         while pending:
             _, pending = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if any(result.verdict == "failed" for result in results):
+            if any(result.verdict == "failed" and result.metric in critical for result in results):
                 break
     finally:
         for task in pending:
@@ -169,12 +212,46 @@ async def run_analysis(
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+    return combine(scoring, critical, results), results
+
+
+def combine(scoring: Scoring | None, critical: set[str], results: list[MetricResult]) -> Verdict:
+    """One verdict from the metrics' verdicts.
+
+    Without scoring: any failure fails, else any inconclusive metric makes it inconclusive.
+    With scoring (Kayenta's way): a failed critical metric fails, an inconclusive critical one
+    makes it inconclusive; otherwise the score (the share of judged metrics that passed;
+    inconclusive non-critical ones are left out) against `pass_score` and `marginal_score`
+    decides. With no metric judged at all, nobody can say: inconclusive.
+    """
     verdicts = {result.verdict for result in results}
-    if "failed" in verdicts:
-        return "failed", results
-    if "inconclusive" in verdicts:
-        return "inconclusive", results
-    return "successful", results
+    if scoring is None:
+        if "failed" in verdicts:
+            return "failed"
+        if "inconclusive" in verdicts:
+            return "inconclusive"
+        return "successful"
+    if any(result.verdict == "failed" and result.metric in critical for result in results):
+        return "failed"
+    if any(result.verdict == "inconclusive" and result.metric in critical for result in results):
+        return "inconclusive"
+    score = analysis_score(results)
+    if score is None:
+        return "inconclusive"
+    if score >= scoring.pass_score:
+        return "successful"
+    if score >= scoring.marginal_score:
+        return "inconclusive"
+    return "failed"
+
+
+def analysis_score(results: list[MetricResult]) -> float | None:
+    """100 × the metrics that passed over those judged (passed or failed); None if none was."""
+    judged = [result for result in results if result.verdict in ("successful", "failed")]
+    if not judged:
+        return None
+    passed = sum(result.verdict == "successful" for result in judged)
+    return 100 * passed / len(judged)
 
 
 def summarize(results: list[MetricResult]) -> str:

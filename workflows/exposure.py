@@ -44,6 +44,7 @@ async def run_exposure_steps(
     )
 
     for number, step in enumerate(spec.steps, start=1):
+        await phase.holding()
         state.step = number
         state.activity = f"setting exposure to {step.weight:g}%"
         await workflow.execute_activity_method(
@@ -80,6 +81,7 @@ async def run_exposure_steps(
             )
 
     if promote:
+        await phase.holding()
         state.activity = f"promoting {plan.version} to stable"
         await workflow.execute_activity_method(
             RouterActivities.promote_exposure,

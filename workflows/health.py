@@ -1,8 +1,9 @@
 """One scheduled health validation: run the profile's checks, guard the attached launch, alert.
 
 A schedule starts this short workflow every interval; it reads like the on-call runbook it
-replaces: measure every check side by side, judge each pass / warn / fail, abort the launch
-it guards when a critical check fails, then hand the checks to the profile's alert ledger,
+replaces: measure every check side by side, judge each pass / warn / fail, abort or pause the
+launch it guards when a critical check fails (once per incident: not again while the launch is
+already paused, rolling back or finished), then hand the checks to the profile's alert ledger,
 which alerts only on what changed.
 """
 
@@ -17,11 +18,12 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from activities.alerts import LEDGER_OPTIONS, AlertLedgerActivities
     from activities.kube import KUBE_HEALTH_OPTIONS, KubeActivities
+    from activities.launch_state import LAUNCH_STATE_OPTIONS, LaunchStateActivities
     from activities.metrics import METRICS_OPTIONS, MetricsActivities
     from activities.options import summarized
     from activities.probes import PROBE_OPTIONS, ProbeActivities
     from schemas.analysis_spec import MetricSpec
-    from schemas.decision_messages import AbortRequest
+    from schemas.decision_messages import AbortRequest, HoldRequest
     from schemas.health_messages import (
         AlertOutcome,
         AlertRequest,
@@ -31,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         HttpProbe,
         HttpProbeResult,
         LaunchAction,
+        LaunchState,
+        LaunchStateRequest,
         LedgerDelivery,
     )
     from schemas.health_profile import (
@@ -38,15 +42,21 @@ with workflow.unsafe.imports_passed_through():
         HealthProfile,
         HttpCheck,
         KubernetesCheck,
+        LaunchActionKind,
         PrometheusCheck,
     )
     from schemas.kube_messages import DeploymentHealthReport, DeploymentHealthRequest
+    from schemas.launch_messages import LaunchStatusValue
     from schemas.metrics_messages import MetricQuery, MetricReading
     from workflows.alert_ledger import OUTCOME_SIGNAL
 
 # How long a run waits for its ledger's answer: alert retries with backoff fit well inside.
 ALERT_ANSWER_TIMEOUT = timedelta(minutes=2)
 SEVERITY: dict[CheckStatus, int] = {"pass": 0, "warn": 1, "fail": 2}
+# Runs recorded before a failing run read the launch first sent its abort every time.
+ONCE_PER_INCIDENT = "health-acts-once-per-incident"
+# A launch in one of these is already undoing itself: nothing a health run sends would help.
+ROLLING_BACK = (LaunchStatusValue.ROLLING_BACK.value, LaunchStatusValue.NEEDS_ATTENTION.value)
 
 
 def worst(statuses: list[CheckStatus]) -> CheckStatus:
@@ -154,6 +164,27 @@ def judge_deployments(check: KubernetesCheck, report: DeploymentHealthReport) ->
     )
 
 
+def already_acted_on(state: LaunchState, action: LaunchActionKind) -> str:
+    """Why a failing run sends nothing to the launch it guards, or "" when it should act."""
+    launch = f"launch {state.launch_id}"
+    if not state.found:
+        return f"{launch} is not running (not found); alerted only"
+    if not state.running or state.status in (
+        LaunchStatusValue.COMPLETED.value,
+        LaunchStatusValue.ROLLED_BACK.value,
+    ):
+        return f"{launch} is not running ({state.status}); alerted only"
+    if state.status in ROLLING_BACK:
+        return f"{launch} is already rolling back ({state.status}); {action} not sent again"
+    if action == "pause" and state.paused is not None:
+        held = state.paused
+        return (
+            f"{launch} is already paused by {held.by} ({held.source}) since "
+            f"{held.at:%Y-%m-%d %H:%M:%S}; pause not sent again"
+        )
+    return ""
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}ms"
 
@@ -249,29 +280,50 @@ class HealthValidationWorkflow:
                 signalled=False,
                 detail="no critical check failed",
             )
+        action = profile.launch.on_critical_failure
+        if workflow.patched(ONCE_PER_INCIDENT):
+            state = await self._launch_state(launch_id)
+            acted = already_acted_on(state, action) if state is not None else ""
+            if acted:
+                return LaunchAction(
+                    launch_id=launch_id, action=action, signalled=False, detail=acted
+                )
         reason = "critical health check(s) failed: " + "; ".join(
             f"{check.name} ({check.detail})" for check in failing
         )
+        by, request_id = f"health:{profile.name}"[:128], report.run_id[:128]
+        # Sealed by this worker, dated by this run: the launch knows it from a person's.
+        request: HoldRequest | AbortRequest = (
+            HoldRequest(reason=reason[:2000], by=by, id=request_id, sent_at=workflow.now())
+            if action == "pause"
+            else AbortRequest(reason=reason[:2000], by=by, id=request_id, sent_at=workflow.now())
+        )
         try:
-            await workflow.get_external_workflow_handle(launch_id).signal(
-                "abort",
-                AbortRequest(
-                    reason=reason[:2000],
-                    by=f"health:{profile.name}"[:128],
-                    id=report.run_id[:128],
-                    sent_at=workflow.now(),
-                ),
-            )
+            await workflow.get_external_workflow_handle(launch_id).signal(action, request)
         except FailureError as err:
             return LaunchAction(
                 launch_id=launch_id,
-                action="abort",
+                action=action,
                 signalled=False,
                 detail=f"launch {launch_id} is not running ({err}); alerted only",
             )
         return LaunchAction(
-            launch_id=launch_id, action="abort", signalled=True, detail=f"abort sent: {reason}"
+            launch_id=launch_id, action=action, signalled=True, detail=f"{action} sent: {reason}"
         )
+
+    async def _launch_state(self, launch_id: str) -> LaunchState | None:
+        """The launch as it is now, or None when it cannot be read: then the run acts anyway."""
+        try:
+            return await workflow.execute_activity_method(
+                LaunchStateActivities.read_launch_state,
+                LaunchStateRequest(launch_id=launch_id),
+                **summarized(LAUNCH_STATE_OPTIONS, f"read launch {launch_id}"),
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "launch %s could not be read (%s); acting on it anyway", launch_id, err.cause
+            )
+            return None
 
     # --- alerts -------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.phase_end import PHASE_END_OPTIONS, PhaseEndActivities
     from approvals.proofs import plan_digest, proof_key_id
     from schemas.admission_messages import AdmissionRequest
+    from schemas.analysis_spec import WatchWindow
     from schemas.decision_messages import (
         AbortRequest,
         AuthorityRequest,
@@ -54,14 +55,22 @@ with workflow.unsafe.imports_passed_through():
         DecisionRequest,
         DecisionVerb,
         GateVote,
+        Hold,
+        HoldAction,
+        HoldRelay,
+        HoldRequest,
     )
     from schemas.launch_messages import (
+        AnalysisFinding,
         CompensationRecord,
+        ContinuousInput,
+        ContinuousOutcome,
         LaunchCarry,
         LaunchInput,
         LaunchResult,
         LaunchStatus,
         LaunchStatusValue,
+        MetricResult,
         OpenGate,
         PhaseEnd,
         PhaseEndRequest,
@@ -69,13 +78,16 @@ with workflow.unsafe.imports_passed_through():
         PhaseReport,
         PhaseState,
         PhaseStatusValue,
+        StopAnalysis,
     )
     from schemas.notification_spec import NotificationEvent
     from workflows.audit import AuditTrail
+    from workflows.continuous import STOP_SIGNAL, forgive
     from workflows.evidence import EvidenceLog
     from workflows.gates import DecisionChecks, Refused, Trust, Vote, may_act
     from workflows.notifier import Notifier
     from workflows.phase import (
+        HOLD_SIGNAL,
         KEEP_REASON_CHARS,
         PROGRESS_SIGNAL,
         RELAY_SIGNAL,
@@ -101,6 +113,7 @@ FRESH_SEAL = timedelta(minutes=10)
 # How often a proof naming an unknown key may make the launch reload the service's keys.
 KEY_RELOADS = 5
 NO_REQUEST = 'input: give a decision request: {"gate", "decision": "approve"|"reject", ...}'
+NO_HOLD = 'input: give a hold request: {"action": "pause"|"resume", "reason", ...}'
 
 
 class DecisionRefused(ApplicationError):
@@ -166,6 +179,22 @@ class LaunchWorkflow:
             self._evidence.recall(carried.evidence, self._phases)
         self._notifier = Notifier(inp.launch_id, inp.plan)
         self._rollback = Rollback(self._notifier, self._publish)
+        # Who holds exposure (a person, the health schedule or analysis), and the background
+        # and watch results, kept across runs.
+        self._hold: Hold | None = carried.paused if carried else None
+        self._continuous: list[MetricResult] = (
+            [result.model_copy(deep=True) for result in carried.background] if carried else []
+        )
+        self._analysis_children: dict[
+            str, workflow.ChildWorkflowHandle[Any, ContinuousOutcome]
+        ] = {}
+        # Analyses to start again with their failures forgiven (a person resumed).
+        self._restart: set[str] = set()
+        self._quiet: dict[str, dict[str, int]] = {}
+        self._background_task: asyncio.Task[None] | None = None
+        # Why analysis stopped the launch ("" while it has not).
+        self._halt = ""
+        self._watch_ends: datetime | None = None
 
     # --- the run ----------------------------------------------------------------------
 
@@ -191,28 +220,39 @@ class LaunchWorkflow:
         else:
             self._publish()
         continued: LaunchInput | None = None
+        if inp.plan.background_analysis is not None:
+            self._background_task = asyncio.create_task(self._background())
         try:
             for index in range(first, len(inp.plan.phases)):
-                if self._abort is None and index > first and self._history_is_long(inp):
+                if not self._stopped() and index > first and self._history_is_long(inp):
                     # Every handler done first: what it changed goes to the next run.
                     await workflow.wait_condition(workflow.all_handlers_finished)
-                    if self._abort is None:
+                    if not self._stopped():
                         continued = self._continued(inp, index)
                         break
-                if self._abort is not None:
-                    raise asyncio.CancelledError
+                await self._unless_held()
                 self._phase_index = index
                 self._phase_task = asyncio.create_task(self._run_phase(inp, index))
                 try:
                     await self._phase_task
                 finally:
                     self._phase_task = None
+            if continued is None and inp.plan.watch is not None:
+                await self._unless_held()
+                self._phase_task = asyncio.create_task(self._watch(inp.plan.watch))
+                try:
+                    await self._phase_task
+                finally:
+                    self._phase_task = None
+            if self._stopped():
+                raise asyncio.CancelledError
         except BaseException as err:
             if not isinstance(err, Exception | asyncio.CancelledError):
                 raise  # the worker evicting this workflow from its cache: nothing to undo
             reason = self._failure(err)
             await asyncio.shield(asyncio.ensure_future(self._roll_back(reason)))
             return await self._finish()
+        await self._stop_analyses(None if continued is not None else "successful")
         if continued is not None:
             workflow.continue_as_new(continued)
         self._status = LaunchStatusValue.COMPLETED
@@ -220,6 +260,154 @@ class LaunchWorkflow:
         self._publish()
         await self._notify("completed", f"{inp.plan.version} is live for every user")
         return await self._finish()
+
+    def _stopped(self) -> bool:
+        """Whether the launch is to roll back: aborted, or stopped by analysis."""
+        return self._abort is not None or bool(self._halt)
+
+    async def _unless_held(self) -> None:
+        """Wait while the launch is paused; once it is stopped, go to the rollback."""
+        await workflow.wait_condition(lambda: self._hold is None or self._stopped())
+        if self._stopped():
+            raise asyncio.CancelledError
+
+    # --- analysis that never stops looking ---------------------------------------------
+
+    async def _background(self) -> None:
+        """Measure from the first exposure change until the launch ends. An error of this code
+        stops the launch too: analysis that silently stopped would pass anything."""
+        try:
+            await workflow.wait_condition(
+                lambda: any(phase.exposure is not None for phase in self._phases)
+            )
+            while not self._stopped():
+                outcome = await self._analysis_run("background")
+                if outcome.ended == "stopped":
+                    if "background" not in self._restart:
+                        return
+                    self._restart.discard("background")
+                    continue
+                if (
+                    outcome.finding is not None
+                    and await self._act(outcome.finding, "background") == "rollback"
+                ):
+                    return
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            workflow.logger.error("background analysis of %s", self._input.launch_id, exc_info=err)
+            self._stop_for(internal_error("background analysis", err))
+
+    async def _watch(self, spec: WatchWindow) -> None:
+        """After the last phase: measure until the window ends; a failure rolls back."""
+        ends = workflow.now() + spec.duration
+        self._watch_ends = ends
+        self._status = LaunchStatusValue.WATCHING
+        self._publish()
+        while True:
+            outcome = await self._analysis_run("watch", ends_at=ends)
+            if outcome.ended == "window_over":
+                break
+            if outcome.ended == "stopped":
+                if "watch" not in self._restart:
+                    raise asyncio.CancelledError
+                self._restart.discard("watch")
+                continue
+            if outcome.finding is not None:
+                if outcome.finding.action == "rollback":
+                    raise PhaseEnded(outcome.finding.reason)
+                await self._act(outcome.finding, "watch")
+        # A watch that ends paused waits for a person: resume completes, abort rolls back.
+        await workflow.wait_condition(lambda: self._hold is None)
+        self._publish()
+
+    async def _analysis_run(
+        self, label: Literal["background", "watch"], *, ends_at: datetime | None = None
+    ) -> ContinuousOutcome:
+        """Run the launch's background or watch analysis workflow to its end; take what it
+        measured."""
+        inp = self._input
+        handle = await workflow.start_child_workflow(
+            "ContinuousAnalysis",
+            ContinuousInput(
+                launch_id=inp.launch_id,
+                launch_run=self._trust.run,
+                plan=inp.plan,
+                label=label,
+                results=[r for r in self._continuous if r.phase == label],
+                quiet=self._quiet.get(label, {}),
+                ends_at=ends_at,
+                held=self._hold is not None,
+            ),
+            id=f"{inp.launch_id}.analysis.{label}",
+            result_type=ContinuousOutcome,
+            static_summary=f"{label} analysis of {inp.plan.service} {inp.plan.version}",
+        )
+        self._analysis_children[label] = handle
+        try:
+            outcome: ContinuousOutcome = await handle
+        finally:
+            self._analysis_children.pop(label, None)
+        self._continuous = [
+            *(r for r in self._continuous if r.phase != label),
+            *(r for r in outcome.results if r.phase == label),
+        ]
+        self._quiet[label] = dict(outcome.quiet)
+        if label in self._restart:
+            forgive(self._continuous, label)
+            self._quiet[label] = {}
+        self._publish()
+        return outcome
+
+    async def _act(self, finding: AnalysisFinding, label: str) -> str:
+        """Take what a round found: stop the launch, or hold its exposure."""
+        if finding.action == "rollback":
+            self._stop_for(finding.reason)
+            return "rollback"
+        if self._hold is None and not self._stopped():
+            self._hold = Hold(
+                by=f"{label} analysis",
+                reason=finding.reason[:KEEP_REASON_CHARS],
+                at=workflow.now(),
+                source="analysis",
+                evidence=finding.reason[:KEEP_REASON_CHARS],
+            )
+            self._publish()
+            await self._relay_hold()
+        return "pause"
+
+    def _stop_for(self, reason: str) -> None:
+        """Roll the launch back for `reason`, wherever it is: a running phase (even at an open
+        gate) is cancelled, and the launch does not start another."""
+        if self._stopped() or self._status in (*FINISHED, LaunchStatusValue.ROLLING_BACK):
+            return
+        self._halt = reason[:KEEP_REASON_CHARS]
+        if self._phase_task is not None:
+            self._phase_task.cancel()
+
+    async def _stop_analyses(self, verdict: Literal["successful", "cancelled"] | None) -> None:
+        """End the background analysis and take its last results; mark what was still
+        measuring with `verdict`."""
+        await self._signal_analyses()
+        task, self._background_task = self._background_task, None
+        if task is not None and not task.done():
+            if "background" not in self._analysis_children:
+                task.cancel()  # still waiting for the first exposure change
+            await asyncio.gather(task, return_exceptions=True)
+        if verdict is not None:
+            for result in self._continuous:
+                if result.verdict == "running":
+                    result.verdict = verdict
+
+    async def _signal_analyses(self) -> None:
+        """Ask every running background or watch analysis to end with what it measured."""
+        for handle in list(self._analysis_children.values()):
+            try:
+                await handle.signal(STOP_SIGNAL, StopAnalysis(launch_run=self._trust.run))
+            except Exception as err:
+                if isinstance(err, NondeterminismError):
+                    raise
+                workflow.logger.info("analysis %s not stopped: %s", handle.id, err)
 
     async def _admission_problem(self, inp: LaunchInput) -> str:
         """Why the launch may not start, or "": its starter's proof does not hold, or the
@@ -290,11 +478,17 @@ class LaunchWorkflow:
             result_type=PhaseState,
             static_summary=f"{phase.kind} {phase.name} of {inp.plan.service} {inp.plan.version}",
         )
+        if self._hold is not None:
+            await self._relay_hold()
         try:
             self._phases[index] = await self._child
         except ChildWorkflowError as err:
             cause = err.cause
             if isinstance(cause, CancelledError):
+                if self._halt:
+                    known = self._phases[index]
+                    known.open_gate = None
+                    known.reason = f"stopped by the launch: {self._halt}"[:KEEP_REASON_CHARS]
                 raise
             raise PhaseEnded(await self._phase_failure(index, err)) from err
         finally:
@@ -382,6 +576,8 @@ class LaunchWorkflow:
                 key_reloads=self._key_reloads,
                 decisions=self._checks.remember(),
                 evidence=self._evidence.remember(),
+                paused=self._hold,
+                background=self._continuous,
             ),
         )
 
@@ -389,6 +585,8 @@ class LaunchWorkflow:
         try:
             if self._abort is not None:
                 return f"aborted by {self._abort.by or 'an unnamed sender'}: {self._abort.reason}"
+            if self._halt:
+                return self._halt
             if isinstance(err, asyncio.CancelledError) or (
                 isinstance(err, ChildWorkflowError) and isinstance(err.cause, CancelledError)
             ):
@@ -407,6 +605,7 @@ class LaunchWorkflow:
         self._status = LaunchStatusValue.ROLLING_BACK
         self._reason = reason
         self._publish()
+        await self._stop_analyses("cancelled")
         try:
             await self._rollback.run(self._compensations())
         except Exception as err:
@@ -481,6 +680,47 @@ class LaunchWorkflow:
     def abort(self, payload: Any = None) -> None:
         with self._handling("abort", payload):
             self._take_abort(payload)
+
+    @workflow.signal(
+        name="pause",
+        description='Hold exposure where it is; analysis goes on and gates still take decisions. Input: {"reason": "...", "proof": "<from the approval service>"}; with `identity: none`, "by": "<name>" instead of the proof. `resume` goes on, `abort` rolls back.',
+    )
+    async def pause(self, payload: Any = None) -> None:
+        with self._handling("pause", payload):
+            request = self._audit.parse("pause", HoldRequest, payload)
+            if request is not None:
+                await self._change_hold("pause", "pause", request, payload)
+
+    @workflow.signal(
+        name="resume",
+        description='Go on after a pause. Input: {"reason": "...", "proof": "<from the approval service>"}; with `identity: none`, "by": "<name>" instead of the proof.',
+    )
+    async def resume(self, payload: Any = None) -> None:
+        with self._handling("resume", payload):
+            request = self._audit.parse("resume", HoldRequest, payload)
+            if request is not None:
+                await self._change_hold("resume", "resume", request, payload)
+
+    @workflow.update(
+        name="hold",
+        description='Pause or resume and get an immediate answer. Input: {"action": "pause"|"resume", "reason", "proof"} (with `identity: none`, "by" instead of the proof). Answers with the hold in force afterwards (null once resumed); a refusal is an error naming the field and is recorded in the audit trail.',
+    )
+    async def hold(self, request: HoldRequest | None = None) -> Hold | None:
+        if not isinstance(request, HoldRequest) or request.action is None:
+            raise DecisionRefused(NO_HOLD)
+        handler = f"hold:{request.action}"
+        payload = request.model_dump(mode="json")
+        with self._handling(handler, payload, update=True):
+            problem = await self._change_hold(request.action, handler, request, payload)
+            if problem:
+                raise DecisionRefused(problem)
+            return self._hold
+        raise DecisionRefused(f"internal error: {handler} could not be taken; nothing changed")
+
+    @hold.validator
+    def _hold_input(self, request: HoldRequest | None = None) -> None:
+        if not isinstance(request, HoldRequest) or request.action is None:
+            raise DecisionRefused(NO_HOLD)
 
     @workflow.signal(
         name="retry_compensation",
@@ -676,6 +916,81 @@ class LaunchWorkflow:
             )
         return request.model_copy(update={"by": person.name})
 
+    async def _change_hold(
+        self, action: HoldAction, handler: str, request: HoldRequest, payload: Any
+    ) -> str:
+        """Pause or resume for a proven sender; the refusal (recorded in the audit), or ""."""
+        try:
+            if request.action is not None and request.action != action:
+                raise Refused(f"action: {handler} does not {request.action}; leave action out")
+            hold = self._hold_sender(action, request)
+            status = self._current_status()
+            if self._stopped() or status in (
+                *FINISHED,
+                LaunchStatusValue.ROLLING_BACK,
+                LaunchStatusValue.NEEDS_ATTENTION,
+            ):
+                raise Refused(f"ignored: the launch is already {status.value}")
+            if action == "pause" and self._hold is not None:
+                raise Refused(
+                    f"ignored: already paused by {self._hold.by} ({self._hold.source}): "
+                    f"{self._hold.reason}"
+                )
+            if action == "resume" and self._hold is None:
+                raise Refused("ignored: the launch is not paused")
+        except Refused as err:
+            self._audit.record(handler, payload, accepted=False, note=str(err))
+            return str(err)
+        self._hold = hold
+        if hold is None:
+            self._restart.update(self._analysis_children)
+            await self._signal_analyses()
+        note = f"paused by {hold.by}" if hold is not None else "resumed"
+        self._audit.record(handler, payload, accepted=True, note=note)
+        self._publish()
+        await self._relay_hold()
+        return ""
+
+    def _hold_sender(self, action: HoldAction, request: HoldRequest) -> Hold | None:
+        """The hold after `action` by a proven sender: a Phasegate worker's sealed pause (the
+        health schedule), or a person allowed to (the plan's approvers or the starter)."""
+        if request.sealed:
+            if action != "pause":
+                raise Refused("seal: only a person resumes a launch")
+            sent_at = request.sent_at
+            if sent_at is None or not workflow.now() - FRESH_SEAL <= sent_at <= workflow.now():
+                raise Refused("sent_at: a sealed pause must be fresh")
+            if not request.reason:
+                raise Refused("reason: say why the launch pauses")
+            by = request.by or "the health schedule"
+            return Hold(by=by, reason=request.reason, at=workflow.now(), source="health")
+        person = self._trust.person(
+            action, "", request.proof, request.by, workflow.now(), field="by"
+        )
+        allowed = [*self._input.plan.approvals.approvers, self._trust.started_by]
+        if self._trust.identity is not None and not may_act(person, allowed):
+            raise Refused(
+                f"{person.name!r} may not {action} this launch; the plan's approvers and its starter may"
+            )
+        if action == "resume":
+            return None
+        if not request.reason:
+            raise Refused("reason: say why the launch pauses")
+        return Hold(by=person.name, reason=request.reason, at=workflow.now(), source="person")
+
+    async def _relay_hold(self) -> None:
+        """Tell the running phase to hold its exposure or go on."""
+        if self._child is None:
+            return
+        relay = HoldRelay(launch_run=self._trust.run, hold=self._hold)
+        try:
+            await self._child.signal(HOLD_SIGNAL, relay)
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            # The phase has just ended: the launch holds before it starts the next one.
+            workflow.logger.info("hold not relayed to the phase: %s", err)
+
     def _compensation_signal(self, action: UndoAction, payload: Any) -> None:
         handler = SIGNALS[action]
         request = self._audit.parse(handler, CompensationAction, payload)
@@ -765,6 +1080,9 @@ class LaunchWorkflow:
     def _current_status(self) -> LaunchStatusValue:
         if self._rollback.stuck is not None:
             return LaunchStatusValue.NEEDS_ATTENTION
+        going = (LaunchStatusValue.RUNNING, LaunchStatusValue.WATCHING)
+        if self._status in going and self._hold is not None:
+            return LaunchStatusValue.PAUSED
         if self._status == LaunchStatusValue.RUNNING and self._open_gate() is not None:
             return LaunchStatusValue.WAITING
         return self._status
@@ -772,6 +1090,20 @@ class LaunchWorkflow:
     def _waiting_for(self) -> str:
         if self._rollback.stuck is not None:
             return self._rollback.waiting_for()
+        hold = self._hold
+        if hold is not None and self._status in (
+            LaunchStatusValue.RUNNING,
+            LaunchStatusValue.WATCHING,
+        ):
+            launch = self._input.launch_id
+            return (
+                f"paused by {hold.by} ({hold.source}): {hold.reason} Exposure holds; analysis "
+                f"goes on. To go on: `phasegate resume {launch}` (or signal `resume`); "
+                f"to roll back: `phasegate abort {launch} -m REASON`."
+            ) + (f" Meanwhile: {self._gate_wait()}" if self._open_gate() is not None else "")
+        return self._gate_wait()
+
+    def _gate_wait(self) -> str:
         gate = self._open_gate()
         if gate is None:
             return ""
@@ -812,6 +1144,9 @@ class LaunchWorkflow:
             open_gate=self._open_gate(),
             waiting_for=self._waiting_for(),
             writes_at_risk=self._rollback.at_risk,
+            paused=self._hold,
+            background=self._continuous,
+            watch_ends_at=self._watch_ends,
             phases=self._phases,
             decisions=[d for phase in self._phases for d in phase.decisions],
             audit=sorted(

@@ -13,23 +13,28 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import NondeterminismError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.decision_messages import Decision
+    from schemas.decision_messages import Decision, Hold, HoldRelay
     from schemas.gate_spec import GateSpec, gate_id
-    from schemas.launch_messages import PhaseInput, PhaseState, PhaseStatusValue
+    from schemas.launch_messages import AuditEntry, PhaseInput, PhaseState, PhaseStatusValue
     from schemas.phase_spec import PhaseSpec
     from workflows.analysis import run_analysis, summarize
     from workflows.compensation import CompensationLog
-    from workflows.gates import GateKeeper, Trust
+    from workflows.gates import KEEP_NOTE_CHARS, KEEP_REFUSALS, GateKeeper, Trust
     from workflows.progress import ReportedSoFar
     from workflows.visibility import describe_gate, percent
 
 PROGRESS_SIGNAL = "phase_progress"
 RELAY_SIGNAL = "relay_decision"
+HOLD_SIGNAL = "relay_hold"
+# Hold relays kept when they arrive before the phase's run has begun (only the launch sends
+# them, at most a few).
+KEEP_EARLY_HOLDS = 8
 # Errors of the workflow code itself (a bug, a value it cannot handle). Raised outside
 # `run_phase`'s own handling (e.g. in a handler) they fail the phase workflow, which the launch
 # rolls back, instead of its workflow task, which the server would retry forever. Temporal's
@@ -71,6 +76,9 @@ class PhaseWorkflow:
         self._unsent = False
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
+        # While set, exposure does not change: the launch is paused.
+        self.hold: Hold | None = None
+        self._early_holds: list[HoldRelay] = []
 
     @workflow.signal(
         name=RELAY_SIGNAL,
@@ -86,6 +94,60 @@ class PhaseWorkflow:
             workflow.logger.error("relayed vote not handled", exc_info=err)
             self.gates.refuse(None, internal_error("relay_decision", err))
             await self.report()
+
+    @workflow.signal(
+        name=HOLD_SIGNAL,
+        description="Internal: the launch holding this phase's exposure (paused) or letting it go on, "
+        "sealed by its worker. People send `pause` / `resume` to the launch workflow instead; "
+        "anything else sent here is refused.",
+    )
+    async def relay_hold(self, payload: Any = None) -> None:
+        try:
+            relay = HoldRelay.model_validate(payload)
+        except ValidationError as err:
+            self._refuse_hold(f"not a hold relay: {err.error_count()} problem(s)")
+            await self.report()
+            return
+        if not self._launch_run:
+            # Arrived before the phase's run began: checked as soon as it knows its launch.
+            self._early_holds = [*self._early_holds, relay][-KEEP_EARLY_HOLDS:]
+            return
+        self._take_hold(relay)
+        await self.report()
+
+    def _take_hold(self, relay: HoldRelay) -> None:
+        if not relay.sealed:
+            self._refuse_hold("seal: not sent by a Phasegate worker; people pause the launch")
+        elif relay.launch_run != self._launch_run:
+            self._refuse_hold("launch_run: a hold for another run of this launch")
+        else:
+            self.hold = relay.hold
+            self.note_change()
+
+    def _refuse_hold(self, why: str) -> None:
+        workflow.logger.warning("refused a hold relay: %s", why)
+        entry = AuditEntry(
+            at=workflow.now(),
+            handler=f"{self.state.name}:{HOLD_SIGNAL}",
+            payload=None,
+            accepted=False,
+            note=why[:KEEP_NOTE_CHARS],
+        )
+        self.state.refusals = [*self.state.refusals, entry][-KEEP_REFUSALS:]
+
+    async def holding(self) -> None:
+        """Before an exposure change: wait while the launch is paused."""
+        if self.hold is None:
+            return
+        before = self.state.activity
+        while (hold := self.hold) is not None:
+            self.state.activity = (
+                f"paused by {hold.by}: {hold.reason} (exposure holds; `resume` goes on)"
+            )[:KEEP_REASON_CHARS]
+            await self.report()
+            await workflow.wait_condition(lambda: self.hold is not hold)
+        self.state.activity = before
+        await self.report()
 
     @workflow.query(
         name="status", description="This phase's state: step, exposure, open gate, analysis."
@@ -175,6 +237,18 @@ class PhaseWorkflow:
         verdict, results = await run_analysis(
             inp.plan, self.state, self.state.step, names, self.report
         )
+        failed = [result for result in results if result.verdict == "failed"]
+        if failed and all(inp.plan.analysis[r.metric].on_failure == "pause" for r in failed):
+            # Every failed metric asks a person instead: exposure holds at the gate.
+            self.state.activity = f"analysis {where} failed: exposure holds, waiting for a person"
+            await self.require(
+                gate,
+                GateSpec(),
+                f"Analysis {where} failed ({summarize(results)}). Exposure holds. "
+                f"Approve to {go_on}, reject to roll back.",
+                inp,
+            )
+            return
         if verdict == "failed":
             raise ApplicationError(
                 f"analysis failed {where}: {summarize(results)}",
@@ -205,6 +279,9 @@ class PhaseWorkflow:
         phase = inp.phase
         self._launch_id = inp.launch_id
         self._launch_run = inp.launch_run
+        for relay in self._early_holds:
+            self._take_hold(relay)
+        self._early_holds.clear()
         self.gates.trust = Trust(
             inp.plan.approvals.authenticated,
             inp.authority,
@@ -229,7 +306,7 @@ class PhaseWorkflow:
             )
         except asyncio.CancelledError:
             self.state.status = PhaseStatusValue.CANCELLED
-            self.state.reason = "cancelled by the launch (abort)"
+            self.state.reason = "cancelled by the launch (abort or analysis)"
             self.state.open_gate = None
             await asyncio.shield(asyncio.ensure_future(self.report_delivered()))
             raise

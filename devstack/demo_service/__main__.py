@@ -77,6 +77,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     latency = f"latency added to canary requests, 0..{MAX_LATENCY_MS} ms"
     number("--error-rate", float, 0.0, 1.0, 0, "share of canary requests that answer 500, 0..1")
     number("--latency-ms", float, 0, MAX_LATENCY_MS, 0, latency)
+    base = "share of requests on either path that answer 500 (the service's own failures), 0..1"
+    number("--base-error-rate", float, 0.0, 1.0, 0, base)
     number(
         "--poll-ms", int, 10, 60_000, DEFAULT_POLL_MS, "how often the flag file's mtime is checked"
     )
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         faults=faults,
         poll_ms=int(args.poll_ms),
         security=security,
+        base_error_rate=args.base_error_rate,
     )
     if args.metrics_port is not None:
         start_http_server(

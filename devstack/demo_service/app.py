@@ -219,12 +219,18 @@ class DemoMetrics:
 
 
 class CheckoutService:
-    """The endpoints, over one router, one metrics registry and the current faults."""
+    """The endpoints, over one router, one metrics registry and the current faults.
 
-    def __init__(self, router: VariantRouter, faults: Faults) -> None:
+    `base_error_rate` is the service's own share of failed requests on both paths, so that a
+    canary fault can be a multiple of a real baseline rather than errors against none.
+    """
+
+    def __init__(self, router: VariantRouter, faults: Faults, base_error_rate: float = 0.0) -> None:
+        _check_range("base_error_rate", base_error_rate, 0.0, 1.0)
         self.router = router
         self.metrics = DemoMetrics()
         self.faults = faults
+        self.base_error_rate = base_error_rate
 
     async def checkout(self, request: Request) -> Response:
         user = request.query_params.get("user", "")
@@ -233,10 +239,10 @@ class CheckoutService:
         started = time.perf_counter()
         variant = self.router.variant_for(user)
         delay = random.uniform(*NATURAL_LATENCY_S)
-        failed = False
+        failed = random.random() < self.base_error_rate
         if variant == "canary":
             delay += self.faults.latency_ms / 1000
-            failed = random.random() < self.faults.error_rate
+            failed = random.random() < self.faults.error_rate or failed
         await asyncio.sleep(delay)
         code = 500 if failed else 200
         self.metrics.observe(variant, code, time.perf_counter() - started)
@@ -275,12 +281,14 @@ def create_app(
     faults: Faults | None = None,
     poll_ms: int = DEFAULT_POLL_MS,
     security: SecurityOptions | None = None,
+    base_error_rate: float = 0.0,
 ) -> Starlette:
     """The checkout service; the flag provider starts and stops with the app's lifespan.
 
     With `security`, it also answers the security validation phase's probes (secure.py).
     """
-    service = CheckoutService(VariantRouter(flag_file, flag_key, poll_ms), faults or Faults())
+    router = VariantRouter(flag_file, flag_key, poll_ms)
+    service = CheckoutService(router, faults or Faults(), base_error_rate)
     secure = SecureEndpoints(security, service.metrics.registry) if security is not None else None
 
     @asynccontextmanager

@@ -296,7 +296,7 @@ async def test_an_expired_token_is_refused(
         ({"run": RUN, "act": "approve", "target": GATE}, "launch: is required"),
         (
             {"launch": LAUNCH, "run": RUN, "act": "deploy", "target": GATE},
-            "act: Input should be 'start', 'approve', 'reject', 'abort', "
+            "act: Input should be 'start', 'approve', 'reject', 'abort', 'pause', 'resume', "
             "'retry_compensation', 'skip_compensation', 'keep_writes' or 'drop_writes'",
         ),
         (
@@ -426,18 +426,32 @@ def test_the_decide_page_hands_out_the_signal_with_a_proof(
     assert "Carol Chen" in page.text
 
 
-def test_the_decide_page_hands_out_an_abort(
-    approval_service: LocalApprovalService, identity_provider: LocalIdentityProvider
+@pytest.mark.parametrize(
+    ("act", "title", "reason"),
+    [
+        ("abort", "Abort launch", "Reason (required;"),
+        ("pause", "Pause launch", "Reason (required;"),
+        ("resume", "Resume launch", "Reason (optional;"),
+    ],
+)
+def test_the_decide_page_hands_out_an_act_on_the_whole_launch(
+    approval_service: LocalApprovalService,
+    identity_provider: LocalIdentityProvider,
+    act: Act,
+    title: str,
+    reason: str,
 ) -> None:
-    query = {"launch": LAUNCH, "run": RUN, "decision": "abort"}
+    query = {"launch": LAUNCH, "run": RUN, "decision": act}
     with browser() as client:
         page = sign_in_and_decide(client, approval_service, identity_provider, "bob", query)
         assert page.status_code == 200, page.text
         parsed = _Page(page.text)
-        assert parsed.text["signal-name"] == "abort"
+        assert parsed.text["signal-name"] == act
+        assert f"<h1>{title} {LAUNCH}</h1>" in page.text
+        assert reason in page.text
         signal = json.loads(parsed.text["signal-input"])
         assert list(signal) == ["reason", "proof"]
-        person = check(approval_service, identity_provider, signal["proof"], "abort", "")
+        person = check(approval_service, identity_provider, signal["proof"], act, "")
         assert (person.name, person.groups) == ("Bob Baker", ("sre",))
         # The callback, opened again, signs nothing more.
         again = client.get(str(page.url))
@@ -491,7 +505,15 @@ def test_the_providers_refusal_is_shown(approval_service: LocalApprovalService) 
     [
         (
             {"launch": LAUNCH, "run": RUN, "gate": GATE, "decision": "merge"},
-            "decision: Input should be 'approve', 'reject' or 'abort'",
+            "decision: Input should be 'approve', 'reject', 'abort', 'pause' or 'resume'",
+        ),
+        (
+            {"launch": LAUNCH, "run": RUN, "gate": GATE, "decision": "pause"},
+            "gate: must be empty for pause, which holds or frees the whole launch",
+        ),
+        (
+            {"launch": LAUNCH, "run": RUN, "decision": "resume", "evidence": "ev-3"},
+            "evidence: is for approve and reject only",
         ),
         ({"launch": LAUNCH, "run": RUN, "decision": "approve"}, "gate: is required for approve"),
         (

@@ -249,3 +249,70 @@ def test_an_abort_from_the_cli_carries_a_proof_and_rolls_the_launch_back(
     )
     assert final["status"] == "rolled_back"
     assert final["reason"] == "aborted by alice@phasegate.test: wrong build"
+
+
+def test_a_pause_and_resume_from_the_cli_carry_proofs_of_allowed_people(
+    identity_provider: IdentityProvider,
+    trusting_worker: Settings,
+    signed_in_as: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    settings = trusting_worker
+    plan = write_plan(tmp_path / "held.yaml", identity_provider)
+    launch_id = started_launch(settings, plan, signed_in_as("carol"))
+    status_until(
+        settings,
+        launch_id,
+        lambda s: (s["open_gate"] or {}).get("gate") == GATE,
+        timeout=STATUS_TIMEOUT_S,
+    )
+
+    signed_in_as("bob")  # sre, neither an approver nor the starter
+    outsider = against(settings, "pause", launch_id, "-m", "looks odd")
+    assert outsider.exit_code == 1
+    assert outsider.stderr.splitlines()[-1] == (
+        "refused: 'bob@phasegate.test' may not pause this launch; the plan's approvers and its "
+        "starter may"
+    )
+
+    alice = signed_in_as("alice")
+    named = against(settings, "pause", launch_id, "-m", "looks odd", "--as", "mallory")
+    assert named.exit_code == 1
+    assert named.stderr.splitlines()[-1].startswith("--as: names come from your sign-in at ")
+    paused = against(settings, "pause", launch_id, "-m", "error budget burning")
+    assert paused.exit_code == 0, paused.output
+    assert alice not in paused.output
+    assert paused.stdout.strip() == (
+        f"paused {launch_id} as alice@phasegate.test: error budget burning; resume with "
+        f"`phasegate resume {launch_id}`"
+    )
+    held = status_until(
+        settings, launch_id, lambda s: s["paused"] is not None, timeout=STATUS_TIMEOUT_S
+    )
+    assert (held["status"], held["paused"]["by"], held["paused"]["source"]) == (
+        "paused",
+        "alice@phasegate.test",
+        "person",
+    )
+
+    signed_in_as("carol")  # the starter may resume
+    resumed = against(settings, "resume", launch_id, "-m", "budget fine again")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stdout.strip() == (
+        f"resumed {launch_id} (held by alice@phasegate.test: error budget burning): budget "
+        "fine again"
+    )
+    going = status_until(
+        settings, launch_id, lambda s: s["paused"] is None, timeout=STATUS_TIMEOUT_S
+    )
+    assert going["status"] == "waiting"
+    holds = [
+        (a["handler"], a["accepted"]) for a in going["audit"] if a["handler"].startswith("hold:")
+    ]
+    assert holds == [("hold:pause", False), ("hold:pause", True), ("hold:resume", True)]
+
+    aborted = against(settings, "abort", launch_id, "--reason", "test over")
+    assert aborted.exit_code == 0, aborted.output
+    status_until(
+        settings, launch_id, lambda s: s["finished_at"] is not None, timeout=STATUS_TIMEOUT_S
+    )

@@ -25,12 +25,14 @@ from activities.flags import FlagdFileRouter
 from devstack.demo import DemoStack, example_plan
 from schemas.health_messages import HealthReport
 from schemas.health_profile import HealthProfile
+from schemas.launch_messages import LaunchStatus
 from schemas.plan import load_plan
 from starters import schedules
 from tests.support.launches import start_launch
 from tests.support.receiver import Receiver, webhook_receiver
 from workers.settings import Settings
 from workflows.health import HealthValidationWorkflow
+from workflows.launch import LaunchWorkflow
 
 pytestmark = pytest.mark.integration
 
@@ -298,6 +300,68 @@ async def test_a_failing_critical_check_aborts_the_running_launch(
     assert report.launch is not None
     assert report.launch.signalled
     assert alerts_received(receiver)["am"] == ["error-rate:firing"]
+
+
+async def launch_status_until(
+    launch: WorkflowHandle[LaunchWorkflow, Any],
+    done: Callable[[LaunchStatus], bool],
+    timeout: float,
+) -> LaunchStatus:
+    deadline = time.monotonic() + timeout
+    while not done(status := await launch.query(LaunchWorkflow.status)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s; last status: {status}")
+        await asyncio.sleep(0.2)
+    return status
+
+
+async def test_a_pausing_profile_pauses_the_running_launch_once_per_incident(
+    dev_env: WorkflowEnvironment, worker: str, clean_stack: DemoStack, receiver: Receiver
+) -> None:
+    client = dev_env.client
+    plan = clean_stack.plan_for(load_plan(example_plan()))
+    launch = await start_launch(client, plan, worker)
+    profile = demo_profile(
+        clean_stack,
+        receiver,
+        schedule={"every": "1h"},
+        launch={"id": launch.id, "on_critical_failure": "pause"},
+    )
+    settings = Settings().model_copy(update={"task_queue": worker})
+    await schedules.create_schedule(client, profile, settings, paused=True)
+    try:
+        await fail_the_canary_then_trigger(client, clean_stack, profile.name)
+        first = await reports_until(
+            client, profile.schedule_id, lambda done: len(done) >= 1, "the first run", 60
+        )
+        paused = await launch_status_until(launch, lambda s: s.paused is not None, 30)
+        await schedules.trigger(client, profile.name)
+        both = await reports_until(
+            client, profile.schedule_id, lambda done: len(done) >= 2, "the second run", 60
+        )
+        still = await launch.query(LaunchWorkflow.status)
+        await launch.signal(LaunchWorkflow.abort, {"reason": "test over", "by": "test"})
+        await asyncio.wait_for(launch.result(), 90)
+    finally:
+        await schedules.delete(client, profile.name)
+
+    assert [report.status for report in both] == ["fail", "fail"]
+    acted, left_alone = (report.launch for report in both)
+    assert first[0].launch == acted
+    assert acted is not None
+    assert (acted.action, acted.signalled) == ("pause", True)
+    assert paused.paused is not None
+    assert (paused.paused.by, paused.paused.source) == (f"health:{profile.name}", "health")
+    assert paused.paused.reason.startswith("critical health check(s) failed: error-rate (")
+    assert left_alone is not None
+    assert (left_alone.action, left_alone.signalled) == ("pause", False)
+    assert left_alone.detail.startswith(
+        f"launch {launch.id} is already paused by health:{profile.name} (health) since "
+    )
+    assert [(e.handler, e.accepted) for e in still.audit if e.handler == "pause"] == [
+        ("pause", True)
+    ]
+    assert still.status == "paused"
 
 
 async def test_pause_on_failure_pauses_the_schedule_when_a_critical_check_fails(

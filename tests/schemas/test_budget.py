@@ -35,6 +35,9 @@ def test_the_budget_stays_well_inside_temporals_limits() -> None:
     assert MAX_DOCUMENT_BYTES <= MAX_PLAN_BYTES
 
 
+LABELS = ("background", "watch")
+
+
 def recorded() -> list[tuple[str, LaunchPlan, dict[str, int]]]:
     """(scenario, plan, events per workflow: `launch` and each phase by name) of every
     committed launch history."""
@@ -63,6 +66,8 @@ def test_the_estimate_covers_every_recorded_history() -> None:
             phase.name: est.history.events
             for phase, est in zip(plan.phases, found.phases, strict=True)
         }
+        # Background and watch analysis workflows: each run of one.
+        estimated |= {f"analysis-{label}": found.continuous.events for label in LABELS}
         for workflow, events in real.items():
             assert events <= estimated[workflow], f"{scenario}: {workflow}"
         kinds |= {phase.kind for phase in plan.phases if phase.name in real}

@@ -102,7 +102,7 @@ def test_metrics_need_a_condition_and_baselines_need_variants() -> None:
     data["phases"][0]["steps"][0]["analysis"] = []
     assert plan_problems(data) == [
         "analysis.b: `baseline` compares variants, so the query must contain {{variant}}",
-        "analysis.m: give a success condition: `max`, `min` or `baseline`",
+        "analysis.m: give a success condition: `max`, `min`, `baseline` or `compare`",
     ]
 
 

@@ -106,3 +106,18 @@ def test_every_example_plan_is_valid_and_within_the_budget(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((EXAMPLES / "health").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_profile_is_valid(path: Path) -> None:
     assert load_profile(path).checks
+
+
+def test_the_guarded_launch_is_aborted_unless_the_profile_says_pause() -> None:
+    aborting = parse_profile(yaml.safe_dump(profile_dict(launch={"id": "checkout-2"})))
+    pausing = parse_profile(
+        yaml.safe_dump(profile_dict(launch={"id": "checkout-2", "on_critical_failure": "pause"}))
+    )
+
+    assert aborting.launch is not None
+    assert aborting.launch.on_critical_failure == "abort"
+    assert pausing.launch is not None
+    assert pausing.launch.on_critical_failure == "pause"
+    assert profile_problems(
+        profile_dict(launch={"id": "checkout-2", "on_critical_failure": "stop"})
+    ) == ["launch.on_critical_failure: Input should be 'abort' or 'pause'"]

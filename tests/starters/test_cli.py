@@ -346,3 +346,94 @@ def test_status_of_an_unknown_launch_is_one_line(dev_settings: Settings) -> None
     assert result.stderr.strip() == (
         "no launch no-such-launch in this namespace: check the id with `phasegate list`"
     )
+
+
+@pytest.mark.integration
+def test_a_launch_is_paused_and_resumed_through_the_cli(
+    tmp_path: Path, dev_settings: Settings, worker: WorkerThread
+) -> None:
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    service = f"hold-{uuid.uuid4().hex[:8]}"
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        plan_dict(
+            flag_file=flags / "flags.json",
+            service=service,
+            phases=[
+                {
+                    "name": "full-launch",
+                    "kind": "full_launch",
+                    "gates": {"before": {"approvers": ["alice"]}},
+                    "steps": [{"weight": 100}],
+                }
+            ],
+        ),
+    )
+    launch_id = f"{service}-launch"
+    started = against(dev_settings, "launch", str(plan), "--id", launch_id)
+    assert started.exit_code == 0, started.output
+    status_until(dev_settings, launch_id, lambda s: s["open_gate"] is not None)
+    unauthenticated = (
+        f"approvals of {launch_id} are not authenticated (its plan says `identity: none`): "
+        "names are taken as typed"
+    )
+
+    reasonless = against(dev_settings, "pause", launch_id, "-m", " ", "--as", "alice")
+    assert reasonless.exit_code == 1
+    assert reasonless.stderr.strip() == (
+        "-m REASON: a pause needs its reason, shown to whoever resumes it"
+    )
+
+    paused = against(dev_settings, "pause", launch_id, "-m", "checking dashboards", "--as", "alice")
+    assert paused.exit_code == 0, paused.output
+    assert paused.stdout.strip() == (
+        f"paused {launch_id} as alice: checking dashboards; resume with "
+        f"`phasegate resume {launch_id}`"
+    )
+    assert paused.stderr.splitlines() == [unauthenticated]
+
+    held = status_until(dev_settings, launch_id, lambda s: s["paused"] is not None)
+    assert held["status"] == "paused"
+    assert (held["paused"]["by"], held["paused"]["source"], held["paused"]["reason"]) == (
+        "alice",
+        "person",
+        "checking dashboards",
+    )
+    shown = against(dev_settings, "status", launch_id)
+    assert shown.exit_code == 0, shown.output
+    assert "alice (person) since" in shown.stdout
+    assert "checking dashboards" in shown.stdout
+
+    twice = against(dev_settings, "pause", launch_id, "-m", "again", "--as", "bob")
+    assert twice.exit_code == 1
+    assert twice.stderr.splitlines()[-1] == (
+        "refused: ignored: already paused by alice (person): checking dashboards"
+    )
+
+    printed = against(dev_settings, "signal-input", "resume", launch_id, "--as", "alice")
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == {"reason": "", "by": "alice"}
+
+    resumed = against(dev_settings, "resume", launch_id, "-m", "all good", "--as", "alice")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.stdout.strip() == (
+        f"resumed {launch_id} as alice (held by alice: checking dashboards): all good"
+    )
+    not_paused = against(dev_settings, "resume", launch_id, "--as", "alice")
+    assert not_paused.exit_code == 1
+    assert not_paused.stderr.splitlines()[-1] == "refused: ignored: the launch is not paused"
+
+    going = status_until(dev_settings, launch_id, lambda s: s["paused"] is None)
+    assert going["status"] == "waiting"
+    audit = [(a["handler"], a["accepted"], a["note"]) for a in going["audit"]]
+    assert [entry for entry in audit if entry[0].startswith("hold:")] == [
+        ("hold:pause", True, "paused by alice"),
+        ("hold:pause", False, "ignored: already paused by alice (person): checking dashboards"),
+        ("hold:resume", True, "resumed"),
+        ("hold:resume", False, "ignored: the launch is not paused"),
+    ]
+    approved = against(dev_settings, "approve", launch_id, "full-launch.before", "--as", "alice")
+    assert approved.exit_code == 0, approved.output
+    final = status_until(dev_settings, launch_id, lambda s: s["finished_at"] is not None)
+    assert final["status"] == "completed"

@@ -15,6 +15,7 @@ import yaml
 from temporalio.client import ScheduleOverlapPolicy
 from temporalio.testing import WorkflowEnvironment
 
+from starters import schedules
 from tests.support.cli import against, phasegate, unused_address
 from tests.support.health_profiles import profile_dict
 from workers.client import connect
@@ -122,3 +123,26 @@ def listed_row(settings: Settings, schedule_id: str) -> str:
 async def _describe(settings: Settings, schedule_id: str) -> Any:
     client = await connect(settings)
     return await client.get_schedule_handle(schedule_id).describe()
+
+
+def test_attaching_a_launch_keeps_or_sets_what_a_failing_check_does_to_it(tmp_path: Path) -> None:
+    plain = write_profile(tmp_path / "plain.yaml")
+    pausing = write_profile(
+        tmp_path / "pausing.yaml", launch={"id": "l-1", "on_critical_failure": "pause"}
+    )
+
+    def link(path: Path, *args: Any) -> tuple[str, str] | None:
+        launch = schedules.validate_profile(path, *args).launch
+        return None if launch is None else (launch.id, launch.on_critical_failure)
+
+    assert link(plain) is None
+    assert link(plain, "l-2") == ("l-2", "abort")
+    assert link(plain, "l-2", "pause") == ("l-2", "pause")
+    assert link(pausing) == ("l-1", "pause")
+    assert link(pausing, "l-2") == ("l-2", "pause")
+    assert link(pausing, None, "abort") == ("l-1", "abort")
+    refused = phasegate(
+        "schedule", "create", str(plain), "--launch", "l-2", "--on-critical-failure", "stop"
+    )
+    assert refused.exit_code == 2
+    assert "'stop' is not one of 'abort', 'pause'" in refused.stderr

@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.alerts import AlertLedgerActivities
+from activities.launch_state import LaunchStateActivities
 from schemas.health_messages import (
     AlertBatch,
     HealthReport,
@@ -115,14 +116,16 @@ async def retire(client: Client, ledger_id: str) -> None:
 @asynccontextmanager
 async def health_worker(client: Client, world: HealthWorld) -> AsyncIterator[str]:
     task_queue = f"health-{uuid.uuid4()}"
-    # The ledger is reached through Temporal itself, so that activity is the real one.
+    # The ledger and the guarded launch are reached through Temporal itself, so those
+    # activities are the real ones.
     ledger = AlertLedgerActivities(client)
+    launch_state = LaunchStateActivities(client)
     async with Worker(
         client,
         interceptors=test_interceptors(),
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=[*world.activities(), ledger.record_in_ledger],
+        activities=[*world.activities(), ledger.record_in_ledger, launch_state.read_launch_state],
     ):
         try:
             yield task_queue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,8 +18,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from approvals.proofs import plan_digest
-from schemas.health_messages import HttpProbeResult
-from schemas.health_profile import HealthProfile
+from schemas.decision_messages import Hold
+from schemas.health_messages import HttpProbeResult, LaunchState
+from schemas.health_profile import HealthProfile, LaunchActionKind, LaunchLink
 from schemas.kube_messages import DeploymentHealth
 from schemas.launch_messages import LaunchResult
 from tests.support.health_fakes import HealthWorld, health_worker, run_once
@@ -28,6 +29,7 @@ from tests.support.launches import gate_open, new_launch_id, start_launch, wait_
 from tests.support.plans import make_plan
 from tests.support.proofs import ProofMaker, TrustingWorld
 from workflows.alert_ledger import AlertLedgerWorkflow
+from workflows.health import already_acted_on
 from workflows.launch import LaunchWorkflow
 
 
@@ -314,3 +316,108 @@ async def test_pause_on_failure_fails_the_run_with_its_report(
     assert isinstance(cause, ApplicationError)
     assert cause.message == "critical check(s) failed: error-rate"
     assert cause.details[0]["status"] == "fail"
+
+
+async def test_a_failing_critical_check_pauses_the_attached_launch_once_per_incident(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    env = time_skipping_env
+    world = HealthWorld(values={"error-rate": 0.5})
+    async with attached_launch(env, world) as (queue, launch, profile):
+        pausing = profile.model_copy(
+            update={"launch": LaunchLink(id=launch.id, on_critical_failure="pause")}
+        )
+        first = await run_once(env, queue, pausing, world)
+        paused = await wait_for(env, launch, lambda s: s.paused is not None)
+        second = await run_once(env, queue, pausing, world)
+        await launch.signal("resume", {"reason": "looked at it", "by": "alice"})
+        resumed = await wait_for(env, launch, lambda s: s.paused is None)
+        third = await run_once(env, queue, pausing, world)
+        again = await wait_for(env, launch, lambda s: s.paused is not None)
+        await launch.signal(LaunchWorkflow.abort, {"reason": "test over", "by": "test"})
+        await launch.result()
+
+    assert first.launch is not None
+    assert (first.launch.action, first.launch.signalled) == ("pause", True)
+    assert first.launch.detail.startswith("pause sent: critical health check(s) failed: error-rate")
+    hold = paused.paused
+    assert hold is not None
+    assert (paused.status, hold.source, hold.by) == ("paused", "health", f"health:{profile.name}")
+    assert hold.reason == "critical health check(s) failed: error-rate (0.5 outside max 0.05)"
+    # The same incident: the launch is still held, so nothing is sent again.
+    assert second.launch is not None
+    assert (second.launch.action, second.launch.signalled) == ("pause", False)
+    assert second.launch.detail.startswith(
+        f"launch {launch.id} is already paused by health:{profile.name} (health) since "
+    )
+    pauses = [entry for entry in paused.audit if entry.handler == "pause"]
+    assert [(entry.accepted, entry.note) for entry in pauses] == [
+        (True, f"paused by health:{profile.name}")
+    ]
+    assert resumed.status == "waiting"
+    # A person resumed it while the check still fails: the next failing run holds it again.
+    assert third.launch is not None
+    assert third.launch.signalled
+    assert again.paused is not None
+    assert again.paused.source == "health"
+
+
+async def test_a_failing_run_sends_nothing_to_a_launch_that_is_gone(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    world = HealthWorld(values={"error-rate": 0.5})
+    profile = unique_profile(
+        launch={"id": "no-such-launch", "on_critical_failure": "pause"}, alerts={"receivers": []}
+    )
+    async with health_worker(time_skipping_env.client, world) as queue:
+        report = await run_once(time_skipping_env, queue, profile, world)
+
+    assert report.launch is not None
+    assert (report.launch.action, report.launch.signalled) == ("pause", False)
+    assert report.launch.detail == "launch no-such-launch is not running (not found); alerted only"
+
+
+HELD = Hold(
+    by="alice", reason="looking", at=datetime(2026, 12, 2, 4, 0, tzinfo=UTC), source="person"
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "why"),
+    [
+        (LaunchState(launch_id="l", running=True, status="running"), "pause", ""),
+        (LaunchState(launch_id="l", running=True, status="waiting"), "abort", ""),
+        (
+            LaunchState(launch_id="l", running=True, status="paused", paused=HELD),
+            "pause",
+            "launch l is already paused by alice (person) since 2026-12-02 04:00:00; "
+            "pause not sent again",
+        ),
+        # A paused launch can still be aborted: a hold is not a rollback.
+        (LaunchState(launch_id="l", running=True, status="paused", paused=HELD), "abort", ""),
+        (
+            LaunchState(launch_id="l", running=True, status="rolling_back"),
+            "abort",
+            "launch l is already rolling back (rolling_back); abort not sent again",
+        ),
+        (
+            LaunchState(launch_id="l", running=True, status="needs_attention"),
+            "pause",
+            "launch l is already rolling back (needs_attention); pause not sent again",
+        ),
+        (
+            LaunchState(launch_id="l", status="terminated"),
+            "abort",
+            "launch l is not running (terminated); alerted only",
+        ),
+        (
+            LaunchState(launch_id="l", found=False),
+            "pause",
+            "launch l is not running (not found); alerted only",
+        ),
+    ],
+)
+def test_a_launch_already_acted_on_is_left_alone(
+    state: LaunchState, action: LaunchActionKind, why: str
+) -> None:
+    assert already_acted_on(state, action) == why
