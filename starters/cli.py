@@ -31,7 +31,7 @@ from approvals.proofs import Act, plan_digest
 from devstack import commands as devstack_commands
 from schemas.decision_messages import Decision, Hold
 from schemas.launch_messages import LaunchStatus
-from schemas.problems import PlanError
+from schemas.problems import PlanError, describe_errors
 from starters import codec_server as codec_server_app
 from starters import launches, proof_client, sign_in
 from starters.output import (
@@ -930,6 +930,9 @@ def _run(settings: Settings, work: Callable[[Client], Awaitable[T]]) -> T:
         return asyncio.run(connected())
     except (launches.DecisionError, launches.HoldError) as err:
         fail(f"refused: {err}")
+    except ValidationError as err:
+        # What was typed does not fit the message the launch takes (a reason too long, ...).
+        fail("; ".join(describe_errors(err, document="request")))
     except launches.LaunchRefused as err:
         fail(refused_call(settings, err.answer))
     except (

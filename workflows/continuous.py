@@ -114,11 +114,6 @@ class ContinuousAnalysisRun:
             )
         return None
 
-    def finish(self, verdict: Literal["successful", "cancelled"]) -> None:
-        for result in self._mine():
-            if result.verdict == "running":
-                result.verdict = verdict
-
     async def _read(self, name: str) -> MetricReading:
         prometheus = self._plan.targets.prometheus
         assert prometheus is not None  # the plan's validation requires it

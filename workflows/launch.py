@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.approvals import ApprovalActivities
     from activities.options import SECOND, activity_options, summarized
     from activities.phase_end import PHASE_END_OPTIONS, PhaseEndActivities
-    from approvals.proofs import plan_digest, proof_key_id
+    from approvals.proofs import Act, Person, plan_digest, proof_key_id
     from schemas.admission_messages import AdmissionRequest
     from schemas.analysis_spec import WatchWindow
     from schemas.decision_messages import (
@@ -902,19 +902,21 @@ class LaunchWorkflow:
         """The abort with its sender proven: a Phasegate worker's sealed abort (the health
         schedule), or a person allowed to abort (the plan's approvers or the starter)."""
         if request.sealed:
-            sent_at = request.sent_at
-            if sent_at is None or not workflow.now() - FRESH_SEAL <= sent_at <= workflow.now():
-                raise Refused("sent_at: a sealed abort must be fresh")
+            _fresh(request.sent_at, "abort")
             return request
-        person = self._trust.person(
-            "abort", "", request.proof, request.by, workflow.now(), field="by"
-        )
+        person = self._steward("abort", request.proof, request.by)
+        return request.model_copy(update={"by": person.name})
+
+    def _steward(self, act: Act, proof: str, declared: str) -> Person:
+        """Who asks for `act` on the whole launch, allowed to: the plan's approvers or its
+        starter (anyone named, when approvals are not authenticated)."""
+        person = self._trust.person(act, "", proof, declared, workflow.now(), field="by")
         allowed = [*self._input.plan.approvals.approvers, self._trust.started_by]
         if self._trust.identity is not None and not may_act(person, allowed):
             raise Refused(
-                f"{person.name!r} may not abort this launch; the plan's approvers and its starter may"
+                f"{person.name!r} may not {act} this launch; the plan's approvers and its starter may"
             )
-        return request.model_copy(update={"by": person.name})
+        return person
 
     async def _change_hold(
         self, action: HoldAction, handler: str, request: HoldRequest, payload: Any
@@ -957,21 +959,12 @@ class LaunchWorkflow:
         if request.sealed:
             if action != "pause":
                 raise Refused("seal: only a person resumes a launch")
-            sent_at = request.sent_at
-            if sent_at is None or not workflow.now() - FRESH_SEAL <= sent_at <= workflow.now():
-                raise Refused("sent_at: a sealed pause must be fresh")
+            _fresh(request.sent_at, "pause")
             if not request.reason:
                 raise Refused("reason: say why the launch pauses")
             by = request.by or "the health schedule"
             return Hold(by=by, reason=request.reason, at=workflow.now(), source="health")
-        person = self._trust.person(
-            action, "", request.proof, request.by, workflow.now(), field="by"
-        )
-        allowed = [*self._input.plan.approvals.approvers, self._trust.started_by]
-        if self._trust.identity is not None and not may_act(person, allowed):
-            raise Refused(
-                f"{person.name!r} may not {action} this launch; the plan's approvers and its starter may"
-            )
+        person = self._steward(action, request.proof, request.by)
         if action == "resume":
             return None
         if not request.reason:
@@ -1194,6 +1187,12 @@ class LaunchWorkflow:
             reason=snapshot.reason,
             final=snapshot,
         )
+
+
+def _fresh(sent_at: datetime | None, act: str) -> None:
+    """Refuse an automated sender's sealed message that is not recent: a replayed one."""
+    if sent_at is None or not workflow.now() - FRESH_SEAL <= sent_at <= workflow.now():
+        raise Refused(f"sent_at: a sealed {act} must be fresh")
 
 
 def _counted(gate: OpenGate, decision: Decision | None) -> str:

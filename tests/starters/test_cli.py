@@ -385,6 +385,11 @@ def test_a_launch_is_paused_and_resumed_through_the_cli(
         "-m REASON: a pause needs its reason, shown to whoever resumes it"
     )
 
+    too_long = against(dev_settings, "pause", launch_id, "-m", "x" * 2001, "--as", "alice")
+    assert too_long.exit_code == 1
+    assert too_long.stderr.splitlines()[-1].startswith("reason: ")
+    assert "Traceback" not in too_long.output
+
     paused = against(dev_settings, "pause", launch_id, "-m", "checking dashboards", "--as", "alice")
     assert paused.exit_code == 0, paused.output
     assert paused.stdout.strip() == (
