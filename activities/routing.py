@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeAlias, TypedDict, TypeVar, assert_never
 
-from temporalio import activity
+from temporalio import activity, workflow
 
 from activities.errors import ConfigurationError
 from activities.options import SECOND, activity_options
@@ -28,6 +28,11 @@ from schemas.targets import TrafficRouter as RouterSpec
 
 ROUTING_OPTIONS = activity_options(
     30 * SECOND, attempts=10, first_retry=SECOND / 5, longest_retry=10 * SECOND
+)
+# The same timeouts and retries for a change run as a local activity (a flag file).
+LOCAL_ROUTING_OPTIONS = workflow.LocalActivityConfig(
+    start_to_close_timeout=ROUTING_OPTIONS["start_to_close_timeout"],
+    retry_policy=ROUTING_OPTIONS["retry_policy"],
 )
 
 

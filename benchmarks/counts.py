@@ -9,7 +9,7 @@ they say where a launch's time goes and whether a change spent fewer round trips
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -144,19 +144,47 @@ def signal_to_activity(
     histories: dict[str, list[HistoryEvent]], signaled: HistoryEvent
 ) -> list[HistoryEvent]:
     """The events of all `histories` from `signaled` (a WorkflowExecutionSignaled event) up to
-    and including the first ActivityTaskStarted after it, in any of them: what a signal costs
-    until the work it released begins."""
+    and including the first ActivityTaskStarted after it, in any of them, or the first local
+    activity's marker (recorded with the workflow task that ran it): what a signal costs until
+    the work it released begins."""
     start = event_time(signaled)
     started = [
         event_time(event)
         for events in histories.values()
         for event in events
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and event_time(event) > start
+        if is_activity_start(event) and event_time(event) > start
     ]
     if not started:
         raise ValueError(f"no activity started after the signal recorded at {start.isoformat()}")
     return between(histories, start, min(started))
+
+
+def is_activity_start(event: HistoryEvent) -> bool:
+    """An activity starting, or a local activity's marker."""
+    return event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED or (
+        event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+    )
+
+
+def updates_taken(events: Sequence[HistoryEvent], name: str) -> list[HistoryEvent]:
+    """For each update `name` a workflow accepted, the WorkflowTaskScheduled event of the
+    workflow task that took it: where the update's cost in the history begins."""
+    taken = []
+    for index, event in enumerate(events):
+        if (
+            event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+            and event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+            == name
+        ):
+            scheduled = [
+                earlier
+                for earlier in events[:index]
+                if earlier.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+            ]
+            if scheduled:
+                taken.append(scheduled[-1])
+    return taken
 
 
 def signals_named(events: Iterable[HistoryEvent], name: str) -> list[HistoryEvent]:

@@ -75,8 +75,12 @@ _SQL_MAX_CONNS = "3"
 _SQL_VIS_MAX_CONNS = "2"
 # Tests register search attributes and use them at once; without this the frontend serves
 # its cached list for up to a minute.
+# Eager activity dispatch: a worker gets the activity a workflow task schedules in the answer
+# to that task, one round trip sooner than by polling.
 _DYNAMIC_CONFIG = """\
 system.forceSearchAttributesCacheRefreshOnRead:
+  - value: true
+system.enableActivityEagerExecution:
   - value: true
 """
 _KINDS = {

@@ -47,6 +47,10 @@ class PhaseInput(Message, Generic[P]):
     launch_run: str = ""
     started_by: str = ""
     authority: ApprovalAuthority | None = None
+    # What the phase checks a decision sent to it directly against, as the launch would: the
+    # analysis evidence the launch has shown so far and the results of the phases before it.
+    evidence: EvidenceMemory | None = None
+    earlier_analysis: list[MetricResult] = Field(default_factory=list)
 
     @property
     def phase(self) -> P:
@@ -169,7 +173,9 @@ class PhaseState(Message):
     findings: list[Finding] = Field(default_factory=list)
     compensations: list[CompensationRecord] = Field(default_factory=list)
     reason: str = ""
-    # Votes relayed to this phase that it refused (a forged relay, a proof that no longer holds).
+    # Votes relayed to this phase that it refused (a forged relay, a proof that no longer holds),
+    # and every decision sent to the phase itself, taken or refused: the launch's audit trail
+    # shows them with its own entries.
     refusals: list[AuditEntry] = Field(default_factory=list)
 
 

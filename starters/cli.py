@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import typer
 from pydantic import ValidationError
@@ -32,8 +32,8 @@ from devstack import commands as devstack_commands
 from schemas.decision_messages import Decision, Hold
 from schemas.launch_messages import LaunchStatus
 from schemas.problems import PlanError, describe_errors
+from starters import bulk, launches, proof_client, sign_in
 from starters import codec_server as codec_server_app
-from starters import launches, proof_client, sign_in
 from starters.output import (
     EXIT_FAILED,
     EXIT_INVALID_PLAN,
@@ -895,6 +895,222 @@ def codec_server(
     except ConfigurationError as err:
         fail(str(err))
     codec_server_app.serve(settings)
+
+
+# --- many launches at once ------------------------------------------------------------
+#
+# Each launch is acted on as the single-launch command acts on it (its status read at that
+# moment, a proof of its own when its approvals are proven), at most --concurrency at once.
+
+bulk_app = typer.Typer(
+    help="Approve, reject, abort, pause or resume every running launch a filter matches.",
+    no_args_is_help=True,
+)
+app.add_typer(bulk_app, name="bulk")
+
+Concurrency = Annotated[
+    int,
+    typer.Option(help=f"At most this many launches acted on at once (1..{bulk.MAX_CONCURRENCY})."),
+]
+
+
+def _bulk_prover(settings: Settings, approver: str | None) -> bulk.Prover:
+    """Proofs for launches whose approvals are proven: one sign-in, then one proof per act."""
+    signing_in = asyncio.Lock()
+
+    async def prove(status: LaunchStatus, act: Act, target: str, evidence: str) -> str:
+        if approver is not None:
+            raise proof_client.ProofUnavailable(
+                f"--as: names come from your sign-in at {status.identity}; leave --as out"
+            )
+        service = proof_client.service_url(settings, status.identity)
+        # The first launch waits for the sign-in; the others then read it from the cache.
+        async with signing_in:
+            signed_in = await sign_in.id_token(
+                status.identity, settings.oidc_client_id, show=_show_code
+            )
+        return await proof_client.request_proof(
+            service,
+            signed_in.id_token,
+            launch=status.launch_id,
+            run=status.run_id,
+            act=act,
+            target=target,
+            evidence=evidence,
+        )
+
+    return prove
+
+
+def _print_outcome(outcome: bulk.LaunchOutcome) -> None:
+    style = {"done": "green", "refused": "yellow", "failed": "red"}[outcome.outcome]
+    said = "" if outcome.outcome == "done" else f"{outcome.outcome}: "
+    stdout().print(
+        Text.assemble((outcome.launch_id, "bold"), ": ", (said + outcome.detail, style)),
+        soft_wrap=True,
+    )
+
+
+def _bulk_summary(result: bulk.BulkResult) -> None:
+    """The summary line; exit 1 when any launch refused or failed."""
+    line = Text(result.summary(), style="bold")
+    stdout().print(line, soft_wrap=True)
+    if not result.clean:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _bulk_command(action: bulk.BulkAction) -> Callable[..., None]:
+    def command(
+        ctx: typer.Context,
+        service: Annotated[str | None, typer.Option(help="Only this service's launches.")] = None,
+        phase: Annotated[
+            str | None, typer.Option(help="Only launches in this phase, e.g. soft-launch.")
+        ] = None,
+        gate: Annotated[
+            str | None,
+            typer.Option(
+                help="Only launches whose open gate is this one, e.g. soft-launch.before."
+            ),
+        ] = None,
+        status: Annotated[
+            str | None, typer.Option(help="Only launches in this status, e.g. waiting, paused.")
+        ] = None,
+        every: Annotated[
+            bool,
+            typer.Option("--all", help="Every running launch, when no filter is given."),
+        ] = False,
+        limit: Annotated[
+            int,
+            typer.Option(help=f"At most this many launches, newest first (1..{bulk.MAX_LIMIT})."),
+        ] = bulk.DEFAULT_LIMIT,
+        concurrency: Concurrency = bulk.DEFAULT_CONCURRENCY,
+        comment: Annotated[
+            str,
+            typer.Option(
+                "--comment", "-m", metavar="COMMENT", help="Why (the reason, for abort and pause)."
+            ),
+        ] = "",
+        approver: Approver = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="List what would be acted on; send nothing.")
+        ] = False,
+        yes: Annotated[bool, typer.Option("--yes", help="Act on every launch matched.")] = False,
+    ) -> None:
+        settings = settings_of(ctx)
+        by = approver or _default_name()
+        try:
+            bulk.check_filter(
+                service=service,
+                phase=phase,
+                status=status,
+                gate=gate,
+                limit=limit,
+                concurrency=concurrency,
+            )
+            bulk.check_request(action, comment, by)
+        except bulk.BulkInputError as err:
+            fail(str(err))
+        if not (service or phase or gate or status or every):
+            fail(
+                "no filter: give --service, --phase, --gate or --status, or --all to act on "
+                "every running launch"
+            )
+        act = not dry_run and yes
+
+        async def work(client: Client) -> tuple[list[str], bulk.BulkResult | None]:
+            selected = await bulk.select_launches(
+                client,
+                service=service,
+                phase=phase,
+                status=status,
+                gate=gate,
+                limit=limit,
+                concurrency=concurrency,
+            )
+            if not selected or not act:
+                return selected, None
+            done = await bulk.bulk_act(
+                client,
+                action,
+                selected,
+                comment=comment,
+                by=by,
+                prove=_bulk_prover(settings, approver),
+                gate=gate,
+                concurrency=concurrency,
+                on_outcome=_print_outcome,
+            )
+            return selected, done
+
+        selected, result = _run(settings, work)
+        if not selected:
+            stdout().print(Text("no running launch matches"), soft_wrap=True)
+            return
+        matched = (
+            "1 running launch matches"
+            if len(selected) == 1
+            else f"{len(selected)} running launches match"
+        )
+        if len(selected) == limit:
+            matched += f" (--limit {limit} reached: more may)"
+        if dry_run:
+            for launch_id in selected:
+                stdout().print(Text(f"would {action} {launch_id}"), soft_wrap=True)
+            stdout().print(Text(f"{matched}; nothing sent (--dry-run)"), soft_wrap=True)
+            return
+        if result is None:
+            fail(f"{matched}: add --yes to {action} them, or --dry-run to list them")
+        _bulk_summary(result)
+
+    return command
+
+
+for _action, _help in (
+    ("approve", "Go: approve the open gate of every launch matched."),
+    ("reject", "No-go: reject the open gate of every launch matched; each rolls back."),
+    ("abort", "Stop every launch matched and roll back (-m REASON); the abort is a signal."),
+    ("pause", "Hold every launch matched where it is (-m REASON)."),
+    ("resume", "Let every paused launch matched go on."),
+):
+    bulk_app.command(_action, help=_help)(_bulk_command(cast(bulk.BulkAction, _action)))
+
+
+@app.command("stop-line")
+def stop_line(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service to stop.")],
+    reason: Annotated[
+        str,
+        typer.Option("--comment", "-m", metavar="REASON", help="Why; each rollback's reason."),
+    ],
+    approver: Approver = None,
+    concurrency: Concurrency = bulk.DEFAULT_CONCURRENCY,
+) -> None:
+    """Stop the line: abort every running launch of SERVICE now; each rolls back."""
+    settings = settings_of(ctx)
+    by = approver or _default_name()
+    try:
+        bulk.check_filter(service=service, concurrency=concurrency)
+        bulk.check_request("abort", reason, by)
+    except bulk.BulkInputError as err:
+        fail(str(err).replace("--service", "SERVICE"))
+
+    async def work(client: Client) -> bulk.BulkResult:
+        return await bulk.stop_the_line(
+            client,
+            service,
+            reason,
+            by=by,
+            prove=_bulk_prover(settings, approver),
+            concurrency=concurrency,
+            on_outcome=_print_outcome,
+        )
+
+    result = _run(settings, work)
+    if not result.outcomes:
+        stdout().print(Text(f"no running launch of {service}"), soft_wrap=True)
+        return
+    _bulk_summary(result)
 
 
 # The local stack: `dev`, `demo`, `kube …`, `migration demo`.

@@ -30,7 +30,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from schemas.decision_messages import (
@@ -44,7 +44,14 @@ from schemas.decision_messages import (
 )
 from schemas.gate_spec import GateSpec
 from schemas.infra_setup_spec import InfraSetupPhase
-from schemas.launch_messages import LaunchInput, LaunchStatus, LaunchStatusValue, MetricResult
+from schemas.launch_messages import (
+    LaunchInput,
+    LaunchStatus,
+    LaunchStatusValue,
+    MetricResult,
+    PhaseState,
+    PhaseStatusValue,
+)
 from schemas.migration_cutover_spec import MigrationCutoverPhase
 from schemas.plan import LaunchPlan, Phase, load_plan
 from schemas.security_validation_spec import SecurityValidationPhase
@@ -301,10 +308,18 @@ async def decide(
     *,
     proof: str = "",
     evidence: str = "",
+    phase: str | None = None,
 ) -> Decision:
     """Approve or reject a gate through the `decide` update and return what was recorded (its
     `pending` says how many more approvals the gate needs). The person is `approver` when the
-    plan's approvals are not authenticated, whoever `proof` names when they are."""
+    plan's approvals are not authenticated, whoever `proof` names when they are.
+
+    The decision goes to the workflow of the phase that owns the gate (`phase`, by default
+    the one the gate id names: `soft-launch.step-2` is soft-launch's), which waits there and
+    checks it exactly as the launch would: one workflow task and no relay between approving
+    and the next step. Where the phase cannot take it (it is not running, or the proof's key
+    is newer than the keys the phase holds), it goes to the launch, which relays it; with
+    `phase=""` it goes to the launch at once."""
     request = DecisionRequest(
         gate=gate,
         approver=approver,
@@ -314,6 +329,12 @@ async def decide(
         evidence=evidence,
         proof=proof,
     )
+    owner = gate.split(".", 1)[0] if phase is None else phase
+    if owner:
+        try:
+            return await _decide_at_phase(client, f"{launch_id}.{owner}", request)
+        except _AskTheLaunch:
+            pass
     handle = client.get_workflow_handle_for(LaunchWorkflow.run, launch_id)
     with _translated(launch_id):
         try:
@@ -322,6 +343,34 @@ async def decide(
             return taken
         except WorkflowUpdateFailedError as err:
             raise DecisionError(_refusal(err)) from None
+
+
+class _AskTheLaunch(Exception):
+    """The phase cannot take the decision; its launch can."""
+
+
+# Refusals of a phase that its launch may not share: the phase has not opened a gate yet, or
+# the proof was signed with a key the launch would load first.
+_LAUNCH_DECIDES = ("gate: this phase has not opened a gate yet", "proof: signed with key")
+
+
+async def _decide_at_phase(client: Client, workflow_id: str, request: DecisionRequest) -> Decision:
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        taken: Decision = await handle.execute_update("decide", request, result_type=Decision)
+        return taken
+    except WorkflowUpdateFailedError as err:
+        refusal = _refusal(err)
+        cause = err.cause
+        unknown = isinstance(cause, ApplicationError) and cause.type != "DecisionRefused"
+        if unknown or refusal.startswith(_LAUNCH_DECIDES):
+            raise _AskTheLaunch from None
+        raise DecisionError(refusal) from None
+    except RPCError as err:
+        # Not running any more (or not started yet): the launch knows where the gate is.
+        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            raise _AskTheLaunch from None
+        raise _launch_error(err, workflow_id) from None
 
 
 async def hold(
@@ -426,8 +475,38 @@ async def _read_status(client: Client, launch_id: str) -> tuple[LaunchStatus, bo
             raise LaunchError(f"launch {launch_id} could not answer its status: {err}") from None
     running = execution == WorkflowExecutionStatus.RUNNING
     if running and status.status not in FINISHED:
+        status = await _with_live_phase(client, status)
         status = await _with_live_analysis(client, status)
     return status, not running
+
+
+async def _with_live_phase(client: Client, status: LaunchStatus) -> LaunchStatus:
+    """The status with the running phase's exposure, step and activity as they are now: a
+    phase tells its launch of them with its next report (before anything that waits), so
+    between two instant steps the launch's own copy may be a step behind."""
+    if status.status not in (LaunchStatusValue.RUNNING, LaunchStatusValue.PAUSED):
+        return status
+    index = status.phase_index
+    if not 0 <= index < len(status.phases):
+        return status
+    known = status.phases[index]
+    if known.status != PhaseStatusValue.RUNNING:
+        return status
+    child = client.get_workflow_handle(f"{status.launch_id}.{known.name}")
+    try:
+        live = await child.query("status", result_type=PhaseState, rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError):
+        return status  # not started yet, or just ended: the launch's own copy stands
+    if live.name != known.name or live.status != PhaseStatusValue.RUNNING:
+        return status
+    phase = known.model_copy(
+        update={"step": live.step, "exposure": live.exposure, "activity": live.activity}
+    )
+    phases = [*status.phases[:index], phase, *status.phases[index + 1 :]]
+    update: dict[str, Any] = {"phases": phases, "step": live.step}
+    if live.exposure is not None and status.exposure_note == "":
+        update["exposure"] = live.exposure
+    return status.model_copy(update=update)
 
 
 async def _with_live_analysis(client: Client, status: LaunchStatus) -> LaunchStatus:

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     task_queue: str = TASK_QUEUE
     metrics_address: str = "127.0.0.1:9464"
     max_concurrent_activities: int = Field(default=50, ge=1, le=1000)
+    # How many workflow runs the worker keeps in memory; a run evicted from the cache is
+    # replayed from its history when its next task comes, so memory stays bounded however
+    # many launches wait at gates.
+    max_cached_workflows: int = Field(default=1000, ge=0, le=100_000)
+    # How many workflow tasks the worker runs at once (each one is short: no I/O).
+    max_concurrent_workflow_tasks: int = Field(default=100, ge=1, le=1000)
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
     # The cluster for Kubernetes activities; unset means KUBECONFIG, then in-cluster config.
     kubeconfig: str | None = None

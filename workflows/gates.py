@@ -1,23 +1,32 @@
 """Go/no-go gates: who asks, the launch's checks of every vote, and the phase's wait for them.
 
-People never signal a phase directly. The launch's `DecisionChecks` take a vote only if its gate
-is open and undecided and the person may decide it: with an identity provider in the plan, the
-person is whoever the proof (`approvals/proofs.py`) names, bound to this launch, gate and
-decision; without one (`identity: none`), the name as typed. The launch relays each vote,
-sealed, to the phase that owns the gate, whose `GateKeeper` checks it again and counts it: one
-rejection closes the gate, `min_approvals` distinct people open it, the starter only if the plan
-allows self-approval. Refused votes are recorded, never acted on.
+`DecisionChecks` take a vote only if its gate is open and undecided and the person may decide
+it: with an identity provider in the plan, the person is whoever the proof
+(`approvals/proofs.py`) names, bound to this launch, gate and decision; without one
+(`identity: none`), the name as typed. A decision reaches the gate one of two ways:
+
+- sent to the launch (the UI's `approve` / `reject` signals, its `decide` update): the launch
+  checks it and relays the vote, sealed, to the phase that owns the gate, whose `GateKeeper`
+  checks it again and counts it;
+- sent to the phase that waits at the gate (its `decide` update; `phasegate approve` does
+  this): the phase runs the same `DecisionChecks` with its own copy of the launch's trust and
+  evidence (`GateKeeper.take_direct`), counts it, and tells the launch with its next report.
+
+Either way the phase counts: one rejection closes the gate, `min_approvals` distinct people
+open it, the starter only if the plan allows self-approval, each proof once. Refused votes are
+recorded in the launch's audit trail, never acted on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from approvals.proofs import (
@@ -45,6 +54,17 @@ KEEP_NOTE_CHARS = 1000
 
 class Refused(Exception):
     """Why a request is not acted on; the message names the field at fault."""
+
+
+class DecisionRefused(ApplicationError):
+    """Why a decision cannot be taken: the `decide` update's answer (the launch's or a
+    phase's), recorded in the audit trail."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type="DecisionRefused", non_retryable=True)
+
+
+NO_REQUEST = 'input: give a decision request: {"gate", "decision": "approve"|"reject", ...}'
 
 
 class Trust:
@@ -279,6 +299,9 @@ class GateKeeper:
         self._state = state
         self._reporter = reporter
         self._decided: Decision | None = None
+        # Whether a vote at the open gate came to this phase itself rather than through the
+        # launch: then the launch learns of it from the phase's next report.
+        self._direct = False
         self._spent_proofs: set[str] = set()
         self.trust = Trust(None, None, "", "", "")
         # Relayed votes refused so far (the state keeps only the newest `KEEP_REFUSALS`).
@@ -303,7 +326,10 @@ class GateKeeper:
     def _count(self, vote: GateVote) -> None:
         gate = self._state.open_gate
         if not vote.sealed:
-            raise Refused("seal: not relayed by the launch; people decide through the launch")
+            raise Refused(
+                "seal: not relayed by the launch; people decide through the launch or this "
+                "phase's `decide` update"
+            )
         if gate is None or gate.gate != vote.gate or self._decided is not None:
             raise Refused(f"gate: {vote.gate!r} is not waiting in this phase")
         if vote.launch_run != self.trust.run:
@@ -328,6 +354,73 @@ class GateKeeper:
                 return
         self._decided = _decision(gate, vote, self.trust.identity is not None)
 
+    def take_direct(
+        self, checks: DecisionChecks, evidence: Callable[[str], None], request: DecisionRequest
+    ) -> Decision:
+        """A person's decision sent to this phase itself (its `decide` update), checked exactly
+        as the launch checks one before relaying it: `checks` are the launch's checks with this
+        phase's trust, `evidence` the launch's evidence check. Counted, it answers with the
+        decision (or the approvals the gate still needs); otherwise `Refused` says why."""
+        now = workflow.now()
+        gate = self._state.open_gate
+        if gate is not None and self._decided is not None:
+            raise Refused(f"gate: {request.gate!r} was already decided")
+        vote = checks.check(request, None, gate, now)
+        evidence(request.evidence)
+        assert gate is not None
+        proof_id = vote.person.proof_id
+        if proof_id and proof_id in self._spent_proofs:
+            raise Refused("proof: already used; ask for a fresh one")
+        counted = checks.take(request, vote, gate, "update", now)
+        if proof_id:
+            self._spent_proofs.add(proof_id)
+        self._direct = True
+        decision = checks.closes(gate, counted)
+        self.record_request(
+            request,
+            accepted=True,
+            note=f"{decision.outcome} by {decision.by}"
+            if decision is not None
+            else f"approval {len(gate.approvals)} of {gate.min_approvals} "
+            f"({', '.join(gate.approvals)})",
+        )
+        if decision is None:
+            return Decision(
+                gate=gate.gate,
+                outcome="approved",
+                by=vote.person.name,
+                comment=counted.comment,
+                at=now,
+                source="update",
+                people=list(gate.approvals),
+                authenticated=self.trust.identity is not None,
+                pending=gate.min_approvals - len(gate.approvals),
+            )
+        self._decided = decision
+        return decision
+
+    def record_request(self, request: DecisionRequest, *, accepted: bool, note: str) -> None:
+        """Put a decision sent to this phase itself in the launch's audit trail (through the
+        phase's next report), taken or refused, as the launch records one sent to it."""
+        if not accepted:
+            workflow.logger.warning("refused a decision: %s", note)
+        self.refused += 1
+        entry = AuditEntry(
+            at=workflow.now(),
+            handler=f"decide:{request.decision or '?'}",
+            payload={
+                "gate": request.gate,
+                "decision": request.decision,
+                "approver": request.approver,
+                "comment": request.comment[:KEEP_NOTE_CHARS],
+                "evidence": request.evidence,
+                "phase": self._state.name,
+            },
+            accepted=accepted,
+            note=note[:KEEP_NOTE_CHARS],
+        )
+        self._state.refusals = [*self._state.refusals, entry][-KEEP_REFUSALS:]
+
     def refuse(self, vote: GateVote | None, why: str) -> None:
         """Record why a relayed vote is not counted; the next report tells the launch."""
         workflow.logger.warning("refused a relayed vote: %s", why)
@@ -349,6 +442,7 @@ class GateKeeper:
         """Open the gate, wait for its votes or the timeout, and return what was decided."""
         now = workflow.now()
         self._decided = None
+        self._direct = False
         self._state.open_gate = OpenGate(
             gate=gate_id,
             phase=self._state.name,
@@ -387,7 +481,10 @@ class GateKeeper:
         self._state.open_gate = None
         self._decided = None
         self._state.status = PhaseStatusValue.RUNNING
-        if decision.source == "timeout":
+        direct, self._direct = self._direct, False
+        if decision.source == "timeout" or direct:
+            # The launch learns of a timeout, and of a decision sent to the phase itself,
+            # from this report.
             await self._reporter.report()
         else:
             # The launch relayed the vote that closed the gate and has closed it in its view;

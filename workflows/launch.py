@@ -1,9 +1,10 @@
 """The launch: run the plan's phases in order, take go/no-go decisions, roll back on failure.
 
-People talk to this workflow only. It checks every `approve` / `reject` / `abort` (recording
-refusals in the audit trail instead of failing), relays votes to the phase that owns the
-gate, and on a failed phase, a rejection, an abort or a gate timeout runs every registered
-compensation in reverse order.
+People talk to this workflow, and to the phase waiting at a gate for that gate's decision
+(`workflows/gates.py`). It checks every `approve` / `reject` / `abort` (recording refusals in
+the audit trail instead of failing), relays votes to the phase that owns the gate, and on a
+failed phase, a rejection, an abort or a gate timeout runs every registered compensation in
+reverse order.
 
 Who asks is proven, not typed, when the plan names an identity provider: the launch records
 who started it from the starter's proof and takes every decision, abort and undo action only
@@ -84,7 +85,15 @@ with workflow.unsafe.imports_passed_through():
     from workflows.audit import AuditTrail
     from workflows.continuous import STOP_SIGNAL, forgive
     from workflows.evidence import EvidenceLog
-    from workflows.gates import DecisionChecks, Refused, Trust, Vote, may_act
+    from workflows.gates import (
+        NO_REQUEST,
+        DecisionChecks,
+        DecisionRefused,
+        Refused,
+        Trust,
+        Vote,
+        may_act,
+    )
     from workflows.notifier import Notifier
     from workflows.phase import (
         HOLD_SIGNAL,
@@ -112,15 +121,7 @@ AUTHORITY_OPTIONS = activity_options(30 * SECOND, attempts=5, longest_retry=10 *
 FRESH_SEAL = timedelta(minutes=10)
 # How often a proof naming an unknown key may make the launch reload the service's keys.
 KEY_RELOADS = 5
-NO_REQUEST = 'input: give a decision request: {"gate", "decision": "approve"|"reject", ...}'
 NO_HOLD = 'input: give a hold request: {"action": "pause"|"resume", "reason", ...}'
-
-
-class DecisionRefused(ApplicationError):
-    """Why a decision cannot be taken; raised by the `decide` validator, recorded for signals."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, type="DecisionRefused", non_retryable=True)
 
 
 class PhaseEnded(Exception):
@@ -473,6 +474,8 @@ class LaunchWorkflow:
                 launch_run=self._trust.run,
                 started_by=self._trust.started_by,
                 authority=self._trust.authority,
+                evidence=self._evidence.remember(),
+                earlier_analysis=[r for known in self._phases[:index] for r in known.analysis],
             ),
             id=f"{inp.launch_id}.{phase.name}",
             result_type=PhaseState,

@@ -1,8 +1,11 @@
 """What every phase workflow shares: its state, progress reports to the launch, gates, undo log.
 
-A phase reports what changed to the parent launch after every change (`workflows/progress.py`),
-so the launch's `status` query, the UI and the rollback always see the latest exposure, open
-gate and registered compensations, even if the phase dies mid-step. An error the phase's code
+A phase reports what changed to the parent launch (`workflows/progress.py`) before every undo
+is registered, before anything that waits (a bake, a measurement, a gate, a hold) and when it
+ends, so the rollback always knows every registered compensation, even if the phase dies
+mid-step, and the launch's `status` query and the UI show the open gate and the exposure held
+while anything waits. Between two instant steps the launch's copy may be a step behind;
+`phasegate status` reads the running phase itself. An error the phase's code
 did not expect fails the phase like any other failure, with its state, so the launch rolls back
 everything it registered; it never leaves the phase retrying a workflow task forever.
 """
@@ -19,19 +22,35 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import NondeterminismError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.decision_messages import Decision, Hold, HoldRelay
+    from schemas.decision_messages import Decision, DecisionRequest, Hold, HoldRelay
     from schemas.gate_spec import GateSpec, gate_id
     from schemas.launch_messages import AuditEntry, PhaseInput, PhaseState, PhaseStatusValue
     from schemas.phase_spec import PhaseSpec
     from workflows.analysis import run_analysis, summarize
     from workflows.compensation import CompensationLog
-    from workflows.gates import KEEP_NOTE_CHARS, KEEP_REFUSALS, GateKeeper, Trust
+    from workflows.evidence import EvidenceLog
+    from workflows.gates import (
+        KEEP_NOTE_CHARS,
+        KEEP_REFUSALS,
+        NO_REQUEST,
+        DecisionChecks,
+        DecisionRefused,
+        GateKeeper,
+        Refused,
+        Trust,
+    )
     from workflows.progress import ReportedSoFar
     from workflows.visibility import describe_gate, percent
 
 PROGRESS_SIGNAL = "phase_progress"
 RELAY_SIGNAL = "relay_decision"
 HOLD_SIGNAL = "relay_hold"
+# Launches started since this patch report a change only people watching need (exposure, what
+# the phase does now) with the phase's next report rather than a report of its own.
+LEAN_PROGRESS = "progress-rides-along"
+# Since this patch a phase sends no report before it knows which run of its launch it reports
+# to: one sent earlier would be refused, and the launch would refuse every later one as a gap.
+REPORTS_AFTER_START = "reports-after-start"
 # Hold relays kept when they arrive before the phase's run has begun (only the launch sends
 # them, at most a few).
 KEEP_EARLY_HOLDS = 8
@@ -79,11 +98,16 @@ class PhaseWorkflow:
         # While set, exposure does not change: the launch is paused.
         self.hold: Hold | None = None
         self._early_holds: list[HoldRelay] = []
+        # The launch's checks of a decision sent to this phase itself, once the phase runs.
+        self._checks: DecisionChecks | None = None
+        self._evidence = EvidenceLog()
+        self._earlier: list[PhaseState] = []
 
     @workflow.signal(
         name=RELAY_SIGNAL,
         description="Internal: a vote the launch checked, sealed by its worker. People send "
-        "`approve` / `reject` to the launch workflow instead; anything else sent here is refused.",
+        "`approve` / `reject` to the launch workflow, or this phase's `decide` update, instead; "
+        "anything else sent here is refused.",
     )
     async def relay_decision(self, payload: Any = None) -> None:
         try:
@@ -94,6 +118,49 @@ class PhaseWorkflow:
             workflow.logger.error("relayed vote not handled", exc_info=err)
             self.gates.refuse(None, internal_error("relay_decision", err))
             await self.report()
+
+    @workflow.update(
+        name="decide",
+        description="Approve or reject this phase's open gate and get an immediate answer: "
+        "checked exactly as the launch checks a decision, one hop sooner (`phasegate approve` "
+        'sends it here). Input: {"gate", "decision": "approve"|"reject", "comment", "proof"} '
+        '(with `identity: none`, "approver" instead of the proof). A refusal is an error naming '
+        "the field, recorded in the launch's audit trail.",
+    )
+    async def decide(self, request: DecisionRequest | None = None) -> Decision:
+        if not isinstance(request, DecisionRequest):
+            raise DecisionRefused(NO_REQUEST)
+        try:
+            if self._checks is None:
+                raise Refused(
+                    "gate: this phase has not opened a gate yet; send the decision to the launch"
+                )
+            decision = self.gates.take_direct(self._checks, self._check_evidence, request)
+        except Exception as err:
+            if isinstance(err, NondeterminismError):
+                raise
+            # An error of this code is the update's refusal too: let out of the handler, it
+            # would fail the phase's workflow task again and again.
+            why = str(err) if isinstance(err, Refused) else internal_error("decide", err)
+            self.gates.record_request(request, accepted=False, note=why)
+            await self.report()
+            raise DecisionRefused(why) from None
+        if decision.pending:
+            await self.report()
+        else:
+            # The gate closes: the phase reports it as soon as its wait wakes.
+            self.note_change()
+        return decision
+
+    @decide.validator
+    def _decide_input(self, request: DecisionRequest | None = None) -> None:
+        if not isinstance(request, DecisionRequest):
+            raise DecisionRefused(NO_REQUEST)
+
+    def _check_evidence(self, seen: str) -> None:
+        """The launch's evidence check, over the phases before this one and this one."""
+        self._evidence.observe([*self._earlier, self.state])
+        self._evidence.check(seen)
 
     @workflow.signal(
         name=HOLD_SIGNAL,
@@ -165,6 +232,13 @@ class PhaseWorkflow:
         workflow.set_current_details(self._details())
         if workflow.info().parent is None or self._closed:
             return
+        if not self._launch_run and workflow.patched(REPORTS_AFTER_START):
+            # Not started yet (a message came first): the first report, once the phase knows
+            # which run of its launch it reports to, carries this too.
+            self._unsent = True
+            return
+        # Every evidence id the launch can show comes with a report: remember each.
+        self._evidence.observe([*self._earlier, self.state])
         self._unsent = True
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_reports())
@@ -174,6 +248,19 @@ class PhaseWorkflow:
         workflow.set_current_details(self._details())
         if not self._closed:
             self._unsent = True
+
+    async def progress(self) -> None:
+        """Tell of a change only people watching need (exposure, what the phase does now).
+
+        It rides along with the phase's next report, which goes out before anything that
+        waits (a bake, a measurement, a gate, a hold) and before every undo is registered,
+        or with the phase's result; meanwhile `phasegate status` reads the running phase
+        itself. So a run of instant steps costs the launch no signal per step.
+        """
+        if workflow.patched(LEAN_PROGRESS):
+            self.note_change()
+        else:
+            await self.report()
 
     async def report_delivered(self) -> None:
         """Report and wait until the launch has the state, e.g. before a change whose undo it
@@ -289,10 +376,14 @@ class PhaseWorkflow:
             inp.launch_run,
             inp.started_by,
         )
+        self._earlier = [PhaseState(name="earlier", kind="", analysis=list(inp.earlier_analysis))]
+        if inp.evidence is not None:
+            self._evidence.recall(inp.evidence, [*self._earlier, self.state])
+        self._checks = DecisionChecks(inp.phase.gate_ids(), self.gates.trust)
         self.state.name, self.state.kind = phase.name, phase.kind
         self.state.steps = phase.step_count()
         self.state.status = PhaseStatusValue.RUNNING
-        await self.report()
+        await self.progress()
         try:
             await self._phase_gate(
                 inp,

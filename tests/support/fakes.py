@@ -21,7 +21,7 @@ from schemas.notify_messages import Notification, NotificationResult
 from schemas.plan import LaunchPlan
 from tests.support.launches import start_launch
 from tests.support.sealing import test_interceptors
-from workers.main import WORKFLOWS
+from workers.main import WORKFLOW_RUNNER, WORKFLOWS
 from workflows.launch import LaunchWorkflow
 
 
@@ -214,6 +214,7 @@ async def running_launch(
     async with Worker(
         client,
         interceptors=test_interceptors(),
+        workflow_runner=WORKFLOW_RUNNER,
         task_queue=task_queue,
         workflows=[*workflows, *(w for w in WORKFLOWS if _workflow_name(w) not in replaced)],
         activities=world.activities(),

@@ -30,7 +30,7 @@ from schemas.kube_messages import DeploymentHealth, DeploymentHealthReport, Depl
 from schemas.metrics_messages import MetricQuery, MetricReading
 from tests.support.fakes import FakeWorld, activities_of
 from tests.support.sealing import test_interceptors
-from workers.main import WORKFLOWS
+from workers.main import WORKFLOW_RUNNER, WORKFLOWS
 from workflows.health import HealthValidationWorkflow
 
 
@@ -123,6 +123,7 @@ async def health_worker(client: Client, world: HealthWorld) -> AsyncIterator[str
     async with Worker(
         client,
         interceptors=test_interceptors(),
+        workflow_runner=WORKFLOW_RUNNER,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=[*world.activities(), ledger.record_in_ledger, launch_state.read_launch_state],

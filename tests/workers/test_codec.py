@@ -4,11 +4,13 @@ decrypts, a changed payload or a missing key is one clear line, and key files ar
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
 import pytest
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
@@ -317,3 +319,27 @@ async def test_the_history_check_sees_clear_payloads_and_values(
     ]
     sealed = await encrypted_converter.encode(values)
     assert clear_text_in(started_with(sealed), ["approver-kudu-3", "kudu-flag"]) == []
+
+
+def test_the_history_check_lets_only_the_sdks_own_marker_records_pass() -> None:
+    """A local activity's and a patch's marker carry the SDK's record of them outside the codec:
+    names, counters and times pass; any other key there (a result hidden in it) is clear text."""
+
+    def marker(field: str, record: dict[str, object]) -> WorkflowHistory:
+        event = HistoryEvent(event_id=1, event_type=EventType.EVENT_TYPE_MARKER_RECORDED)
+        details = event.marker_recorded_event_attributes.details[field]
+        details.payloads.append(
+            Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(record).encode())
+        )
+        return WorkflowHistory("wf", [event])
+
+    ran = {"seq": 1, "attempt": 1, "activity_id": "1", "activity_type": "set_exposure"}
+    assert clear_text_in(marker("data", ran), []) == []
+    assert clear_text_in(marker("patch-data", {"id": "p", "deprecated": False}), []) == []
+    assert clear_text_in(marker("data", {**ran, "result": "kudu-flag"}), ["kudu-flag"]) == [
+        "a payload in details[data] is not encrypted",
+        "'kudu-flag' in clear",
+    ]
+    assert clear_text_in(marker("result", ran), []) == [
+        "a payload in details[result] is not encrypted"
+    ]
