@@ -28,6 +28,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, FailureError
@@ -343,15 +344,25 @@ async def decide(
             return taken
         except WorkflowUpdateFailedError as err:
             raise DecisionError(_refusal(err)) from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise LaunchError(_NO_ANSWER.format(launch_id=launch_id)) from None
+
+
+# An update the server gave up waiting for (no worker took it in time); it may still be taken.
+_NO_ANSWER = (
+    "{launch_id} did not answer in time (no worker took it, or the workers are overloaded); "
+    "it may still be taken: check `phasegate status` before sending it again"
+)
 
 
 class _AskTheLaunch(Exception):
     """The phase cannot take the decision; its launch can."""
 
 
-# Refusals of a phase that its launch may not share: the phase has not opened a gate yet, or
-# the proof was signed with a key the launch would load first.
-_LAUNCH_DECIDES = ("gate: this phase has not opened a gate yet", "proof: signed with key")
+# Refusals of a phase that its launch may not share: the phase takes no decisions itself (not
+# started, or started without the launch's evidence), or the proof was signed with a key the
+# launch would load first.
+_LAUNCH_DECIDES = ("gate: this phase takes decisions through its launch", "proof: signed with key")
 
 
 async def _decide_at_phase(client: Client, workflow_id: str, request: DecisionRequest) -> Decision:
@@ -366,6 +377,8 @@ async def _decide_at_phase(client: Client, workflow_id: str, request: DecisionRe
         if unknown or refusal.startswith(_LAUNCH_DECIDES):
             raise _AskTheLaunch from None
         raise DecisionError(refusal) from None
+    except WorkflowUpdateRPCTimeoutOrCancelledError:
+        raise LaunchError(_NO_ANSWER.format(launch_id=workflow_id)) from None
     except RPCError as err:
         # Not running any more (or not started yet): the launch knows where the gate is.
         if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
@@ -392,6 +405,8 @@ async def hold(
             taken: Any = await handle.execute_update("hold", request)
         except WorkflowUpdateFailedError as err:
             raise HoldError(_refusal(err)) from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise LaunchError(_NO_ANSWER.format(launch_id=launch_id)) from None
     return None if taken is None else Hold.model_validate(taken)
 
 

@@ -133,7 +133,8 @@ class PhaseWorkflow:
         try:
             if self._checks is None:
                 raise Refused(
-                    "gate: this phase has not opened a gate yet; send the decision to the launch"
+                    "gate: this phase takes decisions through its launch (it has not started, "
+                    "or its launch did not hand it the evidence); send the decision to the launch"
                 )
             decision = self.gates.take_direct(self._checks, self._check_evidence, request)
         except Exception as err:
@@ -379,7 +380,10 @@ class PhaseWorkflow:
         self._earlier = [PhaseState(name="earlier", kind="", analysis=list(inp.earlier_analysis))]
         if inp.evidence is not None:
             self._evidence.recall(inp.evidence, [*self._earlier, self.state])
-        self._checks = DecisionChecks(inp.phase.gate_ids(), self.gates.trust)
+        # A phase its launch started without the evidence (a launch begun on an earlier
+        # version) cannot check a decision as the launch would: those go to the launch.
+        if inp.evidence is not None:
+            self._checks = DecisionChecks(inp.phase.gate_ids(), self.gates.trust)
         self.state.name, self.state.kind = phase.name, phase.kind
         self.state.steps = phase.step_count()
         self.state.status = PhaseStatusValue.RUNNING

@@ -195,7 +195,9 @@ async def test_a_message_that_reaches_a_phase_before_it_runs_leaves_its_reports_
             {"name": "full-launch", "kind": "full_launch", "steps": [{"weight": 100}]},
         ],
     )
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=settings.max_concurrent_activities
+    ) as executor:
         async with worker_http(settings, limits) as http:
             # A worker for the launch only: its phase waits for a worker of its own.
             async with Worker(
